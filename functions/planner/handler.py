@@ -1,0 +1,120 @@
+"""planner: split a job into GPU-sized windows and publish them one at a time.
+
+in:  ``videogen.work.plan`` (PlanRequest)            -> plan.json, segment 0 on ``videogen.segments.<model>``
+in:  ``videogen.work.segment_done`` (SegmentResult)  -> ``job.segment_completed``; segment k+1, or
+                                                        ``videogen.work.stitch`` after the last one
+Segment k+1 is published only when k is done and carries a reference to k's tail frames, so
+any runner can take it and a runner restart between segments loses nothing.
+"""
+
+from __future__ import annotations
+
+from functions.planner.plan import plan_segments
+from runtime.consumer import Delivery
+from runtime.logging import get_logger
+from runtime.ports import Ports
+from schemas.errors import Permanent
+from schemas.messages import (
+    EventType,
+    JobEvent,
+    JobPlan,
+    JobState,
+    ObjectRef,
+    PlanRequest,
+    SegmentCompletedData,
+    SegmentJob,
+    SegmentResult,
+    StitchRequest,
+    WindowSpec,
+)
+from schemas.names import SUBJECT_WORK_STITCH, plan_key, segment_result_key, segments_subject
+from schemas.registry import MODELS
+
+log = get_logger(stage="planner")
+
+
+def make_plan(req: PlanRequest, budget_bytes: int | None) -> JobPlan:
+    job = req.job
+    spec = MODELS[job.model]
+    plan = plan_segments(
+        job.num_frames, spec, job.width, job.height,
+        budget_bytes=budget_bytes, max_window=job.max_segment_frames, steps=job.steps,
+    )
+    windows = [WindowSpec(index=w.index, start_frame=w.start_frame, frames=w.frames,
+                          overlap_frames=w.overlap_frames) for w in plan.windows]
+    return JobPlan(job=job, info=plan.to_info(), windows=windows, padding_frames=plan.padding_frames)
+
+
+def segment_job(plan: JobPlan, index: int, condition: ObjectRef | None) -> SegmentJob:
+    w = plan.windows[index]
+    return SegmentJob(
+        job=plan.job, index=index, count=len(plan.windows), start_frame=w.start_frame, frames=w.frames,
+        overlap_frames=w.overlap_frames,
+        next_overlap_frames=plan.windows[index + 1].overlap_frames if index + 1 < len(plan.windows) else 0,
+        seed=(plan.job.seed + index) % 2**32, condition=condition,
+    )
+
+
+async def _active(ports: Ports, job_id: str) -> bool:
+    status, _ = await ports.tracker.status.get(job_id)
+    if status is not None and status.state.terminal:
+        log.info("job_already_finished", job_id=job_id, state=status.state.value)
+        return False
+    return True
+
+
+async def handle_plan(payload: bytes, delivery: Delivery, ports: Ports) -> None:
+    req = PlanRequest.model_validate_json(payload)
+    job_id = req.job.job_id
+    if not await _active(ports, job_id):
+        return
+    plan = make_plan(req, ports.settings.runner_memory_budget_bytes)
+    await ports.storage.put_bytes(plan_key(job_id), plan.model_dump_json().encode(), "application/json")
+    await ports.tracker.status.update(job_id, lambda cur: cur and cur.model_copy(update={
+        "segments_total": plan.info.segments, "plan": plan.info}))
+    first = segment_job(plan, 0, None)
+    await ports.bus.publish(segments_subject(req.job.model), first, msg_id=f"seg:{job_id}:0")
+    log.info("job_planned", job_id=job_id, segments=plan.info.segments, window=plan.info.window_frames,
+             overlap=plan.info.overlap_frames, reason=plan.info.reason)
+
+
+async def load_plan(ports: Ports, job_id: str) -> JobPlan:
+    try:
+        return JobPlan.model_validate_json(await ports.storage.get_bytes(plan_key(job_id)))
+    except Permanent as e:
+        raise Permanent(f"plan for {job_id} is missing: {e}") from e
+
+
+async def handle_segment_done(payload: bytes, delivery: Delivery, ports: Ports) -> None:
+    res = SegmentResult.model_validate_json(payload)
+    job_id = res.job_id
+    data = SegmentCompletedData(segment=res.index, segments_total=res.count, object=res.segment,
+                                frames=res.frames, elapsed_s=res.elapsed_s)
+    await ports.tracker.record(
+        JobEvent.build(job_id, EventType.SEGMENT_COMPLETED, data, res.index),
+        segments_done=res.index + 1, segments_total=res.count,
+        progress=round(100.0 * (res.index + 1) / res.count * 0.98, 2),
+    )
+    if not await _active(ports, job_id):
+        return
+    plan = await load_plan(ports, job_id)
+    nxt = res.index + 1
+    if nxt < len(plan.windows):
+        seg = segment_job(plan, nxt, res.tail)
+        await ports.bus.publish(segments_subject(plan.job.model), seg, msg_id=f"seg:{job_id}:{nxt}")
+        log.info("segment_chained", job_id=job_id, segment=nxt, of=len(plan.windows))
+        return
+    results = [res] if res.count == 1 else await _load_results(ports, plan, res)
+    await ports.tracker.status.update(job_id, lambda cur: cur and not cur.state.terminal and cur.model_copy(
+        update={"state": JobState.STITCHING}) or None)
+    await ports.bus.publish(SUBJECT_WORK_STITCH, StitchRequest(job=plan.job, plan=plan.info, segments=results),
+                            msg_id=f"stitch:{job_id}")
+
+
+async def _load_results(ports: Ports, plan: JobPlan, last: SegmentResult) -> list[SegmentResult]:
+    out: list[SegmentResult] = []
+    for w in plan.windows[:-1]:
+        raw = await ports.storage.get_bytes(segment_result_key(plan.job.job_id, w.index))
+        out.append(SegmentResult.model_validate_json(raw))
+    out.append(last)
+    return out

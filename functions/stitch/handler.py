@@ -1,0 +1,73 @@
+"""stitch: join the rendered segments into ``jobs/<job_id>/output.mp4`` and complete the job.
+
+in:  ``videogen.work.stitch`` (StitchRequest)
+out: ``output.mp4`` (written atomically), ``job.succeeded`` with output info + presigned URL
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from pathlib import Path
+
+from runtime.consumer import Delivery
+from runtime.logging import get_logger
+from runtime.ports import Ports
+from schemas.messages import (
+    EventType,
+    JobEvent,
+    OutputInfo,
+    StitchRequest,
+    SucceededData,
+)
+from schemas.names import output_key
+
+log = get_logger(stage="stitch")
+
+
+async def _assemble_multi(req: StitchRequest, ports: Ports, workdir: Path) -> tuple[bytes, int]:
+    """Download every segment, drop/blend the overlaps, produce exactly T frames."""
+    from functions.stitch.assemble import stitch_files
+
+    paths: list[Path] = []
+    for seg in req.segments:
+        p = workdir / f"{seg.index}.mp4"
+        p.write_bytes(await ports.storage.get_bytes(seg.segment.key, bucket=seg.segment.bucket))
+        paths.append(p)
+    out = workdir / "output.mp4"
+    overlaps = [s.overlap_frames for s in req.segments]
+    frames = await asyncio.to_thread(stitch_files, paths, overlaps, req.job.num_frames, req.job.fps, out)
+    return out.read_bytes(), frames
+
+
+async def handle_stitch(payload: bytes, delivery: Delivery, ports: Ports) -> None:
+    req = StitchRequest.model_validate_json(payload)
+    job = req.job
+    status, _ = await ports.tracker.status.get(job.job_id)
+    if status is not None and status.state.terminal:
+        log.info("job_already_finished", job_id=job.job_id, state=status.state.value)
+        return
+    key = output_key(job.job_id)
+    segs = sorted(req.segments, key=lambda s: s.index)
+    first = segs[0]
+    if len(segs) == 1 and first.frames == job.num_frames:
+        # one segment covering exactly T frames: a server-side copy (no download, no re-encode)
+        ref = await ports.storage.copy(first.segment.key, key, src_bucket=first.segment.bucket)
+        sha, size, frames = first.sha256, ref.size, first.frames
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"stitch-{job.job_id}-") as tmp:
+            data, frames = await _assemble_multi(req.model_copy(update={"segments": segs}), ports, Path(tmp))
+        sha, size = hashlib.sha256(data).hexdigest(), len(data)
+        await ports.storage.put_atomic(key, data, "video/mp4")
+    output = OutputInfo(
+        bucket=ports.storage.bucket, key=key, size=size, sha256=sha, duration_s=round(frames / job.fps, 4),
+        frames=frames, width=first.width, height=first.height, fps=float(job.fps),
+    )
+    url, expires = await ports.storage.presign_get(key, job.presign_ttl_s)
+    data_s = SucceededData(output=output, url=url, url_expires_at=expires)
+    await ports.tracker.record(
+        JobEvent.build(job.job_id, EventType.SUCCEEDED, data_s),
+        output=output, url=url, url_expires_at=expires, segments_done=len(segs),
+    )
+    log.info("job_succeeded", job_id=job.job_id, key=key, frames=frames, size=size)

@@ -1,0 +1,283 @@
+"""Rank 0's I/O: an asyncio loop on its own thread owning the bus and S3 clients.
+
+The compute thread never waits on the network except to take the next segment:
+progress events, in_progress heartbeats, cancellation polling, and encode+upload of a
+finished segment all run here, so segment k's upload overlaps segment k+1's denoising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import socket
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from nats.aio.msg import Msg
+from nats.js.errors import FetchTimeoutError
+
+from runtime.bus import Bus
+from runtime.consumer import send_to_dlq
+from runtime.jobs import JobTracker
+from runtime.logging import get_logger
+from runtime.settings import Settings
+from runtime.storage import Storage
+from runtime.video import encode_mp4
+from schemas.errors import ErrorCode, VideogenError
+from schemas.messages import (
+    EventType,
+    FailedData,
+    JobEvent,
+    JobState,
+    ProgressData,
+    SegmentJob,
+    SegmentResult,
+    StartedData,
+)
+from schemas.names import (
+    SUBJECT_WORK_SEGMENT_DONE,
+    runner_consumer,
+    segment_key,
+    segment_result_key,
+    segment_tail_key,
+)
+
+T = TypeVar("T")
+log = get_logger(component="runner-io")
+
+
+@dataclass
+class Active:
+    """A segment message this runner holds: heartbeated until acked."""
+
+    job: SegmentJob
+    msg: Msg
+    started: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    heartbeat: asyncio.Task[None] | None = None
+    watcher: asyncio.Task[None] | None = None
+    last_progress: float = 0.0
+
+
+class RunnerIO:
+    def __init__(self, settings: Settings, model: str, *, runner_id: str | None = None,
+                 progress_interval_s: float = 0.25) -> None:
+        self.settings = settings
+        self.model = model
+        self.runner_id = runner_id or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
+        self.progress_interval_s = progress_interval_s
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="runner-io", daemon=True)
+        self.bus = Bus(settings, f"videogen-runner-{model}")
+        self.storage = Storage(settings)
+        self.tracker: JobTracker | None = None
+        self._sub: Any = None
+        self._uploads: set[Future[Any]] = set()
+        self.busy_s = 0.0
+
+    # ---- thread plumbing ---------------------------------------------------------------
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self._uploads.add(fut)
+        fut.add_done_callback(self._uploads.discard)
+        return fut
+
+    def start(self) -> None:
+        self._thread.start()
+        self.call(self._open())
+
+    async def _open(self) -> None:
+        await self.bus.connect()
+        await self.storage.open()
+        self.tracker = JobTracker(self.bus)
+        spec = runner_consumer(self.model)
+        await self.bus.ensure_consumer(spec)
+        self._sub = await self.bus.js.pull_subscribe_bind(spec.durable, stream=spec.stream)
+        log.info("runner_io_ready", model=self.model, consumer=spec.durable, runner=self.runner_id)
+
+    def close(self, timeout_s: float = 120.0) -> None:
+        """Wait for pending uploads, then close clients and stop the loop."""
+        deadline = time.monotonic() + timeout_s
+        for fut in list(self._uploads):
+            with contextlib.suppress(Exception):
+                fut.result(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(Exception):
+            self.call(self._close(), timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._sub is not None:
+                await self._sub.unsubscribe()
+        await self.storage.close()
+        await self.bus.close()
+
+    # ---- taking work -------------------------------------------------------------------
+    def next_segment(self, timeout_s: float = 1.0) -> Active | None:
+        return self.call(self._next(timeout_s), timeout=timeout_s + 30)
+
+    async def _next(self, timeout_s: float) -> Active | None:
+        try:
+            msgs = await self._sub.fetch(batch=1, timeout=timeout_s)
+        except (FetchTimeoutError, asyncio.TimeoutError):
+            return None
+        except Exception as e:
+            log.warning("fetch_failed", error=str(e))
+            await asyncio.sleep(0.5)
+            return None
+        msg = msgs[0]
+        try:
+            job = SegmentJob.model_validate_json(msg.data)
+        except Exception as e:
+            await send_to_dlq(self.bus, "runner", msg, ErrorCode.INVALID_REQUEST.value, f"bad segment job: {e}", None)
+            await msg.term()
+            return None
+        assert self.tracker is not None
+        status, _ = await self.tracker.status.get(job.job.job_id)
+        if status is not None and status.state.terminal:
+            log.info("segment_skipped_job_finished", job_id=job.job.job_id, segment=job.index, state=status.state.value)
+            await msg.ack()
+            return None
+        active = Active(job, msg)
+        active.heartbeat = asyncio.create_task(self._heartbeat(active))
+        active.watcher = asyncio.create_task(self._watch_cancel(active))
+        if job.index == 0:
+            await self.tracker.record(
+                JobEvent.build(job.job.job_id, EventType.STARTED, StartedData(segment=0, runner=self.runner_id)))
+        return active
+
+    async def _heartbeat(self, active: Active) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            with contextlib.suppress(Exception):
+                await active.msg.in_progress()
+
+    async def _watch_cancel(self, active: Active) -> None:
+        assert self.tracker is not None
+        while True:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(Exception):
+                status, _ = await self.tracker.status.get(active.job.job.job_id)
+                if status is not None and status.state in (JobState.CANCELLED, JobState.FAILED):
+                    active.cancelled = True
+                    return
+
+    def fetch_condition(self, active: Active) -> np.ndarray | None:
+        ref = active.job.condition
+        if ref is None:
+            return None
+        data = self.call(self.storage.get_bytes(ref.key, bucket=ref.bucket), timeout=120)
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+    # ---- progress (fire and forget, throttled) ------------------------------------------
+    def progress(self, active: Active, step: int, steps: int) -> None:
+        now = time.monotonic()
+        if step < steps and now - active.last_progress < self.progress_interval_s:
+            return
+        active.last_progress = now
+        j = active.job
+        pct = round(98.0 * (j.index + step / max(steps, 1)) / j.count, 2)
+        data = ProgressData(progress=pct, segment=j.index, segments_total=j.count, step=step, steps=steps)
+        event = JobEvent.build(j.job.job_id, EventType.PROGRESS, data, j.index, step)
+        assert self.tracker is not None
+        self.spawn(self.tracker.record(event, progress=pct, segments_total=j.count))
+
+    # ---- finishing ----------------------------------------------------------------------
+    def submit_result(self, active: Active, frames: np.ndarray, elapsed_s: float) -> Future[Any]:
+        """Encode + upload + hand off + ack on the I/O thread; returns at once."""
+        return self.spawn(self._finish(active, frames, elapsed_s))
+
+    async def _finish(self, active: Active, frames: np.ndarray, elapsed_s: float) -> None:
+        j = active.job
+        job_id = j.job.job_id
+        try:
+            keyframes = [j.overlap_frames] if j.overlap_frames else []
+            data = await asyncio.to_thread(encode_mp4, frames, j.job.fps, keyframes_at=keyframes)
+            seg_ref = await self.storage.put_atomic(segment_key(job_id, j.index), data, "video/mp4")
+            tail_ref = None
+            if j.index + 1 < j.count and j.next_overlap_frames:
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(frames[-j.next_overlap_frames:]), allow_pickle=False)
+                tail_ref = await self.storage.put_atomic(segment_tail_key(job_id, j.index), buf.getvalue())
+            result = SegmentResult(
+                job_id=job_id, index=j.index, count=j.count, segment=seg_ref, tail=tail_ref,
+                frames=int(frames.shape[0]), overlap_frames=j.overlap_frames, width=int(frames.shape[2]),
+                height=int(frames.shape[1]), fps=j.job.fps, sha256=hashlib.sha256(data).hexdigest(),
+                runner=self.runner_id, elapsed_s=round(elapsed_s, 3),
+            )
+            await self.storage.put_bytes(segment_result_key(job_id, j.index), result.model_dump_json().encode(),
+                                         "application/json")
+            await self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result, msg_id=f"done:{job_id}:{j.index}")
+            await active.msg.ack()
+            log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=result.frames,
+                     bytes=len(data), elapsed_s=result.elapsed_s)
+        except Exception as e:
+            log.error("segment_upload_failed", job_id=job_id, segment=j.index, error=str(e))
+            with contextlib.suppress(Exception):
+                await active.msg.nak(delay=5)
+        finally:
+            self._release(active)
+
+    def fail(self, active: Active, err: BaseException) -> None:
+        self.call(self._fail(active, err), timeout=60)
+
+    async def _fail(self, active: Active, err: BaseException) -> None:
+        """A model error: retry on another delivery unless permanent or out of attempts."""
+        j = active.job
+        md = active.msg.metadata
+        permanent = isinstance(err, VideogenError) and not err.retryable
+        final = int(md.num_delivered) >= runner_consumer(self.model).max_deliver
+        try:
+            if permanent or final:
+                code = err.code.value if isinstance(err, VideogenError) else ErrorCode.MODEL_ERROR.value
+                assert self.tracker is not None
+                await self.tracker.record(JobEvent.build(
+                    j.job.job_id, EventType.FAILED,
+                    FailedData(code=code, message=f"runner: {err}", retryable=not permanent), "runner", j.index))
+                if final and not permanent:
+                    await send_to_dlq(self.bus, "runner", active.msg, ErrorCode.MAX_DELIVERIES.value, str(err),
+                                      int(md.num_delivered))
+                await active.msg.term()
+            else:
+                await active.msg.nak(delay=5 * int(md.num_delivered))
+        finally:
+            self._release(active)
+
+    def abandon(self, active: Active) -> None:
+        """The job was cancelled mid-segment: ack (nothing to redo) and stop watching."""
+        self.call(self._abandon(active), timeout=60)
+
+    async def _abandon(self, active: Active) -> None:
+        with contextlib.suppress(Exception):
+            await active.msg.ack()
+        self._release(active)
+
+    def hand_back(self, active: Active) -> None:
+        """Shutdown before finishing: let another runner take the segment now."""
+        self.call(self._hand_back(active), timeout=30)
+
+    async def _hand_back(self, active: Active) -> None:
+        with contextlib.suppress(Exception):
+            await active.msg.nak(delay=0)
+        self._release(active)
+
+    @staticmethod
+    def _release(active: Active) -> None:
+        for task in (active.heartbeat, active.watcher):
+            if task is not None:
+                task.cancel()
+
+    def pending_uploads(self) -> int:
+        return len(self._uploads)
+

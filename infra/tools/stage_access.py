@@ -1,0 +1,145 @@
+"""Least-privilege S3 access per pipeline stage, derived from the key layout in ``schemas.names``.
+
+This is the single source for every object-store policy the infrastructure creates:
+``gen_infra.py`` renders it into the Terraform module ``s3-stage-policies`` (used by both the
+in-cluster MinIO and the AWS S3 modules) and into ``minio/policies/*.json`` (local MinIO).
+
+Key patterns are built by calling the schema's own key functions with ``*`` for the job id,
+file name and segment index, so a change of layout in ``schemas/names.py`` changes the policies.
+A pattern in an IAM resource ARN matches across ``/``, so ``jobs/*/inputs/*`` also covers
+``jobs/<id>/inputs/<name>.tmp-<token>`` (the temporary key of an atomic upload).
+
+Who reads and writes what (ARCHITECTURE.md):
+
+==========  ==========================================  ===========================================
+stage       reads                                       writes (Put + Delete of its temp objects)
+==========  ==========================================  ===========================================
+preprocess  inputs, frames, keypoints, client uploads   inputs, frames, keypoints
+planner     inputs, frames, keypoints, plan             plan
+chain       plan, segments (+ tails)                    —
+runner      inputs, frames, keypoints, plan, segments   segments (+ tails)
+stitch      plan, segments, output                      output
+webhook     —                                           —  (gets no S3 credentials at all)
+provision   bucket metadata                             bucket, lifecycle rule (``videogen up`` only)
+==========  ==========================================  ===========================================
+
+Every reading stage may ``s3:ListBucket`` under ``jobs/`` only: without it S3 answers a HEAD on a
+missing key with 403 instead of 404, and ``Storage.exists`` could not tell "absent" from "denied".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from schemas import names
+
+ANY = "*"
+# Objects a client uploads itself and references as s3://<bucket>/uploads/... in a JobRequest
+# (i2v image, animate driving video). Only preprocess reads them.
+CLIENT_UPLOADS_PREFIX = "uploads/"
+LIFECYCLE_RULE_ID = "videogen-expire-jobs"  # same id as runtime.storage.put_lifecycle_expiry
+
+
+def jobs_prefix() -> str:
+    """``jobs/``: the first path element of every per-job key (what the lifecycle rule expires)."""
+    return names.job_prefix(ANY).split("/", 1)[0] + "/"
+
+
+def _with_temp(*keys: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for k in keys:
+        out.append(k)
+        if not k.endswith(ANY):  # a trailing * already covers "<key>.tmp-<token>"
+            out.append(names.temp_key(k, ANY))
+    return tuple(dict.fromkeys(out))
+
+
+def _patterns() -> dict[str, tuple[str, ...]]:
+    return {
+        "inputs": _with_temp(names.input_key(ANY, ANY)),
+        "frames": _with_temp(names.frames_key(ANY, ANY)),
+        "keypoints": _with_temp(names.keypoints_key(ANY, ANY)),
+        "plan": _with_temp(names.plan_key(ANY)),
+        "segments": _with_temp(names.segment_key(ANY, ANY), names.segment_tail_key(ANY, ANY)),
+        "output": _with_temp(names.output_key(ANY)),
+        "uploads": (CLIENT_UPLOADS_PREFIX + ANY,),
+    }
+
+
+@dataclass(frozen=True)
+class StageAccess:
+    stage: str
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    list_prefixes: tuple[str, ...] = ()
+    bucket_admin: bool = False
+    deployed: bool = True  # False: not a Kubernetes workload (used by `videogen up` / local dev)
+
+    @property
+    def needs_credentials(self) -> bool:
+        return bool(self.read or self.write or self.list_prefixes or self.bucket_admin)
+
+
+def stage_access() -> dict[str, StageAccess]:
+    p = _patterns()
+
+    def cat(*groups: str) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(k for g in groups for k in p[g]))
+
+    jobs = (jobs_prefix(),)
+    stages = (
+        StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads"),
+                    write=cat("inputs", "frames", "keypoints"),
+                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,)),
+        StageAccess("planner", read=cat("inputs", "frames", "keypoints", "plan"), write=cat("plan"),
+                    list_prefixes=jobs),
+        StageAccess("chain", read=cat("plan", "segments"), list_prefixes=jobs),
+        StageAccess("runner", read=cat("inputs", "frames", "keypoints", "plan", "segments"),
+                    write=cat("segments"), list_prefixes=jobs),
+        StageAccess("stitch", read=cat("plan", "segments", "output"), write=cat("output"),
+                    list_prefixes=jobs),
+        StageAccess("webhook"),
+        StageAccess("provision", bucket_admin=True, deployed=False),
+    )
+    return {s.stage: s for s in stages}
+
+
+# ---- IAM policy documents (the same JSON the Terraform module builds) -----------------------
+READ_ACTIONS = ("s3:GetObject",)
+WRITE_ACTIONS = ("s3:PutObject", "s3:DeleteObject")
+LIST_ACTIONS = ("s3:ListBucket",)
+ADMIN_ACTIONS = (
+    "s3:CreateBucket",
+    "s3:ListBucket",
+    "s3:GetBucketLocation",
+    "s3:GetLifecycleConfiguration",
+    "s3:PutLifecycleConfiguration",
+)
+
+
+def policy_statements(access: StageAccess, bucket: str, partition: str = "aws") -> list[dict]:
+    arn = f"arn:{partition}:s3:::{bucket}"
+    out: list[dict] = []
+    if access.read:
+        out.append({"Sid": "ReadObjects", "Effect": "Allow", "Action": list(READ_ACTIONS),
+                    "Resource": [f"{arn}/{k}" for k in access.read]})
+    if access.write:
+        out.append({"Sid": "WriteObjects", "Effect": "Allow", "Action": list(WRITE_ACTIONS),
+                    "Resource": [f"{arn}/{k}" for k in access.write]})
+    if access.list_prefixes:
+        out.append({"Sid": "ListJobKeys", "Effect": "Allow", "Action": list(LIST_ACTIONS),
+                    "Resource": [arn],
+                    "Condition": {"StringLike": {"s3:prefix": [f"{p}{ANY}" for p in access.list_prefixes]}}})
+    if access.bucket_admin:
+        out.append({"Sid": "ProvisionBucket", "Effect": "Allow", "Action": list(ADMIN_ACTIONS),
+                    "Resource": [arn]})
+    return out
+
+
+def policy_document(access: StageAccess, bucket: str, partition: str = "aws") -> dict:
+    return {"Version": "2012-10-17", "Statement": policy_statements(access, bucket, partition)}
+
+
+def render_json(doc: dict) -> str:
+    return json.dumps(doc, indent=2) + "\n"

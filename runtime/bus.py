@@ -1,0 +1,190 @@
+"""NATS / JetStream access: connect, provision the topology from ``schemas.names``, publish.
+
+The only module (with ``runtime.consumer`` and ``runtime.jobs``) that touches nats-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel
+
+from runtime.logging import get_logger
+from runtime.settings import Settings
+from schemas.errors import ErrorCode, Retryable
+from schemas.names import (
+    CPU_CONSUMERS,
+    HEADER_MSG_ID,
+    KV_JOBS,
+    STREAMS,
+    ConsumerSpec,
+    StreamSpec,
+    runner_consumer,
+)
+
+log = get_logger(component="bus")
+
+
+def stream_config(spec: StreamSpec) -> js_api.StreamConfig:
+    return js_api.StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.subjects),
+        retention=js_api.RetentionPolicy.WORK_QUEUE if spec.retention == "workqueue" else js_api.RetentionPolicy.LIMITS,
+        storage=js_api.StorageType.FILE if spec.storage == "file" else js_api.StorageType.MEMORY,
+        max_age=float(spec.max_age_s) if spec.max_age_s else None,
+        duplicate_window=float(spec.duplicate_window_s),
+        max_msg_size=spec.max_msg_size_bytes,
+        discard=js_api.DiscardPolicy.OLD,
+    )
+
+
+def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
+    return js_api.ConsumerConfig(
+        name=spec.durable,
+        durable_name=spec.durable,
+        description=spec.description,
+        filter_subject=spec.filter_subject,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_wait=float(spec.ack_wait_s),
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        backoff=list(spec.backoff_s) or None,
+        max_waiting=512,
+    )
+
+
+class Bus:
+    """A connected NATS client + JetStream context. ``async with Bus(settings, "name") as bus``."""
+
+    def __init__(self, settings: Settings, name: str = "videogen") -> None:
+        self.settings = settings
+        self.name = name
+        self.nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self._closing = False
+
+    async def __aenter__(self) -> Bus:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self, *, connect_timeout_s: float = 5.0, max_reconnect_attempts: int = -1) -> None:
+        s = self.settings
+
+        async def _error_cb(e: Exception) -> None:
+            log.warning("nats_error", error=str(e))
+
+        async def _disconnected_cb() -> None:
+            if not self._closing:
+                log.warning("nats_disconnected")
+
+        async def _reconnected_cb() -> None:
+            log.info("nats_reconnected")
+
+        opts: dict[str, Any] = {
+            "servers": [u.strip() for u in s.nats_url.split(",") if u.strip()],
+            "name": self.name,
+            "connect_timeout": connect_timeout_s,
+            "max_reconnect_attempts": max_reconnect_attempts,
+            "reconnect_time_wait": 1,
+            "error_cb": _error_cb,
+            "disconnected_cb": _disconnected_cb,
+            "reconnected_cb": _reconnected_cb,
+        }
+        if s.nats_user:
+            opts["user"] = s.nats_user
+            opts["password"] = s.nats_password.get_secret_value() if s.nats_password else None
+        if s.nats_creds_file:
+            opts["user_credentials"] = str(s.nats_creds_file)
+        try:
+            self.nc = await nats.connect(**opts)
+        except Exception as e:
+            raise Retryable(f"cannot connect to NATS at {s.nats_url}: {e}", code=ErrorCode.BUS_ERROR) from e
+        self._js = self.nc.jetstream()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # already closing / connection lost: nothing left to drain
+                await self.nc.close()
+        self.nc = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("Bus is not connected")
+        return self._js
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self.js.key_value(KV_JOBS)
+        return self._kv
+
+    # ---- provisioning (idempotent) ----------------------------------------------------
+    async def provision(self, models: list[str] | None = None) -> dict[str, list[str]]:
+        """Create or update every stream, durable consumer and the KV bucket."""
+        report: dict[str, list[str]] = {"streams": [], "consumers": [], "kv": []}
+        for spec in STREAMS:
+            cfg = stream_config(spec)
+            try:
+                await self.js.stream_info(spec.name)
+                await self.js.update_stream(cfg)
+            except NotFoundError:
+                await self.js.add_stream(cfg)
+            report["streams"].append(spec.name)
+        specs = list(CPU_CONSUMERS) + [runner_consumer(m) for m in (models or [])]
+        for cspec in specs:
+            await self.ensure_consumer(cspec)
+            report["consumers"].append(f"{cspec.stream}/{cspec.durable}")
+        try:
+            self._kv = await self.js.key_value(KV_JOBS)
+        except (NotFoundError, BadRequestError):
+            self._kv = await self.js.create_key_value(
+                js_api.KeyValueConfig(
+                    bucket=KV_JOBS,
+                    description="latest JobStatus per job_id",
+                    history=5,
+                    ttl=float(self.settings.status_ttl_s),
+                    storage=js_api.StorageType.FILE,
+                )
+            )
+        report["kv"].append(KV_JOBS)
+        return report
+
+    async def ensure_consumer(self, spec: ConsumerSpec) -> None:
+        cfg = consumer_config(spec)
+        try:
+            await self.js.add_consumer(spec.stream, config=cfg)  # create or update (same name)
+        except BadRequestError as e:
+            log.warning("consumer_update_refused", consumer=spec.durable, error=str(e))
+
+    # ---- publishing -------------------------------------------------------------------
+    async def publish(self, subject: str, payload: BaseModel | bytes, *, msg_id: str | None = None,
+                      headers: dict[str, str] | None = None, timeout_s: float = 5.0) -> js_api.PubAck:
+        data = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
+        hdrs = dict(headers or {})
+        if msg_id:
+            hdrs[HEADER_MSG_ID] = msg_id
+        try:
+            return await self.js.publish(subject, data, headers=hdrs or None, timeout=timeout_s)
+        except (asyncio.TimeoutError, nats.errors.Error) as e:
+            raise Retryable(f"publish to {subject} failed: {e}", code=ErrorCode.BUS_ERROR, delay_s=2.0) from e
+
+    async def pending(self, stream: str, durable: str) -> tuple[int, int]:
+        """(messages not yet delivered, delivered but not acked) for a consumer."""
+        info = await self.js.consumer_info(stream, durable)
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)

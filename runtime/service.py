@@ -1,0 +1,127 @@
+"""Run one or more stage consumers in a process: wiring, signals, graceful drain.
+
+Each ``functions/<stage>/__main__.py`` is one line calling ``main([stage])``; ``videogen
+functions`` runs all CPU stages in one process (handy locally; in Kubernetes each stage is
+its own Deployment, scaled by KEDA on its consumer's lag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from runtime.bus import Bus
+from runtime.consumer import ConsumerLoop, Delivery
+from runtime.failures import failure_hooks
+from runtime.jobs import JobTracker
+from runtime.logging import configure_logging, get_logger
+from runtime.ports import Ports
+from runtime.settings import Settings, load_settings
+from runtime.storage import Storage
+from schemas.names import (
+    CONSUMER_CHAIN,
+    CONSUMER_PLANNER,
+    CONSUMER_PREPROCESS,
+    CONSUMER_STITCH,
+    CONSUMER_WEBHOOK,
+    ConsumerSpec,
+)
+
+log = get_logger(component="service")
+
+StageHandler = Callable[[bytes, Delivery, Ports], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class StageDef:
+    name: str
+    spec: ConsumerSpec
+    rejects: bool  # permanent failures are job.rejected (door) rather than job.failed
+    concurrency: int
+    records_failures: bool = True  # False: failures only go to the DLQ (webhook must not fail jobs)
+
+
+def _handler(stage: str) -> StageHandler:
+    # imported lazily so a process only loads the stages it runs
+    if stage == "preprocess":
+        from functions.preprocess.handler import handle_submit
+        return handle_submit
+    if stage == "planner":
+        from functions.planner.handler import handle_plan
+        return handle_plan
+    if stage == "chain":
+        from functions.planner.handler import handle_segment_done
+        return handle_segment_done
+    if stage == "stitch":
+        from functions.stitch.handler import handle_stitch
+        return handle_stitch
+    if stage == "webhook":
+        from functions.webhook.handler import handle_event
+        return handle_event
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+STAGES: dict[str, StageDef] = {
+    "preprocess": StageDef("preprocess", CONSUMER_PREPROCESS, rejects=True, concurrency=2),
+    "planner": StageDef("planner", CONSUMER_PLANNER, rejects=False, concurrency=4),
+    "chain": StageDef("chain", CONSUMER_CHAIN, rejects=False, concurrency=4),
+    "stitch": StageDef("stitch", CONSUMER_STITCH, rejects=False, concurrency=2),
+    "webhook": StageDef("webhook", CONSUMER_WEBHOOK, rejects=False, concurrency=32,
+                        records_failures=False),
+}
+
+
+class Service:
+    """Consumers for ``stages`` sharing one bus connection and one S3 client."""
+
+    def __init__(self, settings: Settings, stages: list[str]) -> None:
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s): {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        self.settings = settings
+        self.stages = stages
+        self.loops: list[ConsumerLoop] = []
+        self.ready = asyncio.Event()
+
+    def stop(self) -> None:
+        for loop in self.loops:
+            loop.stop()
+
+    async def run(self) -> None:
+        async with Bus(self.settings, f"videogen-{'+'.join(self.stages)}") as bus, Storage(self.settings) as storage:
+            ports = Ports(self.settings, bus, storage, JobTracker(bus))
+            for name in self.stages:
+                st = STAGES[name]
+                handler = _handler(name)
+
+                async def bound(payload: bytes, d: Delivery, _h: StageHandler = handler) -> None:
+                    await _h(payload, d, ports)
+
+                on_perm, on_exh = (failure_hooks(ports.tracker, name, rejects=st.rejects)
+                                   if st.records_failures else (None, None))
+                self.loops.append(ConsumerLoop(
+                    bus, st.spec, bound, stage=name, on_permanent=on_perm, on_exhausted=on_exh,
+                    heartbeat_s=self.settings.heartbeat_s, concurrency=st.concurrency,
+                ))
+            tasks = [asyncio.create_task(loop.run(), name=f"consumer-{loop.stage}") for loop in self.loops]
+            self.ready.set()
+            await asyncio.gather(*tasks)
+
+
+async def serve(stages: list[str], settings: Settings | None = None) -> None:
+    settings = settings or load_settings()
+    service = Service(settings, stages)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    log.info("service_starting", stages=stages, settings=settings.masked())
+    await service.run()
+    log.info("service_stopped", stages=stages)
+
+
+def main(stages: list[str]) -> None:
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(serve(stages, settings))

@@ -1,0 +1,99 @@
+"""One settings object per process (pydantic-settings, ``VIDEOGEN_`` env prefix).
+
+Sources, highest first: environment variables, ``<data_dir>/stack.env`` (written by
+``videogen up`` for the embedded stack), defaults. Printed masked at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = ".videogen"
+
+
+def data_dir_from_env() -> Path:
+    return Path(os.environ.get("VIDEOGEN_DATA_DIR", DEFAULT_DATA_DIR)).expanduser()
+
+
+def stack_env_file() -> Path:
+    return data_dir_from_env() / "stack.env"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIDEOGEN_", extra="ignore", frozen=True)
+
+    # --- where things are --------------------------------------------------------------
+    data_dir: Path = Field(Path(DEFAULT_DATA_DIR), description="embedded servers' data, logs, stack.env")
+    embedded: bool = Field(True, description="`videogen up` starts nats-server + weed mini; false: provision only")
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma separated")
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_creds_file: Path | None = None
+    s3_endpoint: str | None = Field("http://127.0.0.1:8333", description="S3 API endpoint; unset for AWS")
+    s3_public_endpoint: str | None = Field(None, description="endpoint used in presigned URLs (default: s3_endpoint)")
+    s3_region: str = "us-east-1"
+    s3_access_key: SecretStr = SecretStr("videogen")
+    s3_secret_key: SecretStr = SecretStr("videogen-dev-secret")
+    bucket: str = "videogen"
+    # --- behaviour ---------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: str = Field("json", description="json | console")
+    webhook_secret: SecretStr = Field(
+        SecretStr("whsec_dmlkZW9nZW4tZGV2ZWxvcG1lbnQtc2VjcmV0LWtleQ=="),
+        description="Standard Webhooks signing secret(s), whsec_..., space separated for rotation",
+    )
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts/IPs/CIDRs webhooks may target despite the SSRF guard (local development)",
+    )
+    webhook_timeout_s: float = 10.0
+    webhook_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="delay before each delivery attempt (first = immediately)",
+    )
+    input_allow_hosts: list[str] = Field(default_factory=list, description="SSRF allow-list for input URLs")
+    status_ttl_s: int = Field(7 * 86400, description="how long finished jobs stay in KV videogen-jobs")
+    heartbeat_s: float = Field(10.0, description="in_progress interval while a stage works on a message")
+    fetch_batch: int = 1
+    # --- GPU runner --------------------------------------------------------------------
+    models_dir: Path = Field(Path("models"), description="local diffusers-format checkpoints: <dir>/<model>/")
+    runner_model: str = "tiny-wan"
+    runner_device: str = Field("auto", description="auto | cpu | cuda")
+    runner_dtype: str = Field("auto", description="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16")
+    runner_warmup: bool = True
+    runner_memory_budget_bytes: int | None = Field(None, description="planner memory budget; default: device free memory")
+    health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
+
+    def masked(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(getattr(self, name), SecretStr):
+                out[name] = "***" if getattr(self, name).get_secret_value() else ""
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+    @property
+    def presign_endpoint(self) -> str | None:
+        return self.s3_public_endpoint or self.s3_endpoint
+
+
+def load_settings(**overrides: Any) -> Settings:
+    env_file = stack_env_file()
+    kwargs: dict[str, Any] = dict(overrides)
+    if env_file.is_file():
+        kwargs.setdefault("_env_file", str(env_file))
+    return Settings(**kwargs)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

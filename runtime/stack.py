@@ -1,0 +1,101 @@
+"""Bring the stack up: embedded servers (optional), then idempotent provisioning.
+
+``videogen up`` and ``videogen demo`` call ``start_stack``; with ``embedded=false`` it only
+provisions streams, consumers, KV and the bucket on the configured NATS and S3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.bus import Bus
+from runtime.embedded import NatsServer, S3Server, port_of
+from runtime.logging import get_logger
+from runtime.settings import Settings, load_settings
+from runtime.storage import Storage
+from schemas.registry import MODELS
+
+log = get_logger(component="stack")
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    nats: NatsServer | None = None
+    s3: S3Server | None = None
+    provisioned: dict[str, list[str]] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        for server in (self.s3, self.nats):
+            if server is not None:
+                server.stop()
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        out = {
+            "VIDEOGEN_DATA_DIR": str(s.data_dir),
+            "VIDEOGEN_NATS_URL": s.nats_url,
+            "VIDEOGEN_BUCKET": s.bucket,
+        }
+        if s.s3_endpoint:
+            out["VIDEOGEN_S3_ENDPOINT"] = s.s3_endpoint
+        return out
+
+
+def write_stack_env(settings: Settings, path: Path) -> None:
+    """Persist where the embedded servers listen so other processes (runner, submit) find them."""
+    lines = [
+        f"VIDEOGEN_NATS_URL={settings.nats_url}",
+        f"VIDEOGEN_S3_ENDPOINT={settings.s3_endpoint}",
+        f"VIDEOGEN_BUCKET={settings.bucket}",
+        f"VIDEOGEN_S3_ACCESS_KEY={settings.s3_access_key.get_secret_value()}",
+        f"VIDEOGEN_S3_SECRET_KEY={settings.s3_secret_key.get_secret_value()}",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+
+
+def start_servers(settings: Settings, *, fixed_ports: bool = True) -> tuple[Settings, NatsServer, S3Server]:
+    """Start nats-server + weed mini under ``settings.data_dir``; return settings pointing at them."""
+    data = Path(settings.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    nhost, nport = port_of(settings.nats_url, 4222)
+    shost, sport = port_of(settings.s3_endpoint or "http://127.0.0.1:8333", 8333)
+    nats = NatsServer(data, host=nhost, port=nport if fixed_ports else 0).start()
+    s3 = S3Server(data, settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value(),
+                  host=shost, port=sport if fixed_ports else 0).start()
+    new = load_settings(**{
+        **{k: v for k, v in settings.model_dump().items()},
+        "data_dir": data, "nats_url": nats.url, "s3_endpoint": s3.endpoint,
+    })
+    write_stack_env(new, data / "stack.env")
+    return new, nats, s3
+
+
+async def provision(settings: Settings, models: list[str] | None = None) -> dict[str, list[str]]:
+    async with Bus(settings, "videogen-provision") as bus:
+        report = await bus.provision(models if models is not None else sorted(MODELS))
+    async with Storage(settings) as s3:
+        created = await s3.ensure_bucket()
+        try:
+            await s3.put_lifecycle_expiry("jobs/", max(1, settings.status_ttl_s // 86400))
+            report["lifecycle"] = [f"jobs/ expire after {max(1, settings.status_ttl_s // 86400)} d"]
+        except Exception as e:  # not every S3 server implements lifecycle rules
+            log.warning("lifecycle_not_supported", error=str(e))
+    report["bucket"] = [f"{settings.bucket} ({'created' if created else 'exists'})"]
+    log.info("provisioned", **{k: ", ".join(v) for k, v in report.items()})
+    return report
+
+
+async def start_stack(settings: Settings, *, fixed_ports: bool = True) -> Stack:
+    stack = Stack(settings)
+    if settings.embedded:
+        stack.settings, stack.nats, stack.s3 = start_servers(settings, fixed_ports=fixed_ports)
+    try:
+        stack.provisioned = await provision(stack.settings)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack

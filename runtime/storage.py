@@ -1,0 +1,264 @@
+"""S3 access (aiobotocore, SigV4, path-style): the only module that talks to object storage.
+
+Writes that must never be seen half-done go through ``put_atomic``: upload to a temporary
+key, then server-side copy onto the final key and delete the temporary one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from runtime.settings import Settings
+from schemas.errors import ErrorCode, Permanent, Retryable
+from schemas.messages import ObjectRef
+from schemas.names import temp_key
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+def _client_config() -> AioConfig:
+    return AioConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": 4, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        max_pool_connections=32,
+    )
+
+
+class ObjectNotFound(Permanent):
+    code = ErrorCode.INPUT_UNREADABLE
+
+
+class ObjectTooLarge(Permanent):
+    code = ErrorCode.INPUT_TOO_LARGE
+
+
+def _wrap(exc: Exception, what: str) -> Exception:
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _NOT_FOUND:
+            return ObjectNotFound(f"{what}: not found")
+        if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            return Permanent(f"{what}: access denied ({code})", code=ErrorCode.STORAGE_ERROR)
+    return Retryable(f"{what}: {exc}", code=ErrorCode.STORAGE_ERROR, delay_s=5.0)
+
+
+class Storage:
+    """Async S3 port. Use as ``async with Storage(settings) as s3: ...``."""
+
+    def __init__(self, settings: Settings, bucket: str | None = None) -> None:
+        self.settings = settings
+        self.bucket = bucket or settings.bucket
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+        self._presigner: Any = None
+
+    async def __aenter__(self) -> Storage:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _client_kwargs(self, endpoint: str | None) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "endpoint_url": endpoint,
+            "region_name": s.s3_region,
+            "aws_access_key_id": s.s3_access_key.get_secret_value(),
+            "aws_secret_access_key": s.s3_secret_key.get_secret_value(),
+            "config": _client_config(),
+        }
+
+    async def open(self) -> None:
+        session = get_session()
+        self._client = await self._stack.enter_async_context(
+            session.create_client("s3", **self._client_kwargs(self.settings.s3_endpoint))
+        )
+        if self.settings.presign_endpoint != self.settings.s3_endpoint:
+            self._presigner = await self._stack.enter_async_context(
+                session.create_client("s3", **self._client_kwargs(self.settings.presign_endpoint))
+            )
+        else:
+            self._presigner = self._client
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("Storage is not open")
+        return self._client
+
+    # ---- bucket -------------------------------------------------------------------------
+    async def ensure_bucket(self, bucket: str | None = None) -> bool:
+        """Create the bucket if missing. Returns True when it was created."""
+        b = bucket or self.bucket
+        try:
+            await self.client.head_bucket(Bucket=b)
+            return False
+        except ClientError as e:
+            if str(e.response.get("Error", {}).get("Code")) not in _NOT_FOUND:
+                raise _wrap(e, f"head_bucket {b}") from e
+        try:
+            await self.client.create_bucket(Bucket=b)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                raise _wrap(e, f"create_bucket {b}") from e
+            return False
+        return True
+
+    # ---- objects ------------------------------------------------------------------------
+    def ref(self, key: str, *, etag: str = "", size: int = 0, bucket: str | None = None) -> ObjectRef:
+        return ObjectRef(bucket=bucket or self.bucket, key=key, etag=etag.strip('"'), size=size)
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+                        *, bucket: str | None = None, metadata: dict[str, str] | None = None) -> ObjectRef:
+        b = bucket or self.bucket
+        try:
+            resp = await self.client.put_object(
+                Bucket=b, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}
+            )
+        except (ClientError, BotoCoreError) as e:
+            raise _wrap(e, f"put {b}/{key}") from e
+        return self.ref(key, etag=resp.get("ETag", ""), size=len(data), bucket=b)
+
+    async def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> ObjectRef:
+        data = Path(path).read_bytes()
+        return await self.put_bytes(key, data, content_type)
+
+    async def put_atomic(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+                         metadata: dict[str, str] | None = None) -> ObjectRef:
+        """Upload to a temp key, then copy onto ``key``: readers never see a partial object."""
+        tmp = temp_key(key, uuid.uuid4().hex[:12])
+        await self.put_bytes(tmp, data, content_type, metadata=metadata)
+        try:
+            ref = await self.copy(tmp, key)
+        finally:
+            await self.delete(tmp)
+        return ObjectRef(bucket=ref.bucket, key=key, etag=ref.etag, size=len(data))
+
+    async def copy(self, src_key: str, dst_key: str, *, src_bucket: str | None = None) -> ObjectRef:
+        try:
+            resp = await self.client.copy_object(
+                Bucket=self.bucket, Key=dst_key,
+                CopySource={"Bucket": src_bucket or self.bucket, "Key": src_key},
+            )
+        except (ClientError, BotoCoreError) as e:
+            raise _wrap(e, f"copy {src_key} -> {dst_key}") from e
+        etag = resp.get("CopyObjectResult", {}).get("ETag", "")
+        head = await self.head(dst_key)
+        return self.ref(dst_key, etag=etag or head.etag, size=head.size)
+
+    async def head(self, key: str, *, bucket: str | None = None) -> ObjectRef:
+        b = bucket or self.bucket
+        try:
+            resp = await self.client.head_object(Bucket=b, Key=key)
+        except (ClientError, BotoCoreError) as e:
+            raise _wrap(e, f"head {b}/{key}") from e
+        return self.ref(key, etag=resp.get("ETag", ""), size=int(resp.get("ContentLength", 0)), bucket=b)
+
+    async def exists(self, key: str, *, bucket: str | None = None) -> bool:
+        try:
+            await self.head(key, bucket=bucket)
+            return True
+        except ObjectNotFound:
+            return False
+
+    async def get_bytes(self, key: str, *, bucket: str | None = None, max_bytes: int | None = None) -> bytes:
+        """Read a whole object; refuse (ObjectTooLarge) past ``max_bytes`` without reading it all."""
+        b = bucket or self.bucket
+        try:
+            resp = await self.client.get_object(Bucket=b, Key=key)
+            size = int(resp.get("ContentLength", 0))
+            if max_bytes is not None and size > max_bytes:
+                resp["Body"].close()
+                raise ObjectTooLarge(f"s3://{b}/{key} is {size} bytes (limit {max_bytes})")
+            async with resp["Body"] as stream:
+                return await stream.read()
+        except (ClientError, BotoCoreError) as e:
+            raise _wrap(e, f"get {b}/{key}") from e
+
+    async def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20, *, bucket: str | None = None) -> AsyncIterator[bytes]:
+        b = bucket or self.bucket
+        try:
+            resp = await self.client.get_object(Bucket=b, Key=key)
+            async with resp["Body"] as stream:
+                while chunk := await stream.read(chunk_bytes):
+                    yield chunk
+        except (ClientError, BotoCoreError) as e:
+            raise _wrap(e, f"get {b}/{key}") from e
+
+    async def sha256(self, key: str) -> tuple[str, int]:
+        h = hashlib.sha256()
+        n = 0
+        async for chunk in self.iter_chunks(key):
+            h.update(chunk)
+            n += len(chunk)
+        return h.hexdigest(), n
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as e:
+            raise _wrap(e, f"delete {key}") from e
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as e:
+            raise _wrap(e, f"list {prefix}") from e
+        return keys
+
+    async def delete_prefix(self, prefix: str) -> int:
+        keys = await self.list_keys(prefix)
+        for i in range(0, len(keys), 1000):
+            batch = keys[i : i + 1000]
+            await self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
+        return len(keys)
+
+    async def presign_get(self, key: str, ttl_s: int, *, bucket: str | None = None) -> tuple[str, datetime]:
+        url = await self._presigner.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket or self.bucket, "Key": key}, ExpiresIn=int(ttl_s)
+        )
+        return url, datetime.now(UTC) + timedelta(seconds=int(ttl_s))
+
+    async def put_lifecycle_expiry(self, prefix: str, days: int) -> None:
+        """Expire job objects after ``days`` (best effort: not every S3 server supports it)."""
+        await self.client.put_bucket_lifecycle_configuration(
+            Bucket=self.bucket,
+            LifecycleConfiguration={
+                "Rules": [
+                    {"ID": "videogen-expire-jobs", "Status": "Enabled", "Filter": {"Prefix": prefix},
+                     "Expiration": {"Days": days}}
+                ]
+            },
+        )
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket or not key:
+        raise ValueError(f"s3 URI needs bucket and key: {uri}")
+    return bucket, key

@@ -1,0 +1,374 @@
+"""Pydantic v2 models of every message on the bus and every value in the KV bucket.
+
+Public: ``JobRequest``, ``CancelRequest``, ``JobEvent`` (+ typed ``data`` models), ``JobStatus``.
+Internal (between stages): ``PlanRequest``, ``SegmentJob``, ``SegmentResult``,
+``StitchRequest``, ``DLQEntry``. All frozen; units are in field names where the contract allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+INPUT_URI_PATTERN = r"^(s3://[^/\s]+/\S+|https?://\S+)$"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def valid_job_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_JOB_ID_RE.match(value))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Task(StrEnum):
+    T2V = "t2v"
+    I2V = "i2v"
+    ANIMATE = "animate"
+
+
+class EventType(StrEnum):
+    ACCEPTED = "job.accepted"
+    REJECTED = "job.rejected"
+    PREPROCESSED = "job.preprocessed"
+    STARTED = "job.started"
+    PROGRESS = "job.progress"
+    SEGMENT_COMPLETED = "job.segment_completed"
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCELLED = "job.cancelled"
+
+
+TERMINAL_EVENTS = frozenset({EventType.REJECTED, EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})
+DEFAULT_WEBHOOK_EVENTS: tuple[EventType, ...] = (EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED)
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    PREPROCESSING = "preprocessing"
+    RUNNING = "running"
+    STITCHING = "stitching"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public: what a client publishes
+# ---------------------------------------------------------------------------------------------
+class WebhookSpec(_Frozen):
+    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://\S+$")] = Field(
+        description="http(s) endpoint receiving signed POSTs (Standard Webhooks)."
+    )
+    events: tuple[EventType, ...] = Field(
+        DEFAULT_WEBHOOK_EVENTS, description="event types to deliver; default terminal events."
+    )
+
+
+class JobRequest(_Frozen):
+    """A video-generation job. Unset size/frames/steps/guidance/fps take the model's defaults."""
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN, description="1-64 chars of [A-Za-z0-9_-]; idempotency key.")
+    task: Task = Task.T2V
+    model: str = Field("tiny-wan", min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    prompt: str = Field("", max_length=4000)
+    negative_prompt: str = Field("", max_length=4000)
+    image: str | None = Field(None, max_length=2048, pattern=INPUT_URI_PATTERN, description="i2v/animate reference image")
+    video: str | None = Field(None, max_length=2048, pattern=INPUT_URI_PATTERN, description="animate driving video")
+    width: int | None = Field(None, ge=16, le=4096, description="pixels; multiple of the model's spatial_multiple")
+    height: int | None = Field(None, ge=16, le=4096, description="pixels; multiple of the model's spatial_multiple")
+    num_frames: int | None = Field(None, ge=1, le=5000, description="frames in the output video")
+    fps: int | None = Field(None, ge=1, le=60, description="frames per second of the output")
+    steps: int | None = Field(None, ge=1, le=100, description="denoising steps per segment")
+    guidance_scale: float | None = Field(None, ge=0.0, le=20.0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="unset: chosen at accept time and recorded")
+    webhook: WebhookSpec | None = None
+    presign_ttl_s: int = Field(3600, ge=60, le=7 * 86400, description="lifetime of the presigned download URL")
+    max_segment_frames: int | None = Field(
+        None, ge=5, le=1000, description="advanced: cap the planner's window length (frames)"
+    )
+
+
+class CancelRequest(_Frozen):
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    reason: str = Field("", max_length=500)
+
+
+# ---------------------------------------------------------------------------------------------
+# Objects, events, status
+# ---------------------------------------------------------------------------------------------
+class ObjectRef(_Frozen):
+    """A reference to an S3 object; large data never rides the bus."""
+
+    bucket: str
+    key: str
+    etag: str = ""
+    size: int = Field(0, ge=0, description="bytes")
+
+
+class OutputInfo(_Frozen):
+    bucket: str
+    key: str
+    size: int = Field(ge=0, description="bytes")
+    sha256: str
+    duration_s: float
+    frames: int
+    width: int
+    height: int
+    fps: float
+
+
+class ErrorInfo(_Frozen):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class PlanInfo(_Frozen):
+    """How the planner covers the requested frames: N windows of L frames overlapping by O."""
+
+    segments: int
+    window_frames: int
+    overlap_frames: int
+    total_frames: int
+    reason: str = ""
+
+
+class JobEvent(_Frozen):
+    id: str = Field(description="unique, stable across redeliveries (de-duplicate on it)")
+    type: EventType
+    job_id: str
+    time: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @staticmethod
+    def make_id(job_id: str, type_: EventType | str, *discriminators: object) -> str:
+        """Deterministic id: the same state change always gets the same id."""
+        raw = "|".join([job_id, str(type_), *map(str, discriminators)])
+        return "evt_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+    @classmethod
+    def build(cls, job_id: str, type_: EventType, data: BaseModel | dict[str, Any] | None = None,
+              *discriminators: object) -> JobEvent:
+        payload = data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else (data or {})
+        return cls(id=cls.make_id(job_id, type_, *discriminators), type=type_, job_id=job_id, time=utcnow(), data=payload)
+
+
+class AcceptedData(_Frozen):
+    model: str
+    task: Task
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    steps: int
+    seed: int
+
+
+class RejectedData(_Frozen):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class PreprocessedData(_Frozen):
+    inputs: list[ObjectRef] = Field(default_factory=list)
+    plan: PlanInfo | None = None
+
+
+class StartedData(_Frozen):
+    segment: int
+    runner: str
+
+
+class ProgressData(_Frozen):
+    progress: float = Field(ge=0, le=100)
+    segment: int
+    segments_total: int
+    step: int
+    steps: int
+
+
+class SegmentCompletedData(_Frozen):
+    segment: int
+    segments_total: int
+    object: ObjectRef
+    frames: int
+    elapsed_s: float
+
+
+class SucceededData(_Frozen):
+    output: OutputInfo
+    url: str
+    url_expires_at: datetime
+
+
+class FailedData(_Frozen):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class CancelledData(_Frozen):
+    reason: str = ""
+
+
+class JobStatus(_Frozen):
+    job_id: str
+    state: JobState
+    progress: float = Field(0.0, ge=0, le=100)
+    segments_done: int = 0
+    segments_total: int = 0
+    created_at: datetime
+    updated_at: datetime
+    output: OutputInfo | None = None
+    url: str | None = None
+    url_expires_at: datetime | None = None
+    error: ErrorInfo | None = None
+    model: str | None = None
+    task: str | None = None
+    plan: PlanInfo | None = None
+    queue_position: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Internal hand-offs
+# ---------------------------------------------------------------------------------------------
+class ResolvedJob(_Frozen):
+    """A validated JobRequest with every default filled in (what downstream stages use)."""
+
+    job_id: str
+    task: Task
+    model: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    presign_ttl_s: int
+    max_segment_frames: int | None = None
+    webhook: WebhookSpec | None = None
+    inputs: dict[str, ObjectRef] = Field(default_factory=dict, description="name -> stored input/preprocessed object")
+
+
+class PlanRequest(_Frozen):
+    job: ResolvedJob
+
+
+class WindowSpec(_Frozen):
+    index: int = Field(ge=0)
+    start_frame: int = Field(ge=0, description="first output frame this window covers")
+    frames: int = Field(ge=1, description="window length L")
+    overlap_frames: int = Field(0, ge=0, description="frames shared with the previous window")
+
+
+class JobPlan(_Frozen):
+    """Stored at ``jobs/<id>/plan.json``: what every later stage needs to continue the job."""
+
+    job: ResolvedJob
+    info: PlanInfo
+    windows: list[WindowSpec]
+    padding_frames: int = Field(0, ge=0, description="extra frames rendered at the end, trimmed by stitch")
+
+
+class SegmentJob(_Frozen):
+    job: ResolvedJob
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    start_frame: int = Field(ge=0, description="first output frame this window covers")
+    frames: int = Field(ge=1, description="window length L (4k+1 for Wan)")
+    overlap_frames: int = Field(0, ge=0, description="frames shared with the previous window")
+    next_overlap_frames: int = Field(0, ge=0, description="trailing frames the next window is conditioned on")
+    seed: int
+    condition: ObjectRef | None = Field(None, description="previous segment's tail frames (uint8 .npy)")
+
+    @field_validator("count")
+    @classmethod
+    def _count_covers_index(cls, v: int, info: Any) -> int:
+        idx = info.data.get("index", 0)
+        if idx >= v:
+            raise ValueError("index must be < count")
+        return v
+
+
+class SegmentResult(_Frozen):
+    job_id: str
+    index: int
+    count: int
+    segment: ObjectRef
+    tail: ObjectRef | None = None
+    frames: int
+    overlap_frames: int = Field(0, ge=0, description="leading frames shared with the previous segment")
+    width: int
+    height: int
+    fps: int
+    sha256: str
+    runner: str
+    elapsed_s: float
+
+
+class StitchRequest(_Frozen):
+    job: ResolvedJob
+    plan: PlanInfo
+    segments: list[SegmentResult]
+
+
+class DLQEntry(_Frozen):
+    stage: str
+    code: str
+    reason: str
+    subject: str
+    stream_seq: int | None = None
+    num_delivered: int | None = None
+    job_id: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    payload_b64: str = Field(description="the original message body, base64")
+    time: datetime = Field(default_factory=utcnow)
+
+
+PUBLIC_MODELS: dict[str, type[BaseModel]] = {
+    "JobRequest": JobRequest,
+    "CancelRequest": CancelRequest,
+    "JobEvent": JobEvent,
+    "JobStatus": JobStatus,
+    "OutputInfo": OutputInfo,
+    "AcceptedData": AcceptedData,
+    "RejectedData": RejectedData,
+    "PreprocessedData": PreprocessedData,
+    "StartedData": StartedData,
+    "ProgressData": ProgressData,
+    "SegmentCompletedData": SegmentCompletedData,
+    "SucceededData": SucceededData,
+    "FailedData": FailedData,
+    "CancelledData": CancelledData,
+    "DLQEntry": DLQEntry,
+}
+INTERNAL_MODELS: dict[str, type[BaseModel]] = {
+    "ResolvedJob": ResolvedJob,
+    "PlanRequest": PlanRequest,
+    "WindowSpec": WindowSpec,
+    "JobPlan": JobPlan,
+    "SegmentJob": SegmentJob,
+    "SegmentResult": SegmentResult,
+    "StitchRequest": StitchRequest,
+}
+

@@ -1,0 +1,218 @@
+"""Every NATS subject, stream, consumer, KV bucket and S3 key layout — defined once.
+
+Public names (see CONTRACT.md) must not change without a version bump. Internal names live
+under ``videogen.`` too and may change freely between releases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CONTRACT_VERSION = "1"
+
+# ---- public subjects -------------------------------------------------------------------
+SUBJECT_SUBMIT = "videogen.jobs.submit"
+SUBJECT_CANCEL = "videogen.jobs.cancel"
+SUBJECT_EVENTS_PREFIX = "videogen.events"
+SUBJECT_DLQ_PREFIX = "videogen.dlq"
+
+# ---- internal subjects (stage hand-offs) -------------------------------------------------
+SUBJECT_WORK_PLAN = "videogen.work.plan"  # preprocess -> planner: job ready to plan
+SUBJECT_WORK_SEGMENT_DONE = "videogen.work.segment_done"  # runner -> planner: chain next
+SUBJECT_WORK_STITCH = "videogen.work.stitch"  # planner -> stitch: all segments rendered
+SUBJECT_SEGMENTS_PREFIX = "videogen.segments"  # planner -> runner, one subject per model
+
+# ---- streams ------------------------------------------------------------------------------
+STREAM_JOBS = "VIDEOGEN_JOBS"
+STREAM_EVENTS = "VIDEOGEN_EVENTS"
+STREAM_DLQ = "VIDEOGEN_DLQ"
+STREAM_WORK = "VIDEOGEN_WORK"
+STREAM_SEGMENTS = "VIDEOGEN_SEGMENTS"
+
+# ---- key-value ----------------------------------------------------------------------------
+KV_JOBS = "videogen-jobs"
+
+# ---- S3 -----------------------------------------------------------------------------------
+DEFAULT_BUCKET = "videogen"
+
+# Header that makes JetStream publishes idempotent.
+HEADER_MSG_ID = "Nats-Msg-Id"
+
+
+def events_subject(job_id: str) -> str:
+    return f"{SUBJECT_EVENTS_PREFIX}.{job_id}"
+
+
+def dlq_subject(stage: str) -> str:
+    return f"{SUBJECT_DLQ_PREFIX}.{stage}"
+
+
+def segments_subject(model: str) -> str:
+    # NATS tokens may not contain '.', '*', '>' or whitespace; model names are [a-z0-9-_.]
+    return f"{SUBJECT_SEGMENTS_PREFIX}.{model.replace('.', '_')}"
+
+
+# ---- object keys --------------------------------------------------------------------------
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def request_key(job_id: str) -> str:
+    return f"jobs/{job_id}/inputs/request.json"
+
+
+def input_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/inputs/{name}"
+
+
+def frames_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/frames/{name}"
+
+
+def keypoints_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/keypoints/{name}"
+
+
+def plan_key(job_id: str) -> str:
+    return f"jobs/{job_id}/plan.json"
+
+
+def segment_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/segments/{index}.mp4"
+
+
+def segment_tail_key(job_id: str, index: int) -> str:
+    """Last overlap frames of a segment (uint8 .npy), the conditioning for the next one."""
+    return f"jobs/{job_id}/segments/{index}.tail.npy"
+
+
+def segment_result_key(job_id: str, index: int) -> str:
+    """The runner's SegmentResult for segment ``index`` (JSON), read back by the stitch step."""
+    return f"jobs/{job_id}/segments/{index}.json"
+
+
+def output_key(job_id: str) -> str:
+    return f"jobs/{job_id}/output.mp4"
+
+
+def temp_key(final_key: str, token: str) -> str:
+    """Upload target before an atomic finalise (copy) to ``final_key``."""
+    return f"{final_key}.tmp-{token}"
+
+
+# ---- stream / consumer topology -----------------------------------------------------------
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    retention: str  # "limits" | "workqueue"
+    max_age_s: int  # 0 = unlimited
+    duplicate_window_s: int
+    max_msg_size_bytes: int = 1 << 20
+    storage: str = "file"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait_s: int
+    max_deliver: int
+    max_ack_pending: int = 64
+    # Back-off between redeliveries after a nak without delay / an ack timeout.
+    backoff_s: tuple[float, ...] = field(default_factory=tuple)
+    description: str = ""
+
+
+DAY_S = 86_400
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec(
+        STREAM_JOBS,
+        (SUBJECT_SUBMIT, SUBJECT_CANCEL),
+        retention="limits",
+        max_age_s=7 * DAY_S,
+        duplicate_window_s=3600,
+        max_msg_size_bytes=256 * 1024,
+        description="Client job submissions and cancellations (public).",
+    ),
+    StreamSpec(
+        STREAM_EVENTS,
+        (f"{SUBJECT_EVENTS_PREFIX}.>",),
+        retention="limits",
+        max_age_s=7 * DAY_S,
+        duplicate_window_s=3600,
+        description="Every state change of every job, as JobEvent (public).",
+    ),
+    StreamSpec(
+        STREAM_DLQ,
+        (f"{SUBJECT_DLQ_PREFIX}.>",),
+        retention="limits",
+        max_age_s=30 * DAY_S,
+        duplicate_window_s=120,
+        max_msg_size_bytes=1 << 20,
+        description="Messages a stage could not process, with reason and original payload.",
+    ),
+    StreamSpec(
+        STREAM_WORK,
+        (SUBJECT_WORK_PLAN, SUBJECT_WORK_SEGMENT_DONE, SUBJECT_WORK_STITCH),
+        retention="workqueue",
+        max_age_s=7 * DAY_S,
+        duplicate_window_s=3600,
+        description="Internal hand-offs between CPU stages (work queue).",
+    ),
+    StreamSpec(
+        STREAM_SEGMENTS,
+        (f"{SUBJECT_SEGMENTS_PREFIX}.>",),
+        retention="workqueue",
+        max_age_s=7 * DAY_S,
+        duplicate_window_s=3600,
+        description="GPU segment jobs, one subject per model (work queue).",
+    ),
+)
+
+CONSUMER_PREPROCESS = ConsumerSpec(
+    STREAM_JOBS, "preprocess", SUBJECT_SUBMIT, ack_wait_s=60, max_deliver=5,
+    backoff_s=(1, 5, 30, 120), description="Validates and preprocesses submissions.",
+)
+CONSUMER_PLANNER = ConsumerSpec(
+    STREAM_WORK, "planner", SUBJECT_WORK_PLAN, ack_wait_s=30, max_deliver=5,
+    backoff_s=(1, 5, 30, 120), description="Plans segments for a preprocessed job.",
+)
+CONSUMER_CHAIN = ConsumerSpec(
+    STREAM_WORK, "chain", SUBJECT_WORK_SEGMENT_DONE, ack_wait_s=30, max_deliver=5,
+    backoff_s=(1, 5, 30, 120), description="Publishes segment k+1 when segment k is done.",
+)
+CONSUMER_STITCH = ConsumerSpec(
+    STREAM_WORK, "stitch", SUBJECT_WORK_STITCH, ack_wait_s=120, max_deliver=5,
+    backoff_s=(1, 5, 30, 120), description="Joins segments into output.mp4 and completes the job.",
+)
+CONSUMER_WEBHOOK = ConsumerSpec(
+    STREAM_EVENTS, "webhook", f"{SUBJECT_EVENTS_PREFIX}.>", ack_wait_s=30, max_deliver=9,
+    max_ack_pending=1024, description="Delivers subscribed events to client webhooks.",
+)
+
+
+def runner_consumer(model: str) -> ConsumerSpec:
+    """One durable work-queue consumer per model, shared by all runners serving it."""
+    return ConsumerSpec(
+        STREAM_SEGMENTS,
+        f"runner-{model.replace('.', '_')}",
+        segments_subject(model),
+        ack_wait_s=60,
+        max_deliver=4,
+        max_ack_pending=256,  # shared by all runners of the model; each pulls 1 at a time
+        backoff_s=(5, 30, 120),
+        description=f"GPU runners serving model {model}.",
+    )
+
+
+CPU_CONSUMERS: tuple[ConsumerSpec, ...] = (
+    CONSUMER_PREPROCESS,
+    CONSUMER_PLANNER,
+    CONSUMER_CHAIN,
+    CONSUMER_STITCH,
+    CONSUMER_WEBHOOK,
+)

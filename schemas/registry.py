@@ -1,0 +1,134 @@
+"""Model registry metadata (torch-free): constraints and the memory model per model.
+
+The GPU runner maps each name to a pipeline file and a checkpoint (``gpu_runner.registry``);
+CPU stages (preprocess, planner) use only the metadata here.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TransformerShape(BaseModel):
+    """Enough of the DiT config to model activation memory and attention cost."""
+
+    model_config = ConfigDict(frozen=True)
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    ffn_dim: int
+    params_b: float = Field(description="parameters, in billions (for weight memory)")
+
+    @property
+    def hidden(self) -> int:
+        return self.num_heads * self.head_dim
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    family: str = Field(description="pipeline file under gpu_runner/pipelines/")
+    tasks: tuple[str, ...]
+    description: str = ""
+    hub_id: str | None = Field(None, description="upstream diffusers-format checkpoint id")
+    tiny: bool = Field(False, description="built locally with random weights (no checkpoint)")
+    # frame constraint: L = frame_multiple * k + 1
+    frame_multiple: int = 4
+    max_window_frames: int = Field(81, description="largest window the model was trained on")
+    spatial_multiple: int = Field(16, description="width/height must be multiples of this")
+    vae_scale_temporal: int = 4
+    vae_scale_spatial: int = 8
+    patch_t: int = 1
+    patch_hw: int = 2
+    latent_channels: int = 16
+    default_width: int = 832
+    default_height: int = 480
+    default_frames: int = 81
+    default_steps: int = 50
+    default_guidance_scale: float = 5.0
+    default_fps: int = 16
+    max_width: int = 1920
+    max_height: int = 1920
+    transformer: TransformerShape
+
+    def latent_tokens(self, width: int, height: int, frames: int) -> int:
+        """Sequence length of the DiT for one window (one CFG branch)."""
+        lt = (frames - 1) // self.vae_scale_temporal + 1
+        lh = height // self.vae_scale_spatial // self.patch_hw
+        lw = width // self.vae_scale_spatial // self.patch_hw
+        return (lt // self.patch_t) * lh * lw
+
+    def valid_window(self, frames: int) -> bool:
+        return frames >= 1 and (frames - 1) % self.frame_multiple == 0
+
+
+_WAN21_13B = TransformerShape(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, params_b=1.3)
+_WAN21_14B = TransformerShape(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, params_b=14.0)
+_WAN22_5B = TransformerShape(num_layers=30, num_heads=24, head_dim=128, ffn_dim=14336, params_b=5.0)
+_TINY = TransformerShape(num_layers=2, num_heads=2, head_dim=12, ffn_dim=32, params_b=0.00002)
+
+MODELS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec(
+            name="tiny-wan", family="wan", tasks=("t2v",), tiny=True,
+            description="Wan text-to-video architecture with tiny random weights (tests, demo).",
+            default_width=64, default_height=64, default_frames=9, default_steps=4,
+            default_guidance_scale=1.0, default_fps=8, max_width=256, max_height=256,
+            max_window_frames=81, transformer=_TINY,
+        ),
+        ModelSpec(
+            name="tiny-wan-i2v", family="wan_i2v", tasks=("i2v",), tiny=True,
+            description="Wan image-to-video architecture with tiny random weights.",
+            default_width=64, default_height=64, default_frames=9, default_steps=4,
+            default_guidance_scale=1.0, default_fps=8, max_width=256, max_height=256,
+            transformer=_TINY,
+        ),
+        ModelSpec(
+            name="tiny-wan-animate", family="wan_animate", tasks=("animate",), tiny=True,
+            description="Wan-Animate architecture with tiny random weights.",
+            default_width=64, default_height=64, default_frames=9, default_steps=4,
+            default_guidance_scale=1.0, default_fps=8, max_width=256, max_height=256,
+            transformer=_TINY,
+        ),
+        ModelSpec(
+            name="wan2.1-t2v-1.3b", family="wan", tasks=("t2v",),
+            hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", transformer=_WAN21_13B,
+            max_width=832, max_height=832,
+        ),
+        ModelSpec(
+            name="wan2.1-t2v-14b", family="wan", tasks=("t2v",),
+            hub_id="Wan-AI/Wan2.1-T2V-14B-Diffusers", transformer=_WAN21_14B,
+            default_width=1280, default_height=720,
+        ),
+        ModelSpec(
+            name="wan2.1-i2v-14b-480p", family="wan_i2v", tasks=("i2v",),
+            hub_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", transformer=_WAN21_14B,
+        ),
+        ModelSpec(
+            name="wan2.2-ti2v-5b", family="wan", tasks=("t2v", "i2v"),
+            hub_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers", transformer=_WAN22_5B,
+            spatial_multiple=32, vae_scale_spatial=16, latent_channels=48,
+            default_width=1280, default_height=704, default_frames=121, default_fps=24,
+            max_window_frames=121,
+        ),
+        ModelSpec(
+            name="wan2.2-t2v-a14b", family="wan", tasks=("t2v",),
+            hub_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers", transformer=_WAN21_14B,
+            default_width=1280, default_height=720,
+        ),
+        ModelSpec(
+            name="wan2.2-animate-14b", family="wan_animate", tasks=("animate",),
+            hub_id="Wan-AI/Wan2.2-Animate-14B-Diffusers", transformer=_WAN21_14B,
+            default_width=1280, default_height=720, default_frames=77, max_window_frames=77,
+            default_fps=30,
+        ),
+    )
+}
+
+DEFAULT_MODEL = "tiny-wan"
+
+
+def get_model(name: str) -> ModelSpec | None:
+    return MODELS.get(name)

@@ -1,0 +1,68 @@
+"""Test helpers: a real nats-server + weed mini per session, workers as real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runtime.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOGEN_")}
+    env.update({
+        "VIDEOGEN_DATA_DIR": str(settings.data_dir),
+        "VIDEOGEN_NATS_URL": settings.nats_url,
+        "VIDEOGEN_S3_ENDPOINT": str(settings.s3_endpoint),
+        "VIDEOGEN_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
+        "VIDEOGEN_LOG_FORMAT": "json",
+        "VIDEOGEN_HEARTBEAT_S": "2",
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def start_runner(settings: Settings, log: Path, *, nproc: int = 1, model: str = "tiny-wan",
+                 env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    from runtime.cli import runner_command
+
+    out = log.open("ab")
+    return subprocess.Popen(runner_command(model, nproc), env=child_env(settings, **(env_extra or {})),
+                            stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
+
+
+def start_functions(settings: Settings, log: Path, stages: list[str] | None = None) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "runtime.cli", "functions", *(stages or [])],
+                            env=child_env(settings), stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO),
+                            start_new_session=True)
+
+
+def wait_for_log(log: Path, needle: str, timeout_s: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and needle in log.read_text(errors="replace"):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}) before '{needle}':\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    raise TimeoutError(f"'{needle}' not in {log} after {timeout_s}s:\n{log.read_text()[-4000:] if log.exists() else ''}")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return int(proc.returncode)
