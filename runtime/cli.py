@@ -24,7 +24,7 @@ from runtime.settings import Settings, load_settings
 from schemas.messages import EventType, JobEvent, JobRequest, WebhookSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="videogen: NATS in, MP4 in S3 out.")
-console = Console(stderr=False)
+console = Console(stderr=False, soft_wrap=True)
 err = Console(stderr=True)
 
 

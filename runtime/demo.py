@@ -70,7 +70,7 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
         async with WebhookReceiver(secret) as receiver, Bus(s, "videogen-demo") as bus:
             job = JobRequest(
                 job_id=f"demo-{uuid.uuid4().hex[:8]}", prompt=prompt, num_frames=num_frames,
-                webhook=WebhookSpec(url=f"{receiver.url}/hooks/videogen",
+                webhook=WebhookSpec(url=receiver.url,
                                     events=(EventType.ACCEPTED, EventType.SUCCEEDED, EventType.FAILED)),
             )
             await submit(bus, job)

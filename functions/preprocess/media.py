@@ -122,7 +122,6 @@ class VideoInfo:
     """From the container (None: not declared)."""
     frames: int
     """Declared by the container (0: not declared)."""
-    rotation_deg: float = 0.0
 
 
 def _head(src: Source) -> tuple[bytes, int]:
@@ -166,8 +165,7 @@ def _inspect(container: Any, kind: MediaKind, limits: MediaLimits) -> tuple[Any,
         raise InputTooLarge(f"video declares {frames} frames; limit {limits.max_frames}")
     if fps > limits.max_fps:
         raise InputTooLarge(f"video declares {fps:g} fps; limit {limits.max_fps:g}")
-    rotation = _float(getattr(stream, "side_data", {}).get("DISPLAYMATRIX")) if hasattr(stream, "side_data") else 0.0
-    info = VideoInfo(kind, codec, int(ctx.width), int(ctx.height), fps, duration, frames, rotation)
+    info = VideoInfo(kind, codec, int(ctx.width), int(ctx.height), fps, duration, frames)
     return stream, info
 
 
@@ -221,7 +219,7 @@ def resample(timed: Iterable[tuple[float | None, T]], fps: float, max_out: int,
         if i >= max_out:
             return
     if prev is not None:  # the last frame lasts one source frame interval
-        while i < max_out and i / fps < prev[0] + src_frame_s / 2 - 1e-9:
+        while i < max_out and i / fps < prev[0] + src_frame_s - 1e-9:
             yield i, i / fps, prev[1]
             i += 1
 
@@ -246,35 +244,33 @@ def iter_frames(src: Source, *, fps: float, width: int, height: int, limits: Med
         with _open(src, info.kind) as container:
             stream, _ = _inspect(container, info.kind, limits)
             stream.thread_type = "AUTO"
-            decoded = 0
-            timed = _checked_frames(container.decode(stream), limits, info)
-            last_id, last_rgb = -1, np.empty(0)
-            box = None
+            timed = _CheckedFrames(container.decode(stream), limits, info)
+            last: tuple[Any, np.ndarray] | None = None
             emitted = 0
             for index, target_t, vf in resample(timed, fps, out_cap, src_frame_s):
-                if id(vf) != last_id:
-                    last_rgb = rotate_display(vf.to_ndarray(format="rgb24"), info.rotation_deg)
-                    last_id = id(vf)
-                    box = box or center_crop_box(last_rgb.shape[1], last_rgb.shape[0], width, height)
-                frame = crop_resize(last_rgb, box, width, height)
-                analysis = frame if (a_w, a_h) == (width, height) else crop_resize(last_rgb, box, a_w, a_h)
+                if last is None or last[0] is not vf:
+                    last = (vf, rotate_display(vf.to_ndarray(format="rgb24"), _float(vf.rotation)))
+                rgb = last[1]
+                box = center_crop_box(rgb.shape[1], rgb.shape[0], width, height)
+                frame = crop_resize(rgb, box, width, height)
+                analysis = frame if (a_w, a_h) == (width, height) else crop_resize(rgb, box, a_w, a_h)
                 emitted += 1
                 yield SampledFrame(index, target_t, frame, analysis)
-            decoded = timed.count if isinstance(timed, _Counter) else 0
+            decoded = timed.count
     except (InputTooLarge, InputUnsupported, InputUnreadable):
         raise
     except _DECODE_ERRORS as e:
         raise InputUnreadable(f"{info.kind.value} video is corrupt or truncated: {e}") from e
     if emitted == 0:
         raise InputUnreadable(f"{info.kind.value} video has no decodable frames")
-    if emitted < out_cap and info.frames and decoded < info.frames:
+    if emitted < out_cap and info.frames and decoded + max(2, info.frames // 50) < info.frames:
         raise TruncatedVideo(
             f"{info.kind.value} video is truncated: the container declares {info.frames} frames, "
             f"only {decoded} could be decoded"
         )
 
 
-class _Counter:
+class _CheckedFrames:
     """Iterator of (time_s, frame) that counts frames and enforces limits per decoded frame."""
 
     def __init__(self, frames: Iterator[Any], limits: MediaLimits, info: VideoInfo) -> None:
@@ -283,7 +279,7 @@ class _Counter:
         self._info = info
         self.count = 0
 
-    def __iter__(self) -> _Counter:
+    def __iter__(self) -> _CheckedFrames:
         return self
 
     def __next__(self) -> tuple[float | None, Any]:
@@ -299,6 +295,3 @@ class _Counter:
             raise InputTooLarge(f"video runs past {lim.max_duration_s:g} s (frame at {t:.1f} s)")
         return t, vf
 
-
-def _checked_frames(frames: Iterator[Any], limits: MediaLimits, info: VideoInfo) -> _Counter:
-    return _Counter(frames, limits, info)

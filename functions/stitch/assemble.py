@@ -10,7 +10,8 @@ Layout (``O_i`` = overlap between segments ``i-1`` and ``i``; ``O_0 = O_N = 0``)
 
 The last segment is cut at ``T`` (the plan's padding). Plans where a frame lies in three windows
 (``O_i + O_{i+1} > F_i``) are stitched in full with :func:`functions.stitch.blend.stitch_frames`
-and re-encoded. Each segment is decoded at most once, only when a blend needs its frames.
+and re-encoded. A blend decodes only the frames it needs: a segment's head, and its tail from the nearest
+keyframe before it (the runner forces one there, see :func:`segment_keyframes`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ import numpy as np
 from functions.stitch.blend import BlendFn, Method, blend_function, stitch_frames
 from functions.stitch.errors import StitchError
 from functions.stitch.remux import Clip, ConcatReport, Piece, concat_pieces
-from functions.stitch.video import DEFAULT_CRF, Dest, Source, decode_mp4, encode_mp4, probe_mp4
+from functions.stitch.video import DEFAULT_CRF, Dest, Source, decode_mp4, decode_range, encode_mp4, probe_mp4
 
 
-def segment_keyframes(index: int, overlaps: Sequence[int]) -> list[int]:
-    """Frames the runner should force to IDR when encoding segment ``index``: ``[O_index]``."""
-    return [overlaps[index - 1]] if index > 0 and overlaps[index - 1] > 0 else []
+def segment_keyframes(index: int, overlaps: Sequence[int], frames: int | None = None) -> list[int]:
+    """Frames the runner should force to IDR when encoding segment ``index`` of ``frames`` frames.
+
+    ``O_index`` (first frame after the overlap: the remux starts there) and, when ``frames`` is
+    given, ``frames - O_{index+1}`` (start of the tail a blend decodes: no need to decode the rest).
+    """
+    keys = [overlaps[index - 1]] if index > 0 and overlaps[index - 1] > 0 else []
+    if frames is not None and index < len(overlaps) and overlaps[index] > 0:
+        keys.append(frames - overlaps[index])
+    return sorted(set(keys))
 
 
 def plan_pieces(frames: Sequence[int], overlaps: Sequence[int], total_frames: int, blend: bool) -> list[tuple[int, int, int]]:
@@ -95,9 +103,9 @@ def _blends(segments: Sequence[Source], overlaps: Sequence[int], fn: BlendFn) ->
         if not (o_in or o_out):
             tail = None
             continue
-        frames = decode_mp4(segments[i])
+        count = probe_mp4(segments[i]).frames
         if o_in:
             assert tail is not None
-            out[i] = fn(tail, frames[:o_in])
-        tail = frames[len(frames) - o_out :] if o_out else None
+            out[i] = fn(tail, decode_range(segments[i], 0, o_in))
+        tail = decode_range(segments[i], count - o_out, count) if o_out else None
     return out

@@ -118,6 +118,29 @@ def iter_decode(src: Source) -> Iterator[np.ndarray]:
         container.close()
 
 
+def decode_range(src: Source, start: int, stop: int) -> np.ndarray:
+    """Frames ``[start, stop)`` only: decoding starts at the last keyframe at or before ``start``.
+
+    Assumes decode order = display order (our encodes use ``bframes=0``), so packet ``i`` is frame ``i``.
+    """
+    container = open_source(src)
+    try:
+        stream = container.streams.video[0]
+        packets = [p for p in container.demux(stream) if p.size > 0]
+        if not 0 <= start < stop <= len(packets):
+            raise ValueError(f"range [{start}, {stop}) outside {len(packets)} frames")
+        first = max(i for i in range(start + 1) if packets[i].is_keyframe or i == 0)
+        frames: list[np.ndarray] = []
+        ctx = stream.codec_context
+        for i, packet in enumerate(packets[first:stop] + [None], start=first):  # None flushes
+            for frame in ctx.decode(packet):
+                frames.append(frame.to_ndarray(format="rgb24"))
+            del i
+    finally:
+        container.close()
+    return np.stack(frames[start - first : stop - first])
+
+
 def decode_mp4(src: Source) -> np.ndarray:
     """All frames of an MP4 as one RGB uint8 array ``(F, H, W, 3)``."""
     frames = list(iter_decode(src))

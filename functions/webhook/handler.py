@@ -39,7 +39,7 @@ async def webhook_for(job_id: str, ports: Ports) -> WebhookSpec | None:
         raw = await ports.storage.get_bytes(request_key(job_id), max_bytes=1 << 20)
         spec = JobRequest.model_validate_json(raw).webhook
     except ObjectNotFound:
-        spec = None  # rejected before its request was stored: nobody to call
+        return None  # rejected before its request was stored: nobody to call (not cached)
     _specs[job_id] = spec
     if len(_specs) > _CACHE_SIZE:
         _specs.popitem(last=False)

@@ -217,8 +217,10 @@ class WanT2V:
 
     def warmup(self) -> None:
         """One step at the smallest sensible size (no CFG) so kernels/allocations exist before a job."""
-        side = 2 * self.spec.spatial_multiple
-        self.generate(GenerateParams(prompt="warmup", width=side, height=side, num_frames=self.spec.frame_multiple + 1,
+        side, frames = 2 * self.spec.spatial_multiple, self.spec.frame_multiple + 1
+        while self.spec.latent_tokens(side, side, frames) < self.ctx.world_size:  # every rank needs a token
+            side *= 2
+        self.generate(GenerateParams(prompt="warmup", width=side, height=side, num_frames=frames,
                                      steps=1, guidance_scale=1.0, seed=0))
 
     def save(self, path: Path) -> None:

@@ -147,7 +147,7 @@ def _segments(tmp_path: Path, total: int, shift: float = 8.0) -> tuple[list[Path
     for w in plan.windows:
         p = tmp_path / f"seg{w.index}.mp4"
         frames = scene(w.frames, w.start_frame, shift * (-1) ** w.index)
-        encode_mp4(frames, FPS, p, keyframes_at=segment_keyframes(w.index, plan.overlaps))
+        encode_mp4(frames, FPS, p, keyframes_at=segment_keyframes(w.index, plan.overlaps, w.frames))
         paths.append(p)
     return paths, list(plan.overlaps), total
 

@@ -1,0 +1,216 @@
+"""preprocess for i2v / animate jobs: fetch, validate, store originals, derive model inputs.
+
+Returns named ``ObjectRef``s (they go into ``ResolvedJob.inputs``):
+
+=================  =======================================================  ===========
+name               key                                                      tasks
+=================  =======================================================  ===========
+``image``          ``jobs/<id>/inputs/image.<ext>`` (original bytes)         i2v, animate
+``reference``      ``jobs/<id>/frames/reference.png`` (on the model grid)    i2v, animate
+``video``          ``jobs/<id>/inputs/video.<ext>`` (original bytes)         animate
+``frames_index``   ``jobs/<id>/frames/driving/index.json`` (+ chunks)        animate
+``pose_index``     ``jobs/<id>/keypoints/pose/index.json`` (+ chunks)        animate
+``face_index``     ``jobs/<id>/keypoints/face/index.json`` (+ chunks)        animate
+``keypoints``      ``jobs/<id>/keypoints/keypoints.npy`` (F, 33, 4) float32  animate
+``keypoints_meta`` ``jobs/<id>/keypoints/keypoints.json`` (schema)           animate
+=================  =======================================================  ===========
+
+Blocking work (decode, pose, encode) runs in threads; the event loop only uploads and beats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from functions.preprocess.animate import STREAMS, AnimateRun
+from functions.preprocess.errors import InputUnsupported
+from functions.preprocess.fetch import fetch_input
+from functions.preprocess.frames_store import Chunk, ChunkInfo, FramesIndex, chunk_key, index_json, index_key
+from functions.preprocess.limits import DEFAULT_LIMITS, MediaLimits
+from functions.preprocess.media import encode_png, probe_video, reference_image
+from functions.preprocess.objects import ObjectStore
+from functions.preprocess.pose import available_cores, shared_estimator
+from functions.preprocess.skeleton import schema
+from functions.preprocess.sniff import sniff
+from runtime.logging import get_logger
+from runtime.settings import Settings
+from schemas.messages import JobRequest, ObjectRef, ResolvedJob, Task
+from schemas.names import frames_key, input_key, keypoints_key
+from schemas.registry import get_model
+
+log = get_logger(stage="preprocess")
+Heartbeat = Callable[[], Awaitable[None]]
+
+CHUNK_FRAMES = 32
+"""Frames per stored chunk, and per ``AnimateRun.step``."""
+FACE_SIZE = 512
+"""Face crop size for real models (Wan-Animate's face encoder input); tiny models use their grid."""
+
+
+def resolve_workers(settings: Settings, workers: int | None) -> int:
+    """Explicit value > ``settings.preprocess_workers`` > the cores available."""
+    configured = workers if workers is not None else getattr(settings, "preprocess_workers", None)
+    return max(1, int(configured)) if configured else available_cores()
+
+
+def default_face_size(job: ResolvedJob) -> int:
+    spec = get_model(job.model)
+    if spec is not None and spec.tiny:
+        return min(job.width, job.height)
+    return FACE_SIZE
+
+
+class _Beat:
+    """Call ``heartbeat`` at most every ``every_s`` seconds; never let it fail the job."""
+
+    def __init__(self, heartbeat: Heartbeat | None, every_s: float) -> None:
+        self._fn = heartbeat
+        self._every = max(0.5, every_s / 2)
+        self._last = time.monotonic()
+
+    async def __call__(self, *, force: bool = False) -> None:
+        if self._fn is None or (not force and time.monotonic() - self._last < self._every):
+            return
+        self._last = time.monotonic()
+        try:
+            await self._fn()
+        except Exception as e:  # a lost heartbeat must not turn into a job failure
+            log.warning("heartbeat_failed", error=str(e))
+
+
+async def preprocess(job: ResolvedJob, request: JobRequest, storage: ObjectStore, settings: Settings, *,
+                     workers: int | None = None, heartbeat: Heartbeat | None = None,
+                     limits: MediaLimits | None = None, face_size: int | None = None,
+                     require_person: bool = True) -> dict[str, ObjectRef]:
+    """Fetch and validate the job's inputs, store originals and derived objects; see module doc.
+
+    Raises ``InputRejected`` subclasses (permanent: job.rejected with the error's code) or
+    ``Retryable`` (network/storage trouble). ``require_person``: an animate job whose driving
+    video shows nobody in any frame is rejected (``input_unsupported``).
+    """
+    limits = limits or DEFAULT_LIMITS
+    beat = _Beat(heartbeat, settings.heartbeat_s)
+    refs: dict[str, ObjectRef] = {}
+    if job.task == Task.T2V:
+        return refs
+    t0 = time.perf_counter()
+    allow = settings.input_allow_hosts
+    buckets = getattr(settings, "input_buckets", None) or None
+
+    assert request.image is not None  # guaranteed by validate.resolve
+    image = await fetch_input(request.image, storage, limits, allow, max_bytes=limits.max_image_bytes,
+                              allowed_buckets=buckets)
+    reference, info = await asyncio.to_thread(reference_image, image, limits, job.width, job.height)
+    video: bytes | None = None
+    if job.task == Task.ANIMATE:
+        assert request.video is not None
+        await beat()
+        video = await fetch_input(request.video, storage, limits, allow, max_bytes=limits.max_video_bytes,
+                                  allowed_buckets=buckets)
+        vinfo = await asyncio.to_thread(probe_video, video, limits)
+        log.info("input_video", codec=vinfo.codec, width=vinfo.width, height=vinfo.height, fps=vinfo.fps,
+                 duration_s=vinfo.duration_s, frames=vinfo.frames, size=len(video))
+
+    jid = job.job_id
+    refs["image"] = await storage.put_bytes(input_key(jid, f"image.{info.kind.extension}"), image, info.kind.mime)
+    png = await asyncio.to_thread(encode_png, reference)
+    refs["reference"] = await storage.put_bytes(frames_key(jid, "reference.png"), png, "image/png")
+    if video is not None:
+        kind = sniff(video)
+        refs["video"] = await storage.put_bytes(input_key(jid, f"video.{kind.extension}"), video, kind.mime)
+        refs.update(await _animate(job, video, storage, limits, resolve_workers(settings, workers),
+                                   face_size or default_face_size(job), beat, require_person))
+    log.info("preprocess_done", job_id=jid, task=job.task.value, objects=len(refs),
+             elapsed_s=round(time.perf_counter() - t0, 3))
+    return refs
+
+
+class _Uploader:
+    """Uploads finished chunks concurrently with the next processing step (at most 2 batches
+    in flight, so encoded bytes waiting in memory stay bounded) and records their refs."""
+
+    def __init__(self, storage: ObjectStore, prefixes: dict[str, str]) -> None:
+        self._storage = storage
+        self._prefixes = prefixes
+        self._inflight: list[asyncio.Future[Any]] = []
+        self.chunks: dict[str, list[ChunkInfo]] = {name: [] for name in prefixes}
+
+    async def _put(self, stream: str, chunk: Chunk) -> None:
+        key = chunk_key(self._prefixes[stream], chunk.number)
+        ref = await self._storage.put_bytes(key, chunk.data, "video/mp4")
+        self.chunks[stream].append(ChunkInfo(key=key, start=chunk.start, frames=chunk.frames, size=len(chunk.data),
+                                             etag=ref.etag))
+
+    async def submit(self, batch: list[tuple[str, Chunk]]) -> None:
+        if not batch:
+            return
+        while len(self._inflight) >= 2:
+            await self._inflight.pop(0)
+        self._inflight.append(asyncio.gather(*(self._put(s, c) for s, c in batch)))
+
+    async def drain(self) -> None:
+        while self._inflight:
+            await self._inflight.pop(0)
+
+    def cancel(self) -> None:
+        for task in self._inflight:
+            task.cancel()
+
+
+async def _animate(job: ResolvedJob, video: bytes, storage: ObjectStore, limits: MediaLimits, workers: int,
+                   face_size: int, beat: _Beat, require_person: bool) -> dict[str, ObjectRef]:
+    jid = job.job_id
+    t0 = time.perf_counter()
+    estimator = await asyncio.to_thread(shared_estimator, workers)
+    run = await asyncio.to_thread(
+        AnimateRun, video, width=job.width, height=job.height, fps=job.fps, num_frames=job.num_frames,
+        limits=limits, estimator=estimator, face_size=face_size, chunk_frames=CHUNK_FRAMES,
+    )
+    prefixes = {"driving": frames_key(jid, "driving"), "pose": keypoints_key(jid, "pose"),
+                "face": keypoints_key(jid, "face")}
+    uploader = _Uploader(storage, prefixes)
+    try:
+        while not run.done:
+            batch = await asyncio.to_thread(run.step, CHUNK_FRAMES)
+            await uploader.submit(batch)
+            await beat()
+        await uploader.drain()
+    finally:
+        uploader.cancel()
+        await asyncio.to_thread(run.close)
+    stats = run.stats
+    if require_person and stats.detected_frames == 0:
+        raise InputUnsupported(f"no person was detected in any of the {stats.source_frames} driving video frames")
+    elapsed = time.perf_counter() - t0
+    meta = {"source_frames": stats.source_frames, "padded_frames": stats.padded_frames,
+            "detected_frames": stats.detected_frames, "workers": workers, "elapsed_s": round(elapsed, 3)}
+    refs: dict[str, ObjectRef] = {}
+    keypoints = run.keypoints()
+    buf = io.BytesIO()
+    np.save(buf, keypoints, allow_pickle=False)
+    refs["keypoints"] = await storage.put_bytes(keypoints_key(jid, "keypoints.npy"), buf.getvalue(),
+                                                "application/x-npy")
+    sidecar = schema(len(keypoints), job.width, job.height, job.fps, **meta)
+    refs["keypoints_meta"] = await storage.put_bytes(keypoints_key(jid, "keypoints.json"),
+                                                     json.dumps(sidecar, indent=1).encode(), "application/json")
+    sizes = {"driving": (job.width, job.height), "pose": (job.width, job.height), "face": (face_size, face_size)}
+    names = {"driving": "frames_index", "pose": "pose_index", "face": "face_index"}
+    for stream in STREAMS:
+        w, h = sizes[stream]
+        chunks = sorted(uploader.chunks[stream], key=lambda c: c.start)
+        index = FramesIndex(width=w, height=h, fps=job.fps, frames=sum(c.frames for c in chunks),
+                            chunk_frames=CHUNK_FRAMES, chunks=chunks, meta={"stream": stream, **meta})
+        refs[names[stream]] = await storage.put_bytes(index_key(prefixes[stream]), index_json(index),
+                                                      "application/json")
+    log.info("animate_preprocessed", job_id=jid, frames=len(keypoints), workers=workers,
+             fps_processed=round(stats.source_frames / elapsed, 1) if elapsed else None, **meta)
+    await beat(force=True)
+    return refs
+

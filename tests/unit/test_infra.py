@@ -1,0 +1,380 @@
+"""Deployment code (infra/, minio/) checked without terraform, a cluster or Docker.
+
+(a) every .tf file parses with python-hcl2; (b) the streams, consumers, KV bucket, bucket and
+policies it declares agree with schemas/ - and a change in schemas/ that Terraform does not follow
+is reported; (c) Kubernetes YAML, if any appears under infra/, validates against the bundled
+Kubernetes schemas. Plus: generated files are fresh, per-stage S3 access is least privilege, and
+minio/init.sh does what it says (run against a stub `mc`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "infra" / "tools"))
+
+import gen_infra  # noqa: E402
+import stage_access as sa  # noqa: E402
+import tfcheck  # noqa: E402
+from schemas import names, registry  # noqa: E402
+
+TF_FILES = tfcheck.tf_files()
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict[Path, dict]:
+    return tfcheck.parse_all()
+
+
+# ---- (a) parse ------------------------------------------------------------------------------
+def test_terraform_tree_is_complete() -> None:
+    rel = {str(p.relative_to(tfcheck.TF_ROOT)) for p in TF_FILES}
+    for module in ("nats", "nats-jetstream", "videogen", "minio", "s3-aws", "s3-stage-policies", "keda"):
+        assert f"modules/{module}/versions.tf" in rel, module
+    for env in ("dev", "prod"):
+        assert {f"environments/{env}/{f}" for f in ("main.tf", "variables.tf", "versions.tf")} <= rel
+
+
+@pytest.mark.parametrize("path", TF_FILES, ids=lambda p: str(p.relative_to(tfcheck.TF_ROOT)))
+def test_tf_file_parses_with_hcl2(path: Path) -> None:
+    doc = tfcheck.parse_file(path)
+    assert isinstance(doc, dict) and doc, f"{path} parsed to nothing"
+    assert set(doc) <= {"terraform", "provider", "variable", "locals", "resource", "data", "module", "output"}, \
+        f"{path}: unexpected top-level blocks {sorted(doc)}"
+
+
+def test_parse_error_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "bad.tf").write_text('resource "x" "y" {\n  a = \n}\n')
+    with pytest.raises(tfcheck.TFParseError, match="bad.tf"):
+        tfcheck.parse_all(tmp_path)
+
+
+def test_every_module_input_is_documented(parsed: dict[Path, dict]) -> None:
+    for path, _, name, body in tfcheck.blocks(parsed, "variable"):
+        assert body.get("description"), f"{path.relative_to(REPO)}: variable {name} has no description"
+        assert "type" in body, f"{path.relative_to(REPO)}: variable {name} has no type"
+
+
+def test_no_secret_has_a_default(parsed: dict[Path, dict]) -> None:
+    """Secrets come from Kubernetes Secrets or are generated; never from variable defaults."""
+    secretish = re.compile(r"(password|secret_key|access_key|token|whsec|credential_data)", re.I)
+    for path, _, name, body in tfcheck.blocks(parsed, "variable"):
+        default = body.get("default")
+        if secretish.search(name) and default not in (None, ""):
+            # a *name* of a Secret is fine (webhook_secret_name = "videogen-webhook")
+            assert name.endswith(("_name", "_secret")) and isinstance(default, str) and not default.startswith("whsec_"), \
+                f"{path.relative_to(REPO)}: variable {name} has a default that looks like a secret"
+    text = "\n".join(p.read_text() for p in TF_FILES)
+    assert "whsec_" not in text.replace("whsec_...", "").replace("`whsec_", ""), "a webhook secret in Terraform"
+    assert not re.search(r"AKIA[0-9A-Z]{16}", text), "an AWS access key in Terraform"
+
+
+# ---- (b) cross-check against schemas/ ------------------------------------------------------------
+def test_terraform_matches_schemas(parsed: dict[Path, dict]) -> None:
+    assert tfcheck.cross_check(parsed=parsed) == []
+
+
+def test_renamed_stream_in_schemas_fails_the_cross_check(parsed, monkeypatch) -> None:
+    renamed = tuple(dataclasses.replace(s, name="VIDEOGEN_JOBS_V2") if s.name == names.STREAM_JOBS else s
+                    for s in names.STREAMS)
+    monkeypatch.setattr(names, "STREAMS", renamed)
+    problems = tfcheck.cross_check(parsed=parsed)
+    assert any("VIDEOGEN_JOBS_V2" in p and "not declared in Terraform" in p for p in problems), problems
+    assert any("declares stream VIDEOGEN_JOBS," in p for p in problems), problems
+    # and the generator knows the generated Terraform is stale
+    stale = gen_infra.stale()
+    assert any("jetstream.gen.tf: stale" in s for s in stale), stale
+
+
+def test_changed_limits_fail_the_cross_check(parsed, monkeypatch) -> None:
+    monkeypatch.setattr(names, "STREAMS", tuple(
+        dataclasses.replace(s, max_age_s=s.max_age_s + 1) if s.name == names.STREAM_DLQ else s for s in names.STREAMS))
+    monkeypatch.setattr(names, "CPU_CONSUMERS", tuple(
+        dataclasses.replace(c, ack_wait_s=7, backoff_s=(2, 4)) if c.durable == "stitch" else c
+        for c in names.CPU_CONSUMERS))
+    real_runner = names.runner_consumer
+    monkeypatch.setattr(names, "runner_consumer", lambda m: dataclasses.replace(real_runner(m), max_deliver=9))
+    problems = "\n".join(tfcheck.cross_check(parsed=parsed))
+    assert "stream VIDEOGEN_DLQ: max_age" in problems
+    assert "consumer stitch: ack_wait is 120 in Terraform, 7 in schemas" in problems
+    assert "consumer stitch: backoff" in problems
+    assert "modules/videogen: function_consumers['stitch']" in problems  # KEDA would watch the wrong thing
+    assert "runner consumer for wan2.1-t2v-14b: max_delivery is 4 in Terraform, 9 in schemas" in problems
+
+
+def test_renamed_consumer_and_kv_fail_the_cross_check(parsed, monkeypatch) -> None:
+    monkeypatch.setattr(names, "CPU_CONSUMERS", tuple(
+        dataclasses.replace(c, durable="webhooks") if c.durable == "webhook" else c for c in names.CPU_CONSUMERS))
+    monkeypatch.setattr(names, "KV_JOBS", "videogen-status")
+    monkeypatch.setattr(names, "DEFAULT_BUCKET", "videogen-out")
+    problems = "\n".join(tfcheck.cross_check(parsed=parsed))
+    assert "consumer webhooks is in schemas/names.py CPU_CONSUMERS but not declared" in problems
+    assert "declares consumer webhook, which" in problems
+    assert "videogen-status" in problems
+    assert "variable bucket defaults to 'videogen'" in problems
+
+
+def test_new_registry_model_needs_a_runner_consumer(parsed, monkeypatch) -> None:
+    models = dict(registry.MODELS)
+    models["wan9-t2v-1b"] = models["wan2.1-t2v-1.3b"].model_copy(update={"name": "wan9-t2v-1b"})
+    monkeypatch.setattr(registry, "MODELS", models)
+    problems = "\n".join(tfcheck.cross_check(parsed=parsed))
+    assert "runner consumer for model wan9-t2v-1b (schemas/registry.py) missing" in problems
+    assert any("jetstream.gen.tf: stale" in s for s in gen_infra.stale())
+
+
+def test_hand_edited_terraform_is_caught(parsed) -> None:
+    doc = parsed[gen_infra.JETSTREAM_FILE]
+    edited = json.loads(json.dumps(doc))
+    for entry in edited["resource"]:
+        if "jetstream_stream" in entry and "VIDEOGEN_EVENTS" in entry["jetstream_stream"]:
+            entry["jetstream_stream"]["VIDEOGEN_EVENTS"]["retention"] = "interest"
+            entry["jetstream_stream"]["VIDEOGEN_EVENTS"]["subjects"] = ["videogen.event.>"]
+    problems = "\n".join(tfcheck.cross_check(parsed={**parsed, gen_infra.JETSTREAM_FILE: edited}))
+    assert "stream VIDEOGEN_EVENTS: retention is 'interest'" in problems
+    assert "stream VIDEOGEN_EVENTS: subjects" in problems
+
+
+def test_sync_interval_always_is_enforced(parsed) -> None:
+    nats_main = tfcheck.TF_ROOT / "modules" / "nats" / "main.tf"
+    edited = json.loads(json.dumps(parsed[nats_main]))
+    for loc in edited["locals"]:
+        if "values" in loc:
+            loc["values"]["config"]["jetstream"]["merge"] = {"sync_interval": "2m"}
+    problems = tfcheck.cross_check(parsed={**parsed, nats_main: edited})
+    assert any("sync_interval" in p for p in problems), problems
+
+
+def test_generated_files_are_up_to_date() -> None:
+    assert gen_infra.stale() == [], "run: .venv/bin/python infra/tools/gen_infra.py"
+
+
+def test_generator_is_deterministic() -> None:
+    assert gen_infra.render_all() == gen_infra.render_all()
+
+
+def test_generated_hcl_parses_back_to_schemas() -> None:
+    """The writer's output is valid HCL and carries the literal values (not just formatting)."""
+    import hcl2
+
+    doc = hcl2.loads(gen_infra.render_jetstream(), serialization_options=tfcheck._OPTS)
+    streams = {b["name"] for e in doc["resource"] for t, r in e.items() if t == "jetstream_stream" for b in r.values()}
+    assert streams == {s.name for s in names.STREAMS}
+
+
+# ---- per-stage S3 access ---------------------------------------------------------------------
+def _allowed(patterns: tuple[str, ...], key: str) -> bool:
+    return any(re.fullmatch(re.escape(p).replace(r"\*", ".*"), key) for p in patterns)
+
+
+def _writers(key: str) -> set[str]:
+    return {s.stage for s in sa.stage_access().values() if _allowed(s.write, key)}
+
+
+def _readers(key: str) -> set[str]:
+    return {s.stage for s in sa.stage_access().values() if _allowed(s.read, key)}
+
+
+def test_each_stage_writes_only_its_own_outputs() -> None:
+    j = "job-1"
+    assert _writers(names.request_key(j)) == {"preprocess"}
+    assert _writers(names.input_key(j, "image.png")) == {"preprocess"}
+    assert _writers(names.frames_key(j, "000001.png")) == {"preprocess"}
+    assert _writers(names.keypoints_key(j, "pose.npz")) == {"preprocess"}
+    assert _writers(names.plan_key(j)) == {"planner"}
+    assert _writers(names.segment_key(j, 3)) == {"runner"}
+    assert _writers(names.segment_tail_key(j, 3)) == {"runner"}
+    assert _writers(names.output_key(j)) == {"stitch"}
+    # atomic uploads go through a temporary key first
+    assert _writers(names.temp_key(names.output_key(j), "abc123")) == {"stitch"}
+    assert _writers(names.temp_key(names.segment_key(j, 0), "abc123")) == {"runner"}
+    assert _writers("unrelated/key") == set()
+
+
+def test_readers_cover_the_pipeline() -> None:
+    j = "job-1"
+    assert _readers(names.segment_tail_key(j, 0)) == {"chain", "runner", "stitch"}
+    assert _readers(names.output_key(j)) == {"stitch"}  # it presigns the URL
+    assert "runner" in _readers(names.keypoints_key(j, "pose.npz"))
+    assert _readers("uploads/client/image.png") == {"preprocess"}
+
+
+def test_webhook_gets_no_s3_access_and_only_provision_administers() -> None:
+    acc = sa.stage_access()
+    assert not acc["webhook"].needs_credentials
+    assert [s for s, a in acc.items() if a.bucket_admin] == ["provision"]
+    assert not acc["provision"].deployed
+    for a in acc.values():
+        for k in a.write:  # a writer can copy its temp object onto the final key
+            assert _allowed(a.read, k) or a.stage == "preprocess" and k.startswith("jobs/"), (a.stage, k)
+        for k in a.write:
+            assert k.startswith(sa.jobs_prefix()), (a.stage, k)
+
+
+def test_policy_documents_are_valid_iam() -> None:
+    for a in sa.stage_access().values():
+        doc = sa.policy_document(a, "videogen")
+        assert doc["Version"] == "2012-10-17"
+        for st in doc["Statement"]:
+            assert st["Effect"] == "Allow" and st["Action"] and st["Resource"]
+            assert all(r.startswith("arn:aws:s3:::videogen") for r in st["Resource"])
+            assert "*" not in st["Action"] and all(not x.endswith(":*") for x in st["Action"])
+        assert len(json.dumps(doc, separators=(",", ":"))) < 2048  # MinIO / IAM inline limit
+
+
+# ---- (c) Kubernetes YAML ---------------------------------------------------------------------------
+def _k8s_yaml_docs() -> list[tuple[Path, dict]]:
+    docs = []
+    for path in sorted((REPO / "infra").rglob("*.y*ml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc:
+                docs.append((path, doc))
+    return docs
+
+
+def test_kubernetes_yaml_under_infra_validates() -> None:
+    """Workloads are declared in HCL (checkov scans them); any manifest added as YAML must pass
+    the Kubernetes OpenAPI schemas bundled in kubernetes-validate (no network)."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    for path, doc in _k8s_yaml_docs():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            pytest.fail(f"{path}: {doc['apiVersion']}/{doc['kind']} has no bundled schema (a CRD?): declare it in HCL")
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{path}: {doc['kind']} {doc.get('metadata', {}).get('name')}: {e.message}")
+
+
+def test_kubernetes_validator_is_strict() -> None:
+    import kubernetes_validate
+
+    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+           "spec": {"replicas": "two", "selector": {}, "template": {}}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_minio_compose_is_pinned_and_local_only() -> None:
+    compose = yaml.safe_load((REPO / "minio" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"minio", "init"}
+    for name, svc in services.items():
+        image = svc["image"]
+        assert re.search(r":RELEASE\.\d{4}-\d\d-\d\dT", image), f"{name}: image {image} is not pinned"
+    assert all(p.startswith("127.0.0.1:") for p in services["minio"]["ports"]), "MinIO must bind loopback only"
+    assert services["init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["init"]["environment"]["POLICY_DIR"] == "/init/policies"
+    assert "./policies:/init/policies:ro" in services["init"]["volumes"]
+    gitignore = (REPO / "minio" / ".gitignore").read_text().split()
+    assert ".env" in gitignore and ".creds/" in gitignore
+
+
+# ---- minio/init.sh against a stub mc -------------------------------------------------------------
+STUB_MC = r"""#!/usr/bin/env bash
+# records every call; `ilm rule import` and `admin policy create` keep what they were given
+while [[ "${1:-}" == --* ]]; do
+  case "$1" in --config-dir) shift 2 ;; *) shift ;; esac
+done
+echo "$*" >> "$MC_LOG"
+case "$1 $2 ${3:-}" in
+  "ilm rule import") cat > "$MC_LOG.lifecycle.json" ;;
+  "admin policy create") cp "$6" "$MC_LOG.policy.$5.json" ;;
+  "admin policy attach")
+    if [ -n "${MC_ATTACH_ALREADY:-}" ]; then echo "mc: <ERROR> The specified policy change is already in effect." >&2; exit 1; fi ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def minio_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    if not shutil.which("bash"):
+        pytest.skip("bash not available")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    mc = bindir / "mc"
+    mc.write_text(STUB_MC)
+    mc.chmod(mc.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "mc.log"
+    env = {
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "MC_LOG": str(log),
+        "MINIO_ENDPOINT": "http://minio.test:9000",
+        "MINIO_ROOT_USER": "root",
+        "MINIO_ROOT_PASSWORD": "root-password",
+        "POLICY_DIR": str(REPO / "minio" / "policies"),
+        "MC_CONFIG_DIR": str(tmp_path / "mc-config"),
+        "TMPDIR": str(tmp_path),
+    }
+    return env, log
+
+
+def _run_init(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(REPO / "minio" / "init.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_minio_init_creates_bucket_rule_policies_and_users(minio_env, tmp_path) -> None:
+    env, log = minio_env
+    creds = tmp_path / "creds"
+    env.update(CREDS_DIR=str(creds), VIDEOGEN_LOCAL_USER="1", VIDEOGEN_EXPIRE_DAYS="3")
+    r = _run_init(env)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert "mb --ignore-existing videogen/videogen" in calls
+    assert "anonymous set none videogen/videogen" in calls
+    rule = json.loads(Path(f"{log}.lifecycle.json").read_text())["Rules"][0]
+    assert rule == {"ID": sa.LIFECYCLE_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": sa.jobs_prefix()},
+                    "Expiration": {"Days": 3}}
+    stages = [s.stage for s in sa.stage_access().values() if s.needs_credentials]
+    for stage in stages:
+        assert any(c.startswith(f"admin policy create videogen videogen-{stage} ") for c in calls), stage
+    deployed = [s for s in stages if s != "provision"]
+    for stage in deployed:
+        assert any(c.startswith(f"admin user add videogen videogen-{stage} ") for c in calls), stage
+        assert f"admin policy attach videogen videogen-{stage} --user videogen-{stage}" in calls
+        env_file = creds / f"videogen-{stage}.env"
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        assert env_file.read_text().startswith(f"VIDEOGEN_S3_ACCESS_KEY=videogen-{stage}\n")
+    assert not any("videogen-provision --user videogen-provision" in c for c in calls)
+    local_attach = [c for c in calls if c.startswith("admin policy attach") and c.endswith("--user videogen-local")]
+    assert local_attach and all(f"videogen-{s}" in local_attach[0] for s in stages)
+
+    # idempotent: a second run keeps every generated secret and tolerates "already attached"
+    before = {p.name: p.read_text() for p in creds.iterdir()}
+    log.unlink()
+    r = _run_init({**env, "MC_ATTACH_ALREADY": "1"})
+    assert r.returncode == 0, r.stderr
+    assert {p.name: p.read_text() for p in creds.iterdir()} == before
+
+
+def test_minio_init_retargets_policies_and_requires_secrets(minio_env) -> None:
+    env, log = minio_env
+    secrets = {f"VIDEOGEN_S3_SECRET_{s.upper()}": f"secret-of-{s}-123" for s in ("preprocess", "planner", "chain",
+                                                                                   "runner", "stitch")}
+    r = _run_init({**env, **secrets, "VIDEOGEN_BUCKET": "videogen-prod", "VIDEOGEN_STAGES": "runner stitch"})
+    assert r.returncode == 0, r.stderr
+    runner_policy = json.loads(Path(f"{log}.policy.videogen-runner.json").read_text())
+    resources = [res for st in runner_policy["Statement"] for res in st["Resource"]]
+    assert resources and all(res.startswith("arn:aws:s3:::videogen-prod") for res in resources)
+    assert "admin user add videogen videogen-runner secret-of-runner-123" in log.read_text()
+    assert "videogen-preprocess secret" not in log.read_text()  # only the stages asked for
+
+    r = _run_init({**env, "VIDEOGEN_STAGES": "runner"})  # no secret, no CREDS_DIR
+    assert r.returncode != 0 and "VIDEOGEN_S3_SECRET_RUNNER is not set" in r.stderr
+    r = _run_init({**env, "VIDEOGEN_EXPIRE_DAYS": "0"})
+    assert r.returncode != 0 and "VIDEOGEN_EXPIRE_DAYS" in r.stderr
