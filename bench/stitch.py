@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from functions.planner import plan_segments  # noqa: E402
 from functions.stitch.assemble import segment_keyframes, stitch_mp4  # noqa: E402
 from functions.stitch.blend import stitch_frames  # noqa: E402
-from functions.stitch.video import decode_mp4, encode_mp4, probe_mp4  # noqa: E402
+from runtime.video import decode_mp4, encode_mp4, probe_mp4  # noqa: E402
 from schemas.registry import MODELS  # noqa: E402
 
 FPS = 16

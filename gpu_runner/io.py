@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import os
 import socket
 import threading
 import time
@@ -29,7 +30,7 @@ from runtime.jobs import JobTracker
 from runtime.logging import get_logger
 from runtime.settings import Settings
 from runtime.storage import Storage
-from runtime.video import encode_mp4
+from runtime.video import encode_mp4, remux_keyframes
 from schemas.errors import ErrorCode, VideogenError
 from schemas.messages import (
     EventType,
@@ -53,6 +54,13 @@ T = TypeVar("T")
 log = get_logger(component="runner-io")
 
 
+def encode_segment(frames: np.ndarray, job: SegmentJob) -> bytes:
+    buf = io.BytesIO()
+    keys = remux_keyframes(int(frames.shape[0]), job.overlap_frames, job.next_overlap_frames)
+    encode_mp4(frames, job.job.fps, buf, keyframes_at=keys)
+    return buf.getvalue()
+
+
 @dataclass
 class Active:
     """A segment message this runner holds: heartbeated until acked."""
@@ -71,7 +79,7 @@ class RunnerIO:
                  progress_interval_s: float = 0.25) -> None:
         self.settings = settings
         self.model = model
-        self.runner_id = runner_id or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
+        self.runner_id = runner_id or f"{socket.gethostname()}-{os.getpid()}"
         self.progress_interval_s = progress_interval_s
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="runner-io", daemon=True)
@@ -152,9 +160,9 @@ class RunnerIO:
         active = Active(job, msg)
         active.heartbeat = asyncio.create_task(self._heartbeat(active))
         active.watcher = asyncio.create_task(self._watch_cancel(active))
-        if job.index == 0:
-            await self.tracker.record(
-                JobEvent.build(job.job.job_id, EventType.STARTED, StartedData(segment=0, runner=self.runner_id)))
+        if job.index == 0:  # off the critical path: compute starts now
+            self.spawn(self.tracker.record(
+                JobEvent.build(job.job.job_id, EventType.STARTED, StartedData(segment=0, runner=self.runner_id))))
         return active
 
     async def _heartbeat(self, active: Active) -> None:
@@ -202,8 +210,7 @@ class RunnerIO:
         j = active.job
         job_id = j.job.job_id
         try:
-            keyframes = [j.overlap_frames] if j.overlap_frames else []
-            data = await asyncio.to_thread(encode_mp4, frames, j.job.fps, keyframes_at=keyframes)
+            data = await asyncio.to_thread(encode_segment, frames, j)
             seg_ref = await self.storage.put_atomic(segment_key(job_id, j.index), data, "video/mp4")
             tail_ref = None
             if j.index + 1 < j.count and j.next_overlap_frames:

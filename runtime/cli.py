@@ -82,9 +82,33 @@ def runner(
     settings = _settings()
     cmd = runner_command(model or settings.runner_model, nproc_per_node, max_segments)
     proc = subprocess.Popen(cmd)
+
+    def _forward(signum: int, _frame: object) -> None:
+        # Signal the ranks, not torchrun: rank 0 finishes (or hands back) its segment and tells
+        # the others to stop, every rank exits 0 and torchrun exits 0. Signalling torchrun itself
+        # makes it kill the workers and exit non-zero.
+        ranks = _children(proc.pid)
+        for pid in ranks or [proc.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, _f: proc.send_signal(s))
+        signal.signal(sig, _forward)
     raise typer.Exit(proc.wait())
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc); empty when unknown."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            out.extend(int(c) for c in text)
+    except OSError:
+        return []
+    return out
 
 
 def runner_command(model: str, nproc: int, max_segments: int | None = None) -> list[str]:

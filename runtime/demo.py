@@ -45,7 +45,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None
 
 async def run_demo(settings: Settings, console: Console, *, prompt: str, num_frames: int) -> int:
     from functions.webhook.receiver import WebhookReceiver
-    from runtime.cli import _follow_with_bar, _print_outcome, runner_command
+    from runtime.cli import _follow_with_bar, _print_outcome
     from runtime.client import submit
     from runtime.stack import provision, start_servers
 
@@ -63,7 +63,8 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
         env = {**os.environ, "VIDEOGEN_DATA_DIR": str(data), "VIDEOGEN_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
                "VIDEOGEN_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
         procs.append(_spawn([sys.executable, "-m", "runtime.cli", "functions"], env, data / "functions.log"))
-        procs.append(_spawn(runner_command("tiny-wan", 1), env, data / "runner.log"))
+        procs.append(_spawn([sys.executable, "-m", "runtime.cli", "runner", "--model", "tiny-wan"], env,
+                            data / "runner.log"))
         console.print(f"  workers      functions (pid {procs[0].pid}), tiny-wan runner (pid {procs[1].pid}); "
                       f"logs: {data}/*.log")
         secret = s.webhook_secret.get_secret_value().split()[0]

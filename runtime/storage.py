@@ -1,13 +1,13 @@
 """S3 access (aiobotocore, SigV4, path-style): the only module that talks to object storage.
 
-Writes that must never be seen half-done go through ``put_atomic``: upload to a temporary
-key, then server-side copy onto the final key and delete the temporary one.
+Segment and output writes go through ``put_atomic``: a single PUT (atomic in S3: visible
+only when complete) with ``Content-MD5`` so a corrupted body is refused by the server.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -21,7 +21,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from runtime.settings import Settings
 from schemas.errors import ErrorCode, Permanent, Retryable
 from schemas.messages import ObjectRef
-from schemas.names import temp_key
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
@@ -143,16 +142,25 @@ class Storage:
 
     async def put_atomic(self, key: str, data: bytes, content_type: str = "application/octet-stream",
                          metadata: dict[str, str] | None = None) -> ObjectRef:
-        """Upload to a temp key, then copy onto ``key``: readers never see a partial object."""
-        tmp = temp_key(key, uuid.uuid4().hex[:12])
-        await self.put_bytes(tmp, data, content_type, metadata=metadata)
-        try:
-            ref = await self.copy(tmp, key)
-        finally:
-            await self.delete(tmp)
-        return ObjectRef(bucket=ref.bucket, key=key, etag=ref.etag, size=len(data))
+        """Write ``key`` so readers see the whole object or nothing, byte-exact.
 
-    async def copy(self, src_key: str, dst_key: str, *, src_bucket: str | None = None) -> ObjectRef:
+        An S3 PUT is atomic: the object becomes visible only once completely received (a
+        crashed or cut upload leaves the previous version or nothing), so no temporary key is
+        needed. ``Content-MD5`` makes the server reject a body corrupted on the way.
+        """
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        b = self.bucket
+        try:
+            resp = await self.client.put_object(
+                Bucket=b, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}, ContentMD5=md5
+            )
+        except (ClientError, BotoCoreError) as e:
+            raise _wrap(e, f"put {b}/{key}") from e
+        return self.ref(key, etag=resp.get("ETag", ""), size=len(data), bucket=b)
+
+    async def copy(self, src_key: str, dst_key: str, *, src_bucket: str | None = None,
+                   size: int | None = None) -> ObjectRef:
+        """Server-side copy (no download). ``size``: known source size, saves a HEAD."""
         try:
             resp = await self.client.copy_object(
                 Bucket=self.bucket, Key=dst_key,
@@ -161,8 +169,10 @@ class Storage:
         except (ClientError, BotoCoreError) as e:
             raise _wrap(e, f"copy {src_key} -> {dst_key}") from e
         etag = resp.get("CopyObjectResult", {}).get("ETag", "")
-        head = await self.head(dst_key)
-        return self.ref(dst_key, etag=etag or head.etag, size=head.size)
+        if size is None:
+            head = await self.head(dst_key)
+            etag, size = etag or head.etag, head.size
+        return self.ref(dst_key, etag=etag, size=size)
 
     async def head(self, key: str, *, bucket: str | None = None) -> ObjectRef:
         b = bucket or self.bucket

@@ -32,10 +32,9 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 def start_runner(settings: Settings, log: Path, *, nproc: int = 1, model: str = "tiny-wan",
                  env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    from runtime.cli import runner_command
-
     out = log.open("ab")
-    return subprocess.Popen(runner_command(model, nproc), env=child_env(settings, **(env_extra or {})),
+    cmd = [sys.executable, "-m", "runtime.cli", "runner", "--model", model, "--nproc-per-node", str(nproc)]
+    return subprocess.Popen(cmd, env=child_env(settings, **(env_extra or {})),
                             stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
 
 

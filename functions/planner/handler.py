@@ -9,6 +9,8 @@ any runner can take it and a runner restart between segments loses nothing.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from functions.planner.plan import plan_segments
 from runtime.consumer import Delivery
 from runtime.logging import get_logger
@@ -70,6 +72,7 @@ async def handle_plan(payload: bytes, delivery: Delivery, ports: Ports) -> None:
         return
     plan = make_plan(req, ports.settings.runner_memory_budget_bytes)
     await ports.storage.put_bytes(plan_key(job_id), plan.model_dump_json().encode(), "application/json")
+    _remember(plan)
     await ports.tracker.status.update(job_id, lambda cur: cur and cur.model_copy(update={
         "segments_total": plan.info.segments, "plan": plan.info}))
     first = segment_job(plan, 0, None)
@@ -78,11 +81,27 @@ async def handle_plan(payload: bytes, delivery: Delivery, ports: Ports) -> None:
              overlap=plan.info.overlap_frames, reason=plan.info.reason)
 
 
+# Plans are immutable once written: the chain step (usually in the same process as the
+# planner) reads them from here before going to S3.
+_PLANS: OrderedDict[str, JobPlan] = OrderedDict()
+_PLAN_CACHE_SIZE = 1024
+
+
+def _remember(plan: JobPlan) -> None:
+    _PLANS[plan.job.job_id] = plan
+    while len(_PLANS) > _PLAN_CACHE_SIZE:
+        _PLANS.popitem(last=False)
+
+
 async def load_plan(ports: Ports, job_id: str) -> JobPlan:
+    if (cached := _PLANS.get(job_id)) is not None:
+        return cached
     try:
-        return JobPlan.model_validate_json(await ports.storage.get_bytes(plan_key(job_id)))
+        plan = JobPlan.model_validate_json(await ports.storage.get_bytes(plan_key(job_id)))
     except Permanent as e:
         raise Permanent(f"plan for {job_id} is missing: {e}") from e
+    _remember(plan)
+    return plan
 
 
 async def handle_segment_done(payload: bytes, delivery: Delivery, ports: Ports) -> None:

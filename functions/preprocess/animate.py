@@ -19,7 +19,7 @@ from functions.preprocess.limits import MediaLimits
 from functions.preprocess.media import SampledFrame, Source, iter_frames
 from functions.preprocess.pose import PoseEstimator, to_pixels
 from functions.preprocess.render import FaceCropper, render_pose
-from functions.preprocess.skeleton import NUM_JOINTS, PRES
+from functions.preprocess.skeleton import NUM_JOINTS, DET
 
 STREAMS = ("driving", "pose", "face")
 """Frame streams an animate job produces: the driving video on the model grid, the rendered
@@ -79,7 +79,7 @@ class AnimateRun:
             close()
 
     def keypoints(self) -> np.ndarray:
-        """(F, 33, 4) float32: x, y in grid pixels, visibility, presence (see ``skeleton``)."""
+        """(F, 33, 4) float32: x, y in grid pixels, visibility, detected (see ``skeleton``)."""
         if not self._rows:
             return np.zeros((0, NUM_JOINTS, 4), np.float32)
         return np.stack(self._rows).astype(np.float32, copy=False)
@@ -94,7 +94,7 @@ class AnimateRun:
         grid_kp = to_pixels(kp, self.width, self.height)
         self._rows.append(grid_kp)
         self.stats.source_frames += 1
-        if kp[:, PRES].max() > 0:
+        if kp[:, DET].max() > 0:
             self.stats.detected_frames += 1
         pose = render_pose(grid_kp, self.width, self.height)
         face = self._cropper.crop(sampled.analysis, to_pixels(kp, self.analysis_w, self.analysis_h))

@@ -51,9 +51,9 @@ def _check_kind(kind: MediaKind, data_len: int, expected: str, allowed: tuple[st
     if kind == MediaKind.UNKNOWN:
         raise InputUnsupported(f"{expected} is not a recognised media file (content sniffed from its bytes)")
     if expected == "image" and kind.is_video:
-        raise InputUnsupported(f"expected an image, got a {kind.value} video")
+        raise InputUnsupported(f"expected an image, got a video ({kind.value})")
     if expected == "video" and kind.is_image:
-        raise InputUnsupported(f"expected a video, got a {kind.value} image")
+        raise InputUnsupported(f"expected a video, got an image ({kind.value})")
     if kind.value not in allowed:
         raise InputUnsupported(f"{expected} format {kind.value} is not supported (accepted: {', '.join(allowed)})")
 
@@ -257,8 +257,6 @@ def iter_frames(src: Source, *, fps: float, width: int, height: int, limits: Med
                 emitted += 1
                 yield SampledFrame(index, target_t, frame, analysis)
             decoded = timed.count
-    except (InputTooLarge, InputUnsupported, InputUnreadable):
-        raise
     except _DECODE_ERRORS as e:
         raise InputUnreadable(f"{info.kind.value} video is corrupt or truncated: {e}") from e
     if emitted == 0:

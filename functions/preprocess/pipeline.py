@@ -209,7 +209,7 @@ async def _animate(job: ResolvedJob, video: bytes, storage: ObjectStore, limits:
                             chunk_frames=CHUNK_FRAMES, chunks=chunks, meta={"stream": stream, **meta})
         refs[names[stream]] = await storage.put_bytes(index_key(prefixes[stream]), index_json(index),
                                                       "application/json")
-    log.info("animate_preprocessed", job_id=jid, frames=len(keypoints), workers=workers,
+    log.info("animate_preprocessed", job_id=jid, frames=len(keypoints),
              fps_processed=round(stats.source_frames / elapsed, 1) if elapsed else None, **meta)
     await beat(force=True)
     return refs

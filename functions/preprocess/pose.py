@@ -85,11 +85,11 @@ class PoseEstimator:
 
     def estimate_one(self, rgb: np.ndarray) -> np.ndarray:
         """(33, 4) float32 for one RGB uint8 frame: x, y normalised to [0, 1] of the frame,
-        visibility, presence; all zeros when no person is found. Runs in the calling thread."""
+        visibility, detected (1.0); all zeros when no person is found. Runs in the calling thread."""
         result = self._graph().process(rgb)
         out = np.zeros((NUM_JOINTS, 4), np.float32)
         if result.pose_landmarks is not None:
-            out[:] = [(p.x, p.y, p.visibility, p.presence) for p in result.pose_landmarks.landmark]
+            out[:] = [(p.x, p.y, p.visibility, 1.0) for p in result.pose_landmarks.landmark]
         return out
 
     def map_ordered(self, items: Iterable[T], image_of: Callable[[T], np.ndarray]) -> Iterator[tuple[T, np.ndarray]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import cv2
 import numpy as np
 
-from functions.preprocess.skeleton import FACE_JOINTS, OPENPOSE_18, OPENPOSE_COLORS, OPENPOSE_LIMBS, PRES, VIS, X, Y
+from functions.preprocess.skeleton import FACE_JOINTS, OPENPOSE_18, OPENPOSE_COLORS, OPENPOSE_LIMBS, DET, VIS, X, Y
 
 DEFAULT_THRESHOLD = 0.3
 """Minimum visibility for a joint to be drawn / used."""
@@ -24,7 +24,7 @@ def openpose_points(kp: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> lis
     out: list[tuple[float, float] | None] = []
     for sources in OPENPOSE_18:
         rows = kp[list(sources)]
-        if rows[:, PRES].min() <= 0 or rows[:, VIS].min() < threshold:
+        if rows[:, DET].min() <= 0 or rows[:, VIS].min() < threshold:
             out.append(None)
         else:
             out.append((float(rows[:, X].mean()), float(rows[:, Y].mean())))
@@ -78,7 +78,7 @@ class FaceCropper:
 
     def _measure(self, kp: np.ndarray, width: int, height: int) -> tuple[float, float, float] | None:
         face = kp[list(FACE_JOINTS)]
-        ok = (face[:, PRES] > 0) & (face[:, VIS] >= self.threshold)
+        ok = (face[:, DET] > 0) & (face[:, VIS] >= self.threshold)
         if ok.sum() < 3:
             return None
         pts = face[ok][:, [X, Y]]

@@ -16,10 +16,11 @@ JOINTS: tuple[str, ...] = (
 J = {name: i for i, name in enumerate(JOINTS)}
 NUM_JOINTS = len(JOINTS)
 
-COLUMNS: tuple[str, ...] = ("x", "y", "visibility", "presence")
+COLUMNS: tuple[str, ...] = ("x", "y", "visibility", "detected")
 """Last axis of the keypoints array: pixel x, pixel y (on the model grid), MediaPipe's
-visibility and presence scores in [0, 1]. A frame without a detected person is all zeros."""
-X, Y, VIS, PRES = range(4)
+visibility score in [0, 1] (confidence that the joint is visible), and ``detected`` (1.0 when a
+person was found in the frame). A frame without a detected person is all zeros."""
+X, Y, VIS, DET = range(4)
 
 FACE_JOINTS: tuple[int, ...] = tuple(range(0, 11))
 """Nose, eyes, ears, mouth: the landmarks a face crop is centred on."""
@@ -56,7 +57,7 @@ def schema(frames: int, width: int, height: int, fps: float, **extra: Any) -> di
         "joints": list(JOINTS),
         "coordinates": "pixels on the model grid: x right in [0, width), y down in [0, height); "
                        "may fall slightly outside for joints outside the frame",
-        "missing": "a frame without a detected person has visibility = presence = 0 (and x = y = 0)",
+        "missing": "a frame without a detected person is all zeros (detected = 0)",
         "width": width,
         "height": height,
         "fps": fps,

@@ -23,19 +23,19 @@ import numpy as np
 from functions.stitch.blend import BlendFn, Method, blend_function, stitch_frames
 from functions.stitch.errors import StitchError
 from functions.stitch.remux import Clip, ConcatReport, Piece, concat_pieces
-from functions.stitch.video import DEFAULT_CRF, Dest, Source, decode_mp4, decode_range, encode_mp4, probe_mp4
+from runtime.video import DEFAULT_CRF, remux_keyframes, Dest, Source, decode_mp4, decode_range, encode_mp4, probe_mp4
 
 
 def segment_keyframes(index: int, overlaps: Sequence[int], frames: int | None = None) -> list[int]:
-    """Frames the runner should force to IDR when encoding segment ``index`` of ``frames`` frames.
+    """Frames the runner forces to IDR when encoding segment ``index`` of ``frames`` frames.
 
-    ``O_index`` (first frame after the overlap: the remux starts there) and, when ``frames`` is
-    given, ``frames - O_{index+1}`` (start of the tail a blend decodes: no need to decode the rest).
+    ``overlaps[i]`` is the overlap between segments ``i`` and ``i+1`` (see :func:`runtime.video.remux_keyframes`).
     """
-    keys = [overlaps[index - 1]] if index > 0 and overlaps[index - 1] > 0 else []
-    if frames is not None and index < len(overlaps) and overlaps[index] > 0:
-        keys.append(frames - overlaps[index])
-    return sorted(set(keys))
+    before = overlaps[index - 1] if index > 0 else 0
+    after = overlaps[index] if frames is not None and index < len(overlaps) else 0
+    if frames is None:
+        return [before] if before > 0 else []
+    return remux_keyframes(frames, before, after)
 
 
 def plan_pieces(frames: Sequence[int], overlaps: Sequence[int], total_frames: int, blend: bool) -> list[tuple[int, int, int]]:

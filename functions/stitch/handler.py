@@ -25,10 +25,15 @@ from schemas.names import output_key
 
 log = get_logger(stage="stitch")
 
+# Cross-fade measured the smaller seam (bench/seams.py); latent blend needs the real VAE to judge.
+STITCH_METHOD = "crossfade"
+
 
 async def _assemble_multi(req: StitchRequest, ports: Ports, workdir: Path) -> tuple[bytes, int]:
-    """Download every segment, drop/blend the overlaps, produce exactly T frames."""
-    from functions.stitch.assemble import stitch_files
+    """Download every segment, drop/blend the overlaps, produce exactly T frames.
+
+    Segments are remuxed packet by packet; only the blended overlap frames are re-encoded."""
+    from functions.stitch.assemble import stitch_mp4
 
     paths: list[Path] = []
     for seg in req.segments:
@@ -36,9 +41,12 @@ async def _assemble_multi(req: StitchRequest, ports: Ports, workdir: Path) -> tu
         p.write_bytes(await ports.storage.get_bytes(seg.segment.key, bucket=seg.segment.bucket))
         paths.append(p)
     out = workdir / "output.mp4"
-    overlaps = [s.overlap_frames for s in req.segments]
-    frames = await asyncio.to_thread(stitch_files, paths, overlaps, req.job.num_frames, req.job.fps, out)
-    return out.read_bytes(), frames
+    overlaps = [s.overlap_frames for s in req.segments[1:]]
+    report = await asyncio.to_thread(stitch_mp4, paths, overlaps, req.job.num_frames, out, fps=req.job.fps,
+                                     method=STITCH_METHOD)
+    log.info("stitched", job_id=req.job.job_id, segments=len(paths), frames=report.frames,
+             remuxed_frames=report.remuxed_frames, encoded_frames=report.encoded_frames)
+    return out.read_bytes(), report.frames
 
 
 async def handle_stitch(payload: bytes, delivery: Delivery, ports: Ports) -> None:
@@ -53,7 +61,8 @@ async def handle_stitch(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     first = segs[0]
     if len(segs) == 1 and first.frames == job.num_frames:
         # one segment covering exactly T frames: a server-side copy (no download, no re-encode)
-        ref = await ports.storage.copy(first.segment.key, key, src_bucket=first.segment.bucket)
+        ref = await ports.storage.copy(first.segment.key, key, src_bucket=first.segment.bucket,
+                                       size=first.segment.size)
         sha, size, frames = first.sha256, ref.size, first.frames
     else:
         with tempfile.TemporaryDirectory(prefix=f"stitch-{job.job_id}-") as tmp:

@@ -4,7 +4,7 @@ A :class:`Clip` (frames ``[skip, skip+keep)`` of an encoded MP4) is copied packe
 its first kept frame is a keyframe, its stream has no frame reordering and its codec headers
 (``extradata``: SPS/PPS) equal the output's. Otherwise it is decoded and re-encoded as its own
 GOP. Raw frame pieces (e.g. a blended overlap) are always encoded as their own GOP with the same
-settings (:data:`functions.stitch.video.X264_PARAMS`), then spliced in. If a re-encoded piece
+settings (:data:`runtime.video.X264_PARAMS`), then spliced in. If a re-encoded piece
 comes out with different headers (segments made by another encoder), the whole output is
 re-encoded instead. Frames are numbered anew: ``pts = dts = index * frame_duration``.
 """
@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 from functions.stitch.errors import StitchError
-from functions.stitch.video import DEFAULT_CRF, DEFAULT_PRESET, Dest, Source, encode_mp4, iter_decode, open_source
+from runtime.video import DEFAULT_CRF, DEFAULT_PRESET, Dest, Source, encode_mp4, iter_decode, open_source
 
 
 @dataclass(frozen=True)

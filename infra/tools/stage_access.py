@@ -9,22 +9,24 @@ file name and segment index, so a change of layout in ``schemas/names.py`` chang
 A pattern in an IAM resource ARN matches across ``/``, so ``jobs/*/inputs/*`` also covers
 ``jobs/<id>/inputs/<name>.tmp-<token>`` (the temporary key of an atomic upload).
 
-Who reads and writes what (ARCHITECTURE.md):
+Who reads and writes what (from the handlers in functions/ and gpu_runner/io.py):
 
-==========  ==========================================  ===========================================
-stage       reads                                       writes (Put + Delete of its temp objects)
-==========  ==========================================  ===========================================
-preprocess  inputs, frames, keypoints, client uploads   inputs, frames, keypoints
-planner     inputs, frames, keypoints, plan             plan
-chain       plan, segments (+ tails)                    —
-runner      inputs, frames, keypoints, plan, segments   segments (+ tails)
-stitch      plan, segments, output                      output
-webhook     —                                           —  (gets no S3 credentials at all)
-provision   bucket metadata                             bucket, lifecycle rule (``videogen up`` only)
-==========  ==========================================  ===========================================
+==========  ===============================================  ==========================================
+stage       reads (plus everything it writes)                writes (Put + Delete of its temp objects)
+==========  ===============================================  ==========================================
+preprocess  inputs, frames, keypoints, client uploads        inputs (request.json, media), frames, keypoints
+planner     plan.json (idempotent re-plan)                   plan.json
+chain       plan.json, segment results (<k>.json)            -
+runner      inputs, frames, keypoints, segment tails         segments: <k>.mp4, <k>.tail.npy, <k>.json
+stitch      segment videos, output.mp4 (server-side copy)    output.mp4
+webhook     inputs/request.json (the job's subscription)     -
+provision   bucket metadata                                  bucket, lifecycle rule (``videogen up`` only)
+==========  ===============================================  ==========================================
 
-Every reading stage may ``s3:ListBucket`` under ``jobs/`` only: without it S3 answers a HEAD on a
-missing key with 403 instead of 404, and ``Storage.exists`` could not tell "absent" from "denied".
+Every stage that reads may ``s3:ListBucket`` under ``jobs/`` only: without it S3 answers a GET or
+HEAD on a missing key with 403 instead of 404, and the handlers' ``ObjectNotFound`` paths (e.g. the
+webhook's "rejected before its request was stored") would turn into errors. Client-provided
+``s3://`` inputs are readable by preprocess only under ``uploads/`` of the videogen bucket.
 """
 
 from __future__ import annotations
@@ -57,11 +59,14 @@ def _with_temp(*keys: str) -> tuple[str, ...]:
 
 def _patterns() -> dict[str, tuple[str, ...]]:
     return {
+        "request": (names.request_key(ANY),),
         "inputs": _with_temp(names.input_key(ANY, ANY)),
         "frames": _with_temp(names.frames_key(ANY, ANY)),
         "keypoints": _with_temp(names.keypoints_key(ANY, ANY)),
         "plan": _with_temp(names.plan_key(ANY)),
-        "segments": _with_temp(names.segment_key(ANY, ANY), names.segment_tail_key(ANY, ANY)),
+        "segment_video": _with_temp(names.segment_key(ANY, ANY)),
+        "segment_tail": _with_temp(names.segment_tail_key(ANY, ANY)),
+        "segment_result": _with_temp(names.segment_result_key(ANY, ANY)),
         "output": _with_temp(names.output_key(ANY)),
         "uploads": (CLIENT_UPLOADS_PREFIX + ANY,),
     }
@@ -75,6 +80,11 @@ class StageAccess:
     list_prefixes: tuple[str, ...] = ()
     bucket_admin: bool = False
     deployed: bool = True  # False: not a Kubernetes workload (used by `videogen up` / local dev)
+
+    def __post_init__(self) -> None:
+        # A writer reads what it writes: Storage.put_atomic copies the temp object onto the key
+        # (GetObject on the source) and Storage.copy HEADs the result (GetObject on the key).
+        object.__setattr__(self, "read", tuple(dict.fromkeys(self.read + self.write)))
 
     @property
     def needs_credentials(self) -> bool:
@@ -92,14 +102,12 @@ def stage_access() -> dict[str, StageAccess]:
         StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads"),
                     write=cat("inputs", "frames", "keypoints"),
                     list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,)),
-        StageAccess("planner", read=cat("inputs", "frames", "keypoints", "plan"), write=cat("plan"),
-                    list_prefixes=jobs),
-        StageAccess("chain", read=cat("plan", "segments"), list_prefixes=jobs),
-        StageAccess("runner", read=cat("inputs", "frames", "keypoints", "plan", "segments"),
-                    write=cat("segments"), list_prefixes=jobs),
-        StageAccess("stitch", read=cat("plan", "segments", "output"), write=cat("output"),
-                    list_prefixes=jobs),
-        StageAccess("webhook"),
+        StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs),
+        StageAccess("chain", read=cat("plan", "segment_result"), list_prefixes=jobs),
+        StageAccess("runner", read=cat("inputs", "frames", "keypoints", "segment_tail"),
+                    write=cat("segment_video", "segment_tail", "segment_result"), list_prefixes=jobs),
+        StageAccess("stitch", read=cat("segment_video", "output"), write=cat("output"), list_prefixes=jobs),
+        StageAccess("webhook", read=cat("request"), list_prefixes=jobs),
         StageAccess("provision", bucket_admin=True, deployed=False),
     )
     return {s.stage: s for s in stages}

@@ -17,7 +17,7 @@ from runtime.bus import Bus
 from runtime.client import follow, status
 from runtime.settings import Settings
 from runtime.storage import Storage
-from runtime.video import probe
+from runtime.video import probe_mp4 as probe
 from schemas.messages import EventType, JobEvent, JobState
 from schemas.names import SUBJECT_SUBMIT, output_key
 

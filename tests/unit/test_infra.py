@@ -205,22 +205,31 @@ def test_each_stage_writes_only_its_own_outputs() -> None:
 
 def test_readers_cover_the_pipeline() -> None:
     j = "job-1"
-    assert _readers(names.segment_tail_key(j, 0)) == {"chain", "runner", "stitch"}
-    assert _readers(names.output_key(j)) == {"stitch"}  # it presigns the URL
-    assert "runner" in _readers(names.keypoints_key(j, "pose.npz"))
+    assert _readers(names.segment_tail_key(j, 0)) == {"runner"}  # conditions segment k+1
+    assert _readers(names.segment_result_key(j, 0)) == {"chain", "runner"}
+    assert _readers(names.segment_key(j, 0)) == {"stitch", "runner"}
+    assert _readers(names.plan_key(j)) == {"planner", "chain"}
+    assert _readers(names.output_key(j)) == {"stitch"}  # server-side copy, presign
+    assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook"}
+    assert _readers(names.keypoints_key(j, "pose/chunk-00000.mp4")) == {"preprocess", "runner"}
     assert _readers("uploads/client/image.png") == {"preprocess"}
+    assert _writers(names.segment_result_key(j, 0)) == {"runner"}
 
 
-def test_webhook_gets_no_s3_access_and_only_provision_administers() -> None:
+def test_webhook_only_reads_requests_and_only_provision_administers() -> None:
     acc = sa.stage_access()
-    assert not acc["webhook"].needs_credentials
+    assert acc["webhook"].read == (names.request_key(sa.ANY),) and not acc["webhook"].write
     assert [s for s, a in acc.items() if a.bucket_admin] == ["provision"]
     assert not acc["provision"].deployed
     for a in acc.values():
-        for k in a.write:  # a writer can copy its temp object onto the final key
-            assert _allowed(a.read, k) or a.stage == "preprocess" and k.startswith("jobs/"), (a.stage, k)
         for k in a.write:
             assert k.startswith(sa.jobs_prefix()), (a.stage, k)
+            # put_atomic copies its temp object onto the key, then HEADs it: a writer reads both
+            assert k in a.read, (a.stage, k)
+    for key in (names.segment_key("j", 1), names.output_key("j")):
+        tmp = names.temp_key(key, "0123abcd")
+        (writer,) = _writers(key)
+        assert writer in _readers(tmp) and writer in _readers(key) and writer in _writers(tmp)
 
 
 def test_policy_documents_are_valid_iam() -> None:
@@ -378,3 +387,61 @@ def test_minio_init_retargets_policies_and_requires_secrets(minio_env) -> None:
     assert r.returncode != 0 and "VIDEOGEN_S3_SECRET_RUNNER is not set" in r.stderr
     r = _run_init({**env, "VIDEOGEN_EXPIRE_DAYS": "0"})
     assert r.returncode != 0 and "VIDEOGEN_EXPIRE_DAYS" in r.stderr
+
+
+# ---- the commands the Deployments run exist ---------------------------------------------------------
+def test_container_commands_match_the_cli(parsed) -> None:
+    import typer
+
+    from runtime.cli import app
+
+    cli = typer.main.get_command(app)  # a click group of the `videogen` subcommands
+    containers = {}
+    for path, _, lbl, body in tfcheck.blocks(parsed, "resource", "kubernetes_deployment_v1"):
+        c = body["spec"][0]["template"][0]["spec"][0]["container"][0]
+        containers[lbl] = (c["command"], c["args"])
+    command, args = containers["function"]
+    assert command == ["videogen"] and args[0] in cli.commands, args
+    stage_param = cli.commands[args[0]].params[0]
+    assert args[1] == "${each.key}" and stage_param.nargs == -1  # `videogen functions <stage>...`
+    command, args = containers["runner"]
+    assert command == ["videogen"] and args[0] == "runner"
+    options = {o for p in cli.commands["runner"].params for o in p.opts}
+    assert {a for a in args if a.startswith("--")} <= options, args
+
+
+# ---- capacity model ---------------------------------------------------------------------------------
+def test_readme_capacity_tables_are_current() -> None:
+    import capacity
+
+    block = capacity.readme_block(capacity.README.read_text())
+    assert block == capacity.render(), "run: .venv/bin/python infra/tools/capacity.py --write-readme"
+
+
+def test_capacity_model_is_calibrated_and_consistent() -> None:
+    import capacity
+
+    est, published = capacity.anchor()
+    assert abs(est - published) / published < 0.15  # within 15 % of the published 8x H100 run
+    w = capacity.default_workload("wan2.1-t2v-14b")
+    h100 = capacity.GPUS["H100-SXM-80G"]
+    # jobs/day = 86400 / (segments x (steps x s/step + overhead)) x runners
+    expected = 86400 / (3 * (w.steps * capacity.s_per_step(w, h100, 8) + capacity.overhead_s(w, h100))) * 2
+    assert capacity.jobs_per_day(w, h100, 8, segments=3, runners=2) == pytest.approx(expected)
+    assert w.spec.latent_tokens(1280, 720, 81) == 75_600
+    # more GPUs per runner: lower latency, lower throughput per GPU
+    one, eight = capacity.jobs_per_day(w, h100, 1), capacity.jobs_per_day(w, h100, 8)
+    assert eight > one and eight / 8 < one
+
+
+def test_prod_runners_have_grace_for_a_step_and_an_upload(parsed) -> None:
+    import capacity
+
+    prod = tfcheck.TF_ROOT / "environments" / "prod"
+    runners = tfcheck.locals_in(parsed, prod)["runners"]
+    assert runners
+    for name, r in runners.items():
+        w = capacity.default_workload(r["model"])
+        need = capacity.min_grace_s(w, capacity.GPUS["H100-SXM-80G"], r["gpus_per_pod"])
+        assert r["termination_grace_s"] >= need, f"{name}: grace {r['termination_grace_s']} s < {need:.0f} s"
+        assert capacity.fits(w, capacity.GPUS["H100-SXM-80G"], r["gpus_per_pod"]), name

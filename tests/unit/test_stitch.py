@@ -15,7 +15,7 @@ from functions.planner import plan_segments
 from functions.stitch import StitchError, Stitcher, crossfade, stitch_frames
 from functions.stitch.assemble import plan_pieces, segment_keyframes, stitch_mp4
 from functions.stitch.remux import Clip, concat_pieces, remux_concat
-from functions.stitch.video import decode_mp4, encode_mp4, iter_decode, probe_mp4
+from runtime.video import decode_mp4, encode_mp4, iter_decode, probe_mp4
 from schemas.registry import MODELS
 
 H, W, FPS = 48, 64, 16

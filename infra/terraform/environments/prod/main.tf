@@ -9,7 +9,7 @@ locals {
   cpu_nodes = { "node-role.videogen.io/cpu" = "true" }
 
   runners = {
-    # 720p x 81 frames, Ulysses sequence parallel over 8 GPUs: ~5 s/step, a 50-step segment in ~4.5 min
+    # 720p x 81 frames, Ulysses sequence parallel over 8 GPUs: ~5 s/step, a 50-step segment in ~4.7 min
     "wan21-t2v-14b-h100x8" = {
       model               = "wan2.1-t2v-14b"
       gpus_per_pod        = 8
@@ -41,7 +41,7 @@ locals {
       termination_grace_s = 120
       revision            = lookup(var.model_revisions, "wan2.1-t2v-1.3b", null)
     }
-    # 1280x704 x 121 frames on one GPU: ~3 s/step
+    # 1280x704 x 121 frames on one GPU: ~2.6 s/step
     "wan22-ti2v-5b-h100" = {
       model               = "wan2.2-ti2v-5b"
       gpus_per_pod        = 1

@@ -20,14 +20,9 @@ locals {
   }
   headless = "${local.name}-hl"
   # distributed: every server lists every server's drive (ellipsis notation expands the range)
-  volumes = var.replicas == 1 ? "/data" : "http://${local.name}-{0...${var.replicas - 1}}.${local.headless}.${var.namespace}.svc.cluster.local/data"
-  stages  = module.policies.deployed_stages
-  init_script = file("${path.module}/../../../../minio/init.sh")
-
-  container_security = {
-    allow_privilege_escalation = false
-    read_only_root_filesystem  = true
-  }
+  volumes     = var.replicas == 1 ? "/data" : "http://${local.name}-{0...${var.replicas - 1}}.${local.headless}.${var.namespace}.svc.cluster.local:9000/data"
+  stages      = module.policies.deployed_stages
+  init_script = file("${path.module}/../../../../minio/init.sh") # the same script a local MinIO runs
 }
 
 resource "random_password" "root" {
@@ -239,8 +234,8 @@ resource "kubernetes_stateful_set_v1" "minio" {
           }
 
           security_context {
-            allow_privilege_escalation = local.container_security.allow_privilege_escalation
-            read_only_root_filesystem  = local.container_security.read_only_root_filesystem
+            allow_privilege_escalation = false
+            read_only_root_filesystem  = true
             run_as_non_root            = true
             run_as_user                = 10001
             capabilities {
@@ -336,7 +331,7 @@ resource "kubernetes_service_account_v1" "init" {
 resource "kubernetes_job_v1" "init" {
   metadata {
     # a new name whenever the script, the policies or the settings change, so the Job re-runs
-    name = "minio-init-${substr(sha1(jsonencode([local.init_script, module.policies.policy_json, var.bucket, var.expire_days, local.stages])), 0, 10)}"
+    name      = "minio-init-${substr(sha1(jsonencode([local.init_script, module.policies.policy_json, var.bucket, var.expire_days, local.stages])), 0, 10)}"
     namespace = var.namespace
     labels    = merge(local.labels, { "app.kubernetes.io/name" = "minio-init" })
   }

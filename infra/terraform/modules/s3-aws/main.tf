@@ -25,8 +25,8 @@ locals {
 
 # ---- encryption key ---------------------------------------------------------------------------
 data "aws_iam_policy_document" "kms" {
-  #checkov:skip=CKV_AWS_109:This is a KMS key policy: Resource "*" means "this key" only. The first statement is AWS's default key policy (the account administers its key through IAM); without it the key becomes unmanageable.
-  #checkov:skip=CKV_AWS_111:KMS key policy: Resource "*" is the key itself; write access is limited to the owning account (IAM-governed) and the S3 service acting for this account (aws:SourceAccount).
+  #checkov:skip=CKV_AWS_109:This is a KMS key policy: Resource "*" means "this key" only. The statement is AWS's default key policy (the account administers its key through IAM); without it the key becomes unmanageable.
+  #checkov:skip=CKV_AWS_111:KMS key policy: Resource "*" is the key itself and the only principal is the owning account, so every use is governed by IAM (the stage groups get just kms:Decrypt/GenerateDataKey on this key).
   #checkov:skip=CKV_AWS_356:KMS key policy: Resource "*" is the only valid resource in a key policy and denotes this key.
   statement {
     sid       = "AccountAdministers"
@@ -35,21 +35,6 @@ data "aws_iam_policy_document" "kms" {
     principals {
       type        = "AWS"
       identifiers = ["arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
-
-  statement {
-    sid       = "S3ServerAccessLogsAndService"
-    actions   = ["kms:GenerateDataKey*", "kms:Decrypt"]
-    resources = ["*"]
-    principals {
-      type        = "Service"
-      identifiers = ["s3.amazonaws.com"]
-    }
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceAccount"
-      values   = [data.aws_caller_identity.current.account_id]
     }
   }
 }

@@ -25,13 +25,7 @@ locals {
       deployed      = true
     }
     planner = {
-      read = [
-        "jobs/*/inputs/*",
-        "jobs/*/frames/*",
-        "jobs/*/keypoints/*",
-        "jobs/*/plan.json",
-        "jobs/*/plan.json.tmp-*",
-      ]
+      read          = ["jobs/*/plan.json", "jobs/*/plan.json.tmp-*"]
       write         = ["jobs/*/plan.json", "jobs/*/plan.json.tmp-*"]
       list_prefixes = ["jobs/"]
       bucket_admin  = false
@@ -41,10 +35,8 @@ locals {
       read = [
         "jobs/*/plan.json",
         "jobs/*/plan.json.tmp-*",
-        "jobs/*/segments/*.mp4",
-        "jobs/*/segments/*.mp4.tmp-*",
-        "jobs/*/segments/*.tail.npy",
-        "jobs/*/segments/*.tail.npy.tmp-*",
+        "jobs/*/segments/*.json",
+        "jobs/*/segments/*.json.tmp-*",
       ]
       write         = []
       list_prefixes = ["jobs/"]
@@ -56,18 +48,20 @@ locals {
         "jobs/*/inputs/*",
         "jobs/*/frames/*",
         "jobs/*/keypoints/*",
-        "jobs/*/plan.json",
-        "jobs/*/plan.json.tmp-*",
-        "jobs/*/segments/*.mp4",
-        "jobs/*/segments/*.mp4.tmp-*",
         "jobs/*/segments/*.tail.npy",
         "jobs/*/segments/*.tail.npy.tmp-*",
+        "jobs/*/segments/*.mp4",
+        "jobs/*/segments/*.mp4.tmp-*",
+        "jobs/*/segments/*.json",
+        "jobs/*/segments/*.json.tmp-*",
       ]
       write = [
         "jobs/*/segments/*.mp4",
         "jobs/*/segments/*.mp4.tmp-*",
         "jobs/*/segments/*.tail.npy",
         "jobs/*/segments/*.tail.npy.tmp-*",
+        "jobs/*/segments/*.json",
+        "jobs/*/segments/*.json.tmp-*",
       ]
       list_prefixes = ["jobs/"]
       bucket_admin  = false
@@ -75,12 +69,8 @@ locals {
     }
     stitch = {
       read = [
-        "jobs/*/plan.json",
-        "jobs/*/plan.json.tmp-*",
         "jobs/*/segments/*.mp4",
         "jobs/*/segments/*.mp4.tmp-*",
-        "jobs/*/segments/*.tail.npy",
-        "jobs/*/segments/*.tail.npy.tmp-*",
         "jobs/*/output.mp4",
         "jobs/*/output.mp4.tmp-*",
       ]
@@ -90,9 +80,9 @@ locals {
       deployed      = true
     }
     webhook = {
-      read          = []
+      read          = ["jobs/*/inputs/request.json"]
       write         = []
-      list_prefixes = []
+      list_prefixes = ["jobs/"]
       bucket_admin  = false
       deployed      = true
     }

@@ -1,11 +1,11 @@
-# The CPU functions: `videogen function <name>`, one Deployment each, scaled by KEDA on the lag of
+# The CPU functions: `videogen functions <name>`, one Deployment each, scaled by KEDA on the lag of
 # their durable consumer (autoscaling.tf), down to zero when idle.
 
 resource "kubernetes_deployment_v1" "function" {
   #checkov:skip=CKV_K8S_14:The image is var.image, which the variable's validation rejects unless it carries an explicit version tag (never :latest) or a sha256 digest; checkov cannot see through the variable.
   #checkov:skip=CKV_K8S_43:Digest pinning is enforced where it matters: environments/prod validates var.image against @sha256:<digest>; dev may use a version tag.
   #checkov:skip=CKV_K8S_15:Images are immutable (version tag or digest), so IfNotPresent is correct; Always would make every GPU scale-up from zero depend on the registry being reachable.
-  #checkov:skip=CKV_K8S_35:runtime/settings.py reads configuration only from VIDEOGEN_* environment variables (pydantic-settings, no secrets_dir); each Secret is per workload and least privilege (webhook gets no S3 keys, only webhook gets the signing secret).
+  #checkov:skip=CKV_K8S_35:runtime/settings.py reads configuration only from VIDEOGEN_* environment variables (pydantic-settings, no secrets_dir); each Secret is per workload and least privilege (every stage has its own S3 user; only webhook gets the signing secret).
   for_each = local.functions
 
   metadata {
@@ -98,7 +98,7 @@ resource "kubernetes_deployment_v1" "function" {
           image             = var.image
           image_pull_policy = var.image_pull_policy
           command           = ["videogen"]
-          args              = ["function", each.key]
+          args              = ["functions", each.key] # one stage per Deployment
 
           port {
             name           = "http-health"
@@ -131,14 +131,14 @@ resource "kubernetes_deployment_v1" "function" {
             }
           }
 
-          # this stage's own S3 user (least privilege, infra/tools/stage_access.py); none for webhook
+          # this stage's own S3 user (least privilege, infra/tools/stage_access.py)
           dynamic "env" {
-            for_each = contains(keys(local.function_s3_secret), each.key) ? ["VIDEOGEN_S3_ACCESS_KEY", "VIDEOGEN_S3_SECRET_KEY"] : []
+            for_each = each.value.s3_secret == null ? [] : ["VIDEOGEN_S3_ACCESS_KEY", "VIDEOGEN_S3_SECRET_KEY"]
             content {
               name = env.value
               value_from {
                 secret_key_ref {
-                  name = local.function_s3_secret[each.key]
+                  name = each.value.s3_secret
                   key  = env.value
                 }
               }

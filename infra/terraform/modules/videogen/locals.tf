@@ -32,14 +32,13 @@ locals {
       memory_limit             = coalesce(try(var.functions[name].memory_limit, null), local.function_defaults[name].memory_limit)
       tmp_size                 = coalesce(try(var.functions[name].tmp_size, null), local.function_defaults[name].tmp_size)
       termination_grace_s      = coalesce(try(var.functions[name].termination_grace_s, null), max(60, c.ack_wait_s + 30))
-      s3_secret                = lookup(var.s3.credentials_secrets, name, null)
+      # only stages with S3 access (names.gen.tf s3_stages) get a credential
+      s3_secret = contains(local.s3_stages, name) ? var.s3.credentials_secrets[name] : null
       # preprocess fetches https:// inputs, webhook POSTs to client endpoints
       internet_egress = contains(["preprocess", "webhook"], name)
     }
   }
 
-  # The webhook function reads and writes nothing in the bucket: it never gets S3 credentials.
-  function_s3_secret = { for name, f in local.functions : name => f.s3_secret if name != "webhook" && f.s3_secret != null }
 
   runners = {
     for key, r in var.runners : key => merge(r, {
@@ -70,18 +69,18 @@ locals {
 
   common_env = merge(
     {
-      VIDEOGEN_EMBEDDED           = "false"
-      VIDEOGEN_NATS_URL           = var.nats.url
-      VIDEOGEN_S3_ENDPOINT        = var.s3.endpoint
-      VIDEOGEN_S3_REGION          = var.s3.region
-      VIDEOGEN_BUCKET             = var.s3.bucket
-      VIDEOGEN_LOG_LEVEL          = var.log_level
-      VIDEOGEN_LOG_FORMAT         = "json"
-      VIDEOGEN_HEALTH_PORT        = tostring(local.health_port)
-      VIDEOGEN_MODELS_DIR         = local.models_mount
-      VIDEOGEN_DATA_DIR           = "/tmp/videogen"
+      VIDEOGEN_EMBEDDED            = "false"
+      VIDEOGEN_NATS_URL            = var.nats.url
+      VIDEOGEN_S3_ENDPOINT         = var.s3.endpoint
+      VIDEOGEN_S3_REGION           = var.s3.region
+      VIDEOGEN_BUCKET              = var.s3.bucket
+      VIDEOGEN_LOG_LEVEL           = var.log_level
+      VIDEOGEN_LOG_FORMAT          = "json"
+      VIDEOGEN_HEALTH_PORT         = tostring(local.health_port)
+      VIDEOGEN_MODELS_DIR          = local.models_mount
+      VIDEOGEN_DATA_DIR            = "/tmp/videogen"
       VIDEOGEN_WEBHOOK_ALLOW_HOSTS = jsonencode(var.webhook_allow_hosts)
-      VIDEOGEN_INPUT_ALLOW_HOSTS  = jsonencode(var.input_allow_hosts)
+      VIDEOGEN_INPUT_ALLOW_HOSTS   = jsonencode(var.input_allow_hosts)
       # read-only root filesystem: every cache goes to the /tmp emptyDir
       HOME                    = "/tmp"
       XDG_CACHE_HOME          = "/tmp/.cache"

@@ -168,7 +168,7 @@ locals {
       default_steps  = 50
     }
   }
-  s3_stages      = ["preprocess", "planner", "chain", "runner", "stitch"]
+  s3_stages      = ["preprocess", "planner", "chain", "runner", "stitch", "webhook"]
   default_bucket = "videogen"
   kv_jobs        = "videogen-jobs"
 }

@@ -51,7 +51,7 @@ variable "s3" {
     public_endpoint (host in presigned URLs given to clients; null: endpoint), region, bucket, and
     credentials_secrets: stage => Secret in this namespace with VIDEOGEN_S3_ACCESS_KEY /
     VIDEOGEN_S3_SECRET_KEY (from the minio or s3-aws module). Every stage in local.s3_stages
-    must have one; the webhook function gets none.
+    (names.gen.tf) must have one.
   EOT
   type = object({
     endpoint            = string
@@ -62,8 +62,8 @@ variable "s3" {
   })
 
   validation {
-    condition     = alltrue([for s in ["preprocess", "planner", "chain", "runner", "stitch"] : contains(keys(var.s3.credentials_secrets), s)])
-    error_message = "s3.credentials_secrets needs a secret for preprocess, planner, chain, runner and stitch."
+    condition     = alltrue([for s in local.s3_stages : contains(keys(var.s3.credentials_secrets), s)])
+    error_message = "s3.credentials_secrets needs a secret for every stage in local.s3_stages (names.gen.tf)."
   }
 }
 
@@ -201,7 +201,7 @@ variable "runners" {
     error_message = "gpus_per_pod must be 0 (CPU), 1, 2, 4 or 8 (sequence parallelism splits attention heads evenly)."
   }
   validation {
-    condition     = alltrue([for r in values(var.runners) : r.gpus_per_pod > 0 || local.models[r.model].tiny])
+    condition     = alltrue([for r in values(var.runners) : r.gpus_per_pod > 0 || try(local.models[r.model].tiny, false)])
     error_message = "Only tiny models may run without a GPU (gpus_per_pod = 0)."
   }
   validation {
