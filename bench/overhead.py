@@ -24,7 +24,10 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-async def run_pipeline(settings, jobs: int, params: dict) -> tuple[list[float], list[float]]:
+STAGES = ("job.accepted", "job.preprocessed", "job.started", "job.segment_completed", "job.succeeded")
+
+
+async def run_pipeline(settings, jobs: int, params: dict, marks: dict[str, list[float]]) -> tuple[list[float], list[float]]:
     from runtime.bus import Bus
     from runtime.client import follow, submit
     from runtime.storage import Storage
@@ -37,15 +40,22 @@ async def run_pipeline(settings, jobs: int, params: dict) -> tuple[list[float], 
         for i in range(jobs + 1):  # job 0 warms the path (connections, caches)
             job_id = f"bench-{int(time.time())}-{i}"
             t0 = time.perf_counter()
+            wall0 = time.time()
             await submit(bus, JobRequest(job_id=job_id, **params))
+            seen = {}
             async for e in follow(bus, job_id):
                 last = e
+                seen.setdefault(e.type.value, e.time.timestamp())
             t1 = time.perf_counter()
             assert last.type == EventType.SUCCEEDED, last
             res = SegmentResult.model_validate_json(await storage.get_bytes(segment_result_key(job_id, 0)))
             if i:
                 e2e.append(t1 - t0)
                 compute.append(res.elapsed_s)
+                prev = wall0
+                for name in STAGES:
+                    marks.setdefault(name, []).append(1000 * (seen[name] - prev))
+                    prev = seen[name]
     return e2e, compute
 
 
@@ -91,7 +101,8 @@ def main() -> None:
         rn = start_runner(settings, data / "runner.log")
         wait_for_log(data / "functions.log", '"consumer_started"', 60, fn)
         wait_for_log(data / "runner.log", "runner_io_ready", 240, rn)
-        e2e, compute = asyncio.run(run_pipeline(settings, args.jobs, params))
+        marks: dict[str, list[float]] = {}
+        e2e, compute = asyncio.run(run_pipeline(settings, args.jobs, params, marks))
     finally:
         for p in (rn, fn):
             if p is not None:
@@ -111,6 +122,10 @@ def main() -> None:
           f"overhead p50 {pct(overhead_ms, 50):.1f} ms (target <= 50 ms): "
           f"{'OK' if pct(overhead_ms, 50) <= 50 else 'ABOVE TARGET'}")
     print(f"mean overhead {statistics.mean(overhead_ms):.1f} ms")
+    print("p50 time from the previous mark to each event (event timestamps; started->segment_completed "
+          "includes compute):")
+    for name in STAGES:
+        print(f"  {name:24} {pct(marks[name], 50):8.1f} ms")
 
 
 if __name__ == "__main__":

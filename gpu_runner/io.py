@@ -26,7 +26,7 @@ from nats.js.errors import FetchTimeoutError
 
 from runtime.bus import Bus
 from runtime.consumer import send_to_dlq
-from runtime.jobs import JobTracker
+from runtime.jobs import JobTracker, discard_partial_objects
 from runtime.logging import get_logger
 from runtime.settings import Settings
 from runtime.storage import Storage
@@ -37,6 +37,7 @@ from schemas.messages import (
     FailedData,
     JobEvent,
     JobState,
+    JobStatus,
     ProgressData,
     SegmentJob,
     SegmentResult,
@@ -172,14 +173,56 @@ class RunnerIO:
                 await active.msg.in_progress()
 
     async def _watch_cancel(self, active: Active) -> None:
+        """Set ``active.cancelled`` as soon as the job's status turns cancelled/failed.
+
+        A KV watch on the job's key pushes every status write here (no polling delay), so the
+        step callback stops at the first step boundary after the cancel; polling every 0.5 s is
+        the fallback when the watch cannot be set up or breaks.
+        """
         assert self.tracker is not None
+        job_id = active.job.job.job_id
+        watcher = None
+        try:
+            watcher = await (await self.bus.kv()).watch(job_id)
+            while True:
+                entry = await watcher.updates(timeout=None)
+                if entry is None or not entry.value:
+                    continue  # end of the initial values, or a delete marker
+                if JobStatus.model_validate_json(entry.value).state in (JobState.CANCELLED, JobState.FAILED):
+                    active.cancelled = True
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("cancel_watch_failed_polling", job_id=job_id, error=str(e))
+        finally:
+            if watcher is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(watcher.stop())
         while True:
             await asyncio.sleep(0.5)
             with contextlib.suppress(Exception):
-                status, _ = await self.tracker.status.get(active.job.job.job_id)
-                if status is not None and status.state in (JobState.CANCELLED, JobState.FAILED):
+                if await self._job_stopped(job_id):
                     active.cancelled = True
                     return
+
+    async def _job_stopped(self, job_id: str) -> JobState | None:
+        """The job's state when it is cancelled or failed (its segment's work must be dropped), else None."""
+        assert self.tracker is not None
+        status, _ = await self.tracker.status.get(job_id)
+        if status is not None and status.state in (JobState.CANCELLED, JobState.FAILED):
+            return status.state
+        return None
+
+    async def _discard(self, active: Active, state: JobState, why: str) -> None:
+        """The job stopped while this segment was finishing: ack without hand-off; a cancelled
+        job's partial objects are deleted (a failed job's are kept for inspection)."""
+        job_id = active.job.job.job_id
+        removed = await discard_partial_objects(self.storage, job_id) if state == JobState.CANCELLED else []
+        with contextlib.suppress(Exception):
+            await active.msg.ack()
+        log.info("segment_discarded_job_stopped", job_id=job_id, segment=active.job.index, state=state.value,
+                 why=why, objects_deleted=len(removed))
 
     def fetch_condition(self, active: Active) -> np.ndarray | None:
         ref = active.job.condition
@@ -210,22 +253,37 @@ class RunnerIO:
         j = active.job
         job_id = j.job.job_id
         try:
+            stopped = await self._job_stopped(job_id)
+            if stopped is not None:
+                await self._discard(active, stopped, "before upload")
+                return
             data = await asyncio.to_thread(encode_segment, frames, j)
-            seg_ref = await self.storage.put_atomic(segment_key(job_id, j.index), data, "video/mp4")
-            tail_ref = None
+            uploads = [self.storage.put_atomic(segment_key(job_id, j.index), data, "video/mp4")]
             if j.index + 1 < j.count and j.next_overlap_frames:
                 buf = io.BytesIO()
                 np.save(buf, np.ascontiguousarray(frames[-j.next_overlap_frames:]), allow_pickle=False)
-                tail_ref = await self.storage.put_atomic(segment_tail_key(job_id, j.index), buf.getvalue())
+                uploads.append(self.storage.put_atomic(segment_tail_key(job_id, j.index), buf.getvalue()))
+            seg_ref, *rest = await asyncio.gather(*uploads)
+            tail_ref = rest[0] if rest else None
             result = SegmentResult(
                 job_id=job_id, index=j.index, count=j.count, segment=seg_ref, tail=tail_ref,
                 frames=int(frames.shape[0]), overlap_frames=j.overlap_frames, width=int(frames.shape[2]),
                 height=int(frames.shape[1]), fps=j.job.fps, sha256=hashlib.sha256(data).hexdigest(),
                 runner=self.runner_id, elapsed_s=round(elapsed_s, 3),
             )
-            await self.storage.put_bytes(segment_result_key(job_id, j.index), result.model_dump_json().encode(),
-                                         "application/json")
-            await self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result, msg_id=f"done:{job_id}:{j.index}")
+            # the stored result (read by stitch) and the hand-off are independent: send both at once
+            await asyncio.gather(
+                self.storage.put_bytes(segment_result_key(job_id, j.index), result.model_dump_json().encode(),
+                                       "application/json"),
+                self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result, msg_id=f"done:{job_id}:{j.index}"),
+            )
+            stopped = await self._job_stopped(job_id)
+            if stopped is not None:
+                # cancelled during the upload: the canceller may have listed jobs/<id>/ before these
+                # objects existed, so the last writer deletes (the chain ignores the hand-off of a
+                # cancelled job); see functions/cancel/README.md
+                await self._discard(active, stopped, "during upload")
+                return
             await active.msg.ack()
             log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=result.frames,
                      bytes=len(data), elapsed_s=result.elapsed_s)

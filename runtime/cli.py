@@ -1,8 +1,10 @@
-"""``videogen`` command line: up, runner, functions, submit, status, events, cancel, demo."""
+"""``videogen`` command line: up, runner, functions, submit, status, events, cancel,
+webhooks (attempts, replay), demo."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -16,12 +18,14 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from runtime.bus import Bus
 from runtime.logging import configure_logging
 from runtime.settings import Settings, load_settings
-from schemas.messages import EventType, JobEvent, JobRequest, WebhookSpec
+from schemas.messages import EventType, JobEvent, JobRequest, JobStatus, WebhookAttempt, WebhookSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="videogen: NATS in, MP4 in S3 out.")
 console = Console(stderr=False, soft_wrap=True)
@@ -121,7 +125,8 @@ def runner_command(model: str, nproc: int, max_segments: int | None = None) -> l
 
 @app.command()
 def functions(
-    stages: Annotated[Optional[list[str]], typer.Argument(help="preprocess planner chain stitch webhook (default: all)")] = None,
+    stages: Annotated[Optional[list[str]], typer.Argument(
+        help="preprocess planner chain stitch webhook webhook-replay cancel queue (default: all)")] = None,
 ) -> None:
     """Run CPU stage consumers in this process (all of them by default)."""
     from runtime.service import STAGES, serve
@@ -208,21 +213,65 @@ def submit(
     raise typer.Exit(asyncio.run(_run()))
 
 
+def _status_table(statuses: list[JobStatus]) -> Table:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for col in ("job", "state", "queue", "progress", "segments", "updated", "detail"):
+        table.add_column(col, no_wrap=col != "detail")
+    colours = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
+               "stitching": "cyan", "queued": "magenta"}
+    for st in statuses:
+        filled = int(round(st.progress / 5))
+        bar = f"{'█' * filled}{'░' * (20 - filled)} {st.progress:5.1f}%"
+        queue = "-" if st.queue_position is None else (
+            "next" if st.queue_position == 0 else f"{st.queue_position} ahead")
+        segments = f"{st.segments_done}/{st.segments_total}" if st.segments_total else "-"
+        if st.error is not None:
+            detail = f"{st.error.code}: {st.error.message}"
+        elif st.output is not None:
+            detail = f"s3://{st.output.bucket}/{st.output.key} ({st.output.frames} frames, {st.output.size} bytes)"
+        else:
+            detail = f"{st.model or ''} {st.task or ''}".strip()
+        colour = colours.get(st.state.value, "white")
+        table.add_row(st.job_id, f"[{colour}]{st.state.value}[/]", queue, bar, segments,
+                      st.updated_at.strftime("%H:%M:%S"), detail)
+    return table
+
+
 @app.command()
-def status(job_id: str) -> None:
-    """Print a job's latest status (KV videogen-jobs)."""
+def status(
+    job_ids: Annotated[list[str], typer.Argument(help="one or more job ids")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JobStatus JSON")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="refresh every second until every job has ended")] = False,
+) -> None:
+    """Show jobs' latest status (KV videogen-jobs): state, queue position, progress, output."""
     from runtime.client import status as get_status
 
     settings = _settings(log_level="WARNING")
 
+    async def _fetch(bus: Bus) -> tuple[list[JobStatus], list[str]]:
+        found, missing = [], []
+        for job_id in job_ids:
+            st = await get_status(bus, job_id)
+            (found.append(st) if st is not None else missing.append(job_id))
+        return found, missing
+
     async def _run() -> int:
         async with Bus(settings, "videogen-cli") as bus:
-            st = await get_status(bus, job_id)
-        if st is None:
+            found, missing = await _fetch(bus)
+            if as_json:
+                for st in found:
+                    console.print_json(st.model_dump_json(exclude_none=True))
+            elif watch:
+                with Live(_status_table(found), console=console, refresh_per_second=4) as live:
+                    while found and not all(st.state.terminal for st in found):
+                        await asyncio.sleep(1.0)
+                        found, missing = await _fetch(bus)
+                        live.update(_status_table(found))
+            elif found:
+                console.print(_status_table(found))
+        for job_id in missing:
             err.print(f"no such job: {job_id}")
-            return 1
-        console.print_json(st.model_dump_json(exclude_none=True))
-        return 0
+        return 1 if missing else 0
 
     raise typer.Exit(asyncio.run(_run()))
 
@@ -258,6 +307,91 @@ def cancel(job_id: str, reason: Annotated[str, typer.Option()] = "") -> None:
 
     asyncio.run(_run())
     console.print(f"cancel requested for {job_id}")
+
+
+webhooks_app = typer.Typer(no_args_is_help=True, help="Inspect and replay webhook deliveries.")
+app.add_typer(webhooks_app, name="webhooks")
+
+
+def _attempt_line(a: WebhookAttempt) -> str:
+    code = a.status_code if a.status_code is not None else "-"
+    retry = f", next in {a.next_retry_s:g}s" if a.next_retry_s is not None else ""
+    error = f" ({a.error})" if a.error and a.outcome != "delivered" else ""
+    kind = "replay " if a.replay else ""
+    return (f"{a.time:%Y-%m-%d %H:%M:%S} {a.event_type.value:<22} {kind}attempt {a.attempt} -> {a.outcome} "
+            f"[{code}] {a.latency_ms:.0f} ms{retry}{error}")
+
+
+@webhooks_app.command("attempts")
+def webhooks_attempts(
+    job_id: str,
+    event_id: Annotated[Optional[str], typer.Option("--event", help="only this event id")] = None,
+) -> None:
+    """List every recorded delivery attempt of a job's webhooks (status code, latency, outcome)."""
+    from runtime.client import webhook_attempts, webhook_disabled
+
+    settings = _settings(log_level="WARNING")
+
+    async def _run() -> int:
+        async with Bus(settings, "videogen-cli") as bus:
+            attempts = await webhook_attempts(bus, job_id, event_id or "*")
+            disabled = await webhook_disabled(bus, job_id)
+        for a in attempts:
+            console.print(f"{a.event_id}  {_attempt_line(a)}", highlight=False)
+        if disabled is not None:
+            console.print(f"[yellow]endpoint disabled[/]: {disabled.url} answered {disabled.status_code} "
+                          f"for {disabled.event_id} at {disabled.time:%Y-%m-%d %H:%M:%S}")
+        if not attempts:
+            err.print(f"no webhook attempts recorded for {job_id}")
+            return 1
+        return 0
+
+    raise typer.Exit(asyncio.run(_run()))
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    event_id: str,
+    job_id: Annotated[Optional[str], typer.Option("--job", help="the event's job (faster lookup)")] = None,
+    wait: Annotated[bool, typer.Option(help="wait for the delivery's outcome")] = True,
+    timeout_s: Annotated[float, typer.Option()] = 30.0,
+) -> None:
+    """Deliver an event's webhook again: same body and webhook-id (receivers de-duplicate on it)."""
+    from runtime.client import attempts_seq, find_event, follow_attempts, replay_webhook
+
+    settings = _settings(log_level="WARNING")
+
+    async def _run() -> int:
+        async with Bus(settings, "videogen-cli") as bus:
+            found = await find_event(bus, event_id, job_id)
+            if found is None:
+                err.print(f"event {event_id} not found in the events stream"
+                          + ("" if job_id else " (pass --job <job_id> if it was never delivered)"))
+                return 1
+            raw, event = found
+            start = await attempts_seq(bus) + 1
+            request_id = await replay_webhook(bus, raw, event)
+            console.print(f"replay requested for {event.id} ({event.type.value}, job {event.job_id}): {request_id}")
+            if not wait:
+                return 0
+            attempts = follow_attempts(bus, event.job_id, event.id, start)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    async for attempt in attempts:
+                        if attempt.replay:
+                            console.print(_attempt_line(attempt), highlight=False)
+                            if attempt.next_retry_s is None:
+                                return 0 if attempt.outcome == "delivered" else 1
+                return 1
+            except TimeoutError:
+                err.print(f"no final outcome after {timeout_s:g}s (see `videogen webhooks attempts {event.job_id}`; "
+                          "a job not subscribed to this event type is skipped by the dispatcher)")
+                return 1
+            finally:
+                with contextlib.suppress(Exception):
+                    await attempts.aclose()
+
+    raise typer.Exit(asyncio.run(_run()))
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Client side: submit a job, follow its events, read its status (what `videogen submit` uses).
+"""Client side: submit, cancel, follow events, read status, inspect and replay webhook deliveries
+(what the `videogen` CLI uses).
 
 Plain nats-py is all a client needs; this module is a convenience over it.
 """
@@ -7,14 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
+import nats.errors
+from nats.aio.msg import Msg
 from nats.js import api as js_api
+from nats.js.errors import NotFoundError
 
 from runtime.bus import Bus
 from runtime.jobs import StatusStore
-from schemas.messages import TERMINAL_EVENTS, CancelRequest, JobEvent, JobRequest, JobStatus
-from schemas.names import SUBJECT_CANCEL, SUBJECT_SUBMIT, events_subject
+from schemas.messages import (
+    TERMINAL_EVENTS,
+    CancelRequest,
+    JobEvent,
+    JobRequest,
+    JobStatus,
+    WebhookAttempt,
+    WebhookDisabled,
+)
+from schemas.names import (
+    STREAM_EVENTS,
+    STREAM_WEBHOOKS,
+    SUBJECT_CANCEL,
+    SUBJECT_EVENTS_PREFIX,
+    SUBJECT_SUBMIT,
+    events_subject,
+    webhook_attempts_subject,
+    webhook_disabled_subject,
+    webhook_replay_subject,
+)
 
 
 async def submit(bus: Bus, req: JobRequest) -> int:
@@ -53,3 +76,104 @@ async def follow(bus: Bus, job_id: str, *, until_terminal: bool = True,
 async def status(bus: Bus, job_id: str) -> JobStatus | None:
     st, _ = await StatusStore(bus).get(job_id)
     return st
+
+
+# ---- reading streams ------------------------------------------------------------------------
+async def stream_messages(bus: Bus, stream: str, subject: str, *, exact_count: bool = True,
+                          timeout_s: float = 10.0) -> AsyncIterator[Msg]:
+    """Every message of ``stream`` matching ``subject`` (wildcards allowed), oldest first, then stop.
+
+    ``exact_count``: count the matching messages with a subject-filtered STREAM.INFO first (cheap
+    for a few subjects); False uses the stream's total (a full scan of a stream with many subjects).
+    """
+    if exact_count:
+        info = await bus.js.stream_info(stream, subjects_filter=subject)
+        total = sum((info.state.subjects or {}).values())
+    else:
+        info = await bus.js.stream_info(stream)
+        total = int(info.state.messages or 0)
+    if not total:
+        return
+    sub = await bus.js.subscribe(subject, stream=stream, ordered_consumer=True,
+                                 config=js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.ALL))
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout_s)
+            except nats.errors.TimeoutError:
+                return  # fewer than counted (expired or deleted meanwhile)
+            yield msg
+            if msg.metadata.num_pending == 0:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+# ---- webhooks ---------------------------------------------------------------------------------
+async def webhook_attempts(bus: Bus, job_id: str, event_id: str = "*") -> list[WebhookAttempt]:
+    """Every recorded delivery attempt of a job's events (or of one event), oldest first."""
+    return [WebhookAttempt.model_validate_json(m.data)
+            async for m in stream_messages(bus, STREAM_WEBHOOKS, webhook_attempts_subject(job_id, event_id))]
+
+
+async def webhook_disabled(bus: Bus, job_id: str) -> WebhookDisabled | None:
+    try:
+        msg = await bus.js.get_last_msg(STREAM_WEBHOOKS, webhook_disabled_subject(job_id))
+    except NotFoundError:
+        return None
+    return WebhookDisabled.model_validate_json(msg.data or b"")
+
+
+async def find_event(bus: Bus, event_id: str, job_id: str | None = None) -> tuple[bytes, JobEvent] | None:
+    """Find an event by id in ``VIDEOGEN_EVENTS``: the exact bytes that were published, parsed.
+
+    Where to look: the given job; else the job named by the event's delivery attempts
+    (``videogen.webhooks.attempts.<job_id>.<event_id>``: one subject-filtered STREAM.INFO); else a
+    scan of the whole events stream (slow on a big stream: pass ``job_id``).
+    """
+    needle = f'"id":"{event_id}"'.encode()
+    if job_id is None:
+        info = await bus.js.stream_info(STREAM_WEBHOOKS, subjects_filter=webhook_attempts_subject("*", event_id))
+        subjects = list(info.state.subjects or {})
+        if subjects:
+            job_id = subjects[0].split(".")[-2]
+    subject = events_subject(job_id) if job_id else f"{SUBJECT_EVENTS_PREFIX}.>"
+    async for msg in stream_messages(bus, STREAM_EVENTS, subject, exact_count=job_id is not None):
+        if needle in msg.data.replace(b" ", b""):
+            event = JobEvent.model_validate_json(msg.data)
+            if event.id == event_id:
+                return msg.data, event
+    return None
+
+
+async def replay_webhook(bus: Bus, raw_event: bytes, event: JobEvent) -> str:
+    """Ask the dispatcher to deliver ``event`` again (same body, same ``webhook-id``); returns the request id."""
+    request_id = f"replay:{event.id}:{uuid.uuid4().hex[:12]}"
+    await bus.publish(webhook_replay_subject(event.job_id), raw_event, msg_id=request_id)
+    return request_id
+
+
+async def attempts_seq(bus: Bus) -> int:
+    """The webhook records stream's last sequence: pass ``+1`` to ``follow_attempts`` to see only newer ones."""
+    return int((await bus.js.stream_info(STREAM_WEBHOOKS)).state.last_seq or 0)
+
+
+async def follow_attempts(bus: Bus, job_id: str, event_id: str, from_seq: int) -> AsyncIterator[WebhookAttempt]:
+    """Attempts of one event recorded at stream sequence ``from_seq`` or later, live."""
+    queue: asyncio.Queue[WebhookAttempt] = asyncio.Queue()
+
+    async def on_msg(msg: Msg) -> None:
+        await queue.put(WebhookAttempt.model_validate_json(msg.data))
+
+    sub = await bus.js.subscribe(
+        webhook_attempts_subject(job_id, event_id), stream=STREAM_WEBHOOKS, cb=on_msg, ordered_consumer=True,
+        config=js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+                                     opt_start_seq=max(1, from_seq)),
+    )
+    try:
+        while True:
+            yield await queue.get()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

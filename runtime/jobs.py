@@ -13,6 +13,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from runtime.bus import Bus
 from runtime.logging import get_logger
+from runtime.storage import Storage
 from schemas.messages import (
     ErrorInfo,
     EventType,
@@ -21,7 +22,7 @@ from schemas.messages import (
     JobStatus,
     utcnow,
 )
-from schemas.names import events_subject
+from schemas.names import events_subject, job_prefix, request_key
 
 log = get_logger(component="jobs")
 
@@ -84,6 +85,24 @@ class StatusStore:
         return None
 
 
+    async def set_queue_position(self, job_id: str, position: int) -> JobStatus | None:
+        """Record a queued job's place in its work queue (0 = next to start); returns the stored status.
+
+        Writes only while the job is ``queued`` and only when the position goes down (or is first
+        set): the messages ahead of a job only ever leave the queue, so a stale tracker that
+        computed a larger number earlier can never move a job back.
+        """
+
+        def mutate(cur: JobStatus | None) -> JobStatus | None:
+            if cur is None or cur.state != JobState.QUEUED:
+                return None
+            if cur.queue_position is not None and cur.queue_position <= position:
+                return None
+            return cur.model_copy(update={"queue_position": position, "updated_at": utcnow()})
+
+        return await self.update(job_id, mutate)
+
+
 class JobTracker:
     """Emits events and keeps the status in step with them."""
 
@@ -109,6 +128,8 @@ class JobTracker:
                 return None
             base.update(fields)
             base["state"] = state
+            if state != JobState.QUEUED:
+                base["queue_position"] = None  # only queued jobs have a place in the queue
             base["updated_at"] = now
             if state == JobState.SUCCEEDED:
                 base["progress"] = 100.0
@@ -128,3 +149,18 @@ class JobTracker:
             return stored
         await self.publish_event(event)
         return stored
+
+
+async def discard_partial_objects(storage: Storage, job_id: str) -> list[str]:
+    """Delete what a cancelled job left under ``jobs/<job_id>/``; keep ``inputs/request.json``.
+
+    The request stays because it is the job's record (and the webhook dispatcher reads the job's
+    subscription from it to deliver ``job.cancelled``); the bucket's lifecycle rule removes it with
+    the rest of ``jobs/`` later. Idempotent: every writer that finds the job cancelled after writing
+    calls it again (see functions/cancel/README.md).
+    """
+    keep = request_key(job_id)
+    keys = [k for k in await storage.list_keys(job_prefix(job_id)) if k != keep]
+    for key in keys:
+        await storage.delete(key)
+    return keys

@@ -3,6 +3,9 @@
 Each ``functions/<stage>/__main__.py`` is one line calling ``main([stage])``; ``videogen
 functions`` runs all CPU stages in one process (handy locally; in Kubernetes each stage is
 its own Deployment, scaled by KEDA on its consumer's lag).
+
+Most stages are durable pull consumers (``StageDef.spec``). A periodic stage (``spec=None``,
+``interval_s`` set; today only ``queue``) instead runs ``tick()`` every ``interval_s``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+import contextlib
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from runtime.bus import Bus
 from runtime.consumer import ConsumerLoop, Delivery
@@ -21,11 +26,13 @@ from runtime.ports import Ports
 from runtime.settings import Settings, load_settings
 from runtime.storage import Storage
 from schemas.names import (
+    CONSUMER_CANCEL,
     CONSUMER_CHAIN,
     CONSUMER_PLANNER,
     CONSUMER_PREPROCESS,
     CONSUMER_STITCH,
     CONSUMER_WEBHOOK,
+    CONSUMER_WEBHOOK_REPLAY,
     ConsumerSpec,
 )
 
@@ -37,10 +44,15 @@ StageHandler = Callable[[bytes, Delivery, Ports], Awaitable[None]]
 @dataclass(frozen=True)
 class StageDef:
     name: str
-    spec: ConsumerSpec
-    rejects: bool  # permanent failures are job.rejected (door) rather than job.failed
-    concurrency: int
+    spec: ConsumerSpec | None  # None: a periodic stage
+    rejects: bool = False  # permanent failures are job.rejected (door) rather than job.failed
+    concurrency: int = 1
     records_failures: bool = True  # False: failures only go to the DLQ (webhook must not fail jobs)
+    interval_s: float = 0.0  # periodic stages: seconds between ticks
+
+
+class Ticker(Protocol):
+    async def tick(self) -> Any: ...
 
 
 def _handler(stage: str) -> StageHandler:
@@ -60,7 +72,20 @@ def _handler(stage: str) -> StageHandler:
     if stage == "webhook":
         from functions.webhook.handler import handle_event
         return handle_event
+    if stage == "webhook-replay":
+        from functions.webhook.handler import handle_replay
+        return handle_replay
+    if stage == "cancel":
+        from functions.cancel.handler import handle_cancel
+        return handle_cancel
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def _ticker(stage: str, ports: Ports) -> Ticker:
+    if stage == "queue":
+        from functions.queue.handler import QueueTracker
+        return QueueTracker(ports)
+    raise ValueError(f"unknown periodic stage {stage!r}")
 
 
 STAGES: dict[str, StageDef] = {
@@ -70,7 +95,40 @@ STAGES: dict[str, StageDef] = {
     "stitch": StageDef("stitch", CONSUMER_STITCH, rejects=False, concurrency=2),
     "webhook": StageDef("webhook", CONSUMER_WEBHOOK, rejects=False, concurrency=32,
                         records_failures=False),
+    "webhook-replay": StageDef("webhook-replay", CONSUMER_WEBHOOK_REPLAY, concurrency=4, records_failures=False),
+    # a bad cancel request must not fail the job it names: failures only go to the DLQ
+    "cancel": StageDef("cancel", CONSUMER_CANCEL, concurrency=4, records_failures=False),
+    "queue": StageDef("queue", None, interval_s=1.0),
 }
+
+
+class PeriodicLoop:
+    """Runs ``ticker.tick()`` every ``interval_s`` until stopped; a failing tick is logged, not fatal."""
+
+    def __init__(self, ticker: Ticker, *, stage: str, interval_s: float) -> None:
+        self.ticker = ticker
+        self.stage = stage
+        self.interval_s = interval_s
+        self._stopping = asyncio.Event()
+        self.ticks = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        log.info("periodic_started", stage=self.stage, interval_s=self.interval_s)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                await self.ticker.tick()
+                failures = 0
+            except Exception as e:  # NATS blip, server restart: try again next tick
+                failures += 1
+                log.warning("tick_failed", stage=self.stage, error=str(e), exc_info=failures == 1)
+            self.ticks += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+        log.info("periodic_stopped", stage=self.stage, ticks=self.ticks)
 
 
 class Service:
@@ -82,7 +140,7 @@ class Service:
             raise ValueError(f"unknown stage(s): {', '.join(unknown)}; known: {', '.join(STAGES)}")
         self.settings = settings
         self.stages = stages
-        self.loops: list[ConsumerLoop] = []
+        self.loops: list[ConsumerLoop | PeriodicLoop] = []
         self.ready = asyncio.Event()
 
     def stop(self) -> None:
@@ -94,6 +152,9 @@ class Service:
             ports = Ports(self.settings, bus, storage, JobTracker(bus))
             for name in self.stages:
                 st = STAGES[name]
+                if st.spec is None:
+                    self.loops.append(PeriodicLoop(_ticker(name, ports), stage=name, interval_s=st.interval_s))
+                    continue
                 handler = _handler(name)
 
                 async def bound(payload: bytes, d: Delivery, _h: StageHandler = handler) -> None:

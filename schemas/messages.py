@@ -226,6 +226,7 @@ class FailedData(_Frozen):
 
 class CancelledData(_Frozen):
     reason: str = ""
+    previous_state: JobState | None = Field(None, description="state the job was cancelled in (queued, running, ...)")
 
 
 class JobStatus(_Frozen):
@@ -332,6 +333,33 @@ class StitchRequest(_Frozen):
     segments: list[SegmentResult]
 
 
+class WebhookAttempt(_Frozen):
+    """One webhook delivery attempt, on ``videogen.webhooks.attempts.<job_id>.<event_id>``."""
+
+    event_id: str
+    event_type: EventType
+    job_id: str
+    attempt: int = Field(ge=1, description="1-based delivery count of this event (replays count separately)")
+    replay: bool = Field(False, description="requested by `videogen webhooks replay`")
+    url: str = Field(description="target without credentials, query or fragment")
+    outcome: str = Field(description="delivered | retry | gone | permanent | forbidden")
+    status_code: int | None = None
+    latency_ms: float = Field(0.0, ge=0)
+    error: str | None = None
+    next_retry_s: float | None = Field(None, description="delay before the next attempt; None: no further attempt")
+    time: datetime = Field(default_factory=utcnow)
+
+
+class WebhookDisabled(_Frozen):
+    """The job's endpoint answered 410 Gone: no further deliveries (``videogen.webhooks.disabled.<job_id>``)."""
+
+    job_id: str
+    url: str
+    event_id: str
+    status_code: int = 410
+    time: datetime = Field(default_factory=utcnow)
+
+
 class DLQEntry(_Frozen):
     stage: str
     code: str
@@ -370,5 +398,7 @@ INTERNAL_MODELS: dict[str, type[BaseModel]] = {
     "SegmentJob": SegmentJob,
     "SegmentResult": SegmentResult,
     "StitchRequest": StitchRequest,
+    "WebhookAttempt": WebhookAttempt,
+    "WebhookDisabled": WebhookDisabled,
 }
 

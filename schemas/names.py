@@ -22,12 +22,19 @@ SUBJECT_WORK_SEGMENT_DONE = "videogen.work.segment_done"  # runner -> planner: c
 SUBJECT_WORK_STITCH = "videogen.work.stitch"  # planner -> stitch: all segments rendered
 SUBJECT_SEGMENTS_PREFIX = "videogen.segments"  # planner -> runner, one subject per model
 
+# ---- internal subjects (webhook dispatcher records) ---------------------------------------
+SUBJECT_WEBHOOKS_PREFIX = "videogen.webhooks"
+SUBJECT_WEBHOOK_ATTEMPTS_PREFIX = "videogen.webhooks.attempts"  # .<job_id>.<event_id>: one WebhookAttempt per attempt
+SUBJECT_WEBHOOK_DISABLED_PREFIX = "videogen.webhooks.disabled"  # .<job_id>: WebhookDisabled (410 Gone seen)
+SUBJECT_WEBHOOK_REPLAY_PREFIX = "videogen.webhooks.replay"  # .<job_id>: a JobEvent to deliver again
+
 # ---- streams ------------------------------------------------------------------------------
 STREAM_JOBS = "VIDEOGEN_JOBS"
 STREAM_EVENTS = "VIDEOGEN_EVENTS"
 STREAM_DLQ = "VIDEOGEN_DLQ"
 STREAM_WORK = "VIDEOGEN_WORK"
 STREAM_SEGMENTS = "VIDEOGEN_SEGMENTS"
+STREAM_WEBHOOKS = "VIDEOGEN_WEBHOOKS"
 
 # ---- key-value ----------------------------------------------------------------------------
 KV_JOBS = "videogen-jobs"
@@ -45,6 +52,19 @@ def events_subject(job_id: str) -> str:
 
 def dlq_subject(stage: str) -> str:
     return f"{SUBJECT_DLQ_PREFIX}.{stage}"
+
+
+def webhook_attempts_subject(job_id: str, event_id: str = "*") -> str:
+    """Attempts of one event (or, with the default ``*``, a filter for every event of the job)."""
+    return f"{SUBJECT_WEBHOOK_ATTEMPTS_PREFIX}.{job_id}.{event_id}"
+
+
+def webhook_disabled_subject(job_id: str) -> str:
+    return f"{SUBJECT_WEBHOOK_DISABLED_PREFIX}.{job_id}"
+
+
+def webhook_replay_subject(job_id: str) -> str:
+    return f"{SUBJECT_WEBHOOK_REPLAY_PREFIX}.{job_id}"
 
 
 def segments_subject(model: str) -> str:
@@ -171,6 +191,15 @@ STREAMS: tuple[StreamSpec, ...] = (
         duplicate_window_s=3600,
         description="GPU segment jobs, one subject per model (work queue).",
     ),
+    StreamSpec(
+        STREAM_WEBHOOKS,
+        (f"{SUBJECT_WEBHOOKS_PREFIX}.>",),
+        retention="limits",
+        max_age_s=30 * DAY_S,  # longer than the whole retry schedule (~27.6 h) and the events stream
+        duplicate_window_s=3600,
+        max_msg_size_bytes=1 << 20,
+        description="Webhook delivery records (one per attempt), disabled endpoints (410), replay requests.",
+    ),
 )
 
 CONSUMER_PREPROCESS = ConsumerSpec(
@@ -194,6 +223,20 @@ CONSUMER_WEBHOOK = ConsumerSpec(
     max_ack_pending=1024, description="Delivers subscribed events to client webhooks.",
 )
 
+CONSUMER_WEBHOOK_REPLAY = ConsumerSpec(
+    STREAM_WEBHOOKS, "webhook-replay", f"{SUBJECT_WEBHOOK_REPLAY_PREFIX}.>", ack_wait_s=30, max_deliver=9,
+    max_ack_pending=256, description="Delivers events again on request (`videogen webhooks replay`).",
+)
+CONSUMER_CANCEL = ConsumerSpec(
+    STREAM_JOBS, "cancel", SUBJECT_CANCEL, ack_wait_s=60, max_deliver=5,
+    backoff_s=(1, 5, 30, 120), description="Cancels queued and running jobs; deletes their partial objects.",
+)
+
+
+def runner_durable_for_subject(subject: str) -> str:
+    """The runner consumer draining a ``videogen.segments.<model>`` subject (see ``runner_consumer``)."""
+    return f"runner-{subject.rsplit('.', 1)[-1]}"
+
 
 def runner_consumer(model: str) -> ConsumerSpec:
     """One durable work-queue consumer per model, shared by all runners serving it."""
@@ -215,4 +258,6 @@ CPU_CONSUMERS: tuple[ConsumerSpec, ...] = (
     CONSUMER_CHAIN,
     CONSUMER_STITCH,
     CONSUMER_WEBHOOK,
+    CONSUMER_WEBHOOK_REPLAY,
+    CONSUMER_CANCEL,
 )

@@ -38,11 +38,12 @@ def start_runner(settings: Settings, log: Path, *, nproc: int = 1, model: str = 
                             stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
 
 
-def start_functions(settings: Settings, log: Path, stages: list[str] | None = None) -> subprocess.Popen[bytes]:
+def start_functions(settings: Settings, log: Path, stages: list[str] | None = None,
+                    env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     return subprocess.Popen([sys.executable, "-m", "runtime.cli", "functions", *(stages or [])],
-                            env=child_env(settings), stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO),
-                            start_new_session=True)
+                            env=child_env(settings, **(env_extra or {})), stdout=out, stderr=subprocess.STDOUT,
+                            cwd=str(REPO), start_new_session=True)
 
 
 def wait_for_log(log: Path, needle: str, timeout_s: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -9,10 +9,13 @@ any runner can take it and a runner restart between segments loses nothing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import OrderedDict
 
 from functions.planner.plan import plan_segments
 from runtime.consumer import Delivery
+from runtime.jobs import discard_partial_objects
 from runtime.logging import get_logger
 from runtime.ports import Ports
 from schemas.errors import Permanent
@@ -21,6 +24,7 @@ from schemas.messages import (
     JobEvent,
     JobPlan,
     JobState,
+    JobStatus,
     ObjectRef,
     PlanRequest,
     SegmentCompletedData,
@@ -28,8 +32,9 @@ from schemas.messages import (
     SegmentResult,
     StitchRequest,
     WindowSpec,
+    utcnow,
 )
-from schemas.names import SUBJECT_WORK_STITCH, plan_key, segment_result_key, segments_subject
+from schemas.names import STREAM_SEGMENTS, SUBJECT_WORK_STITCH, plan_key, segment_result_key, segments_subject
 from schemas.registry import MODELS
 
 log = get_logger(stage="planner")
@@ -65,18 +70,39 @@ async def _active(ports: Ports, job_id: str) -> bool:
     return True
 
 
+async def _clean_if_cancelled(ports: Ports, job_id: str, queued_seq: int | None = None) -> bool:
+    """A cancel that landed while this stage wrote: delete what was written (the canceller may
+    have cleaned up before it existed) and the just-queued segment. True when the job is cancelled."""
+    status, _ = await ports.tracker.status.get(job_id)
+    if status is None or status.state != JobState.CANCELLED:
+        return False
+    if queued_seq:
+        with contextlib.suppress(Exception):  # already taken by a runner: it skips cancelled jobs
+            await ports.bus.js.delete_msg(STREAM_SEGMENTS, queued_seq)
+    removed = await discard_partial_objects(ports.storage, job_id)
+    log.info("cancelled_job_cleaned", job_id=job_id, objects_deleted=len(removed))
+    return True
+
+
 async def handle_plan(payload: bytes, delivery: Delivery, ports: Ports) -> None:
     req = PlanRequest.model_validate_json(payload)
     job_id = req.job.job_id
     if not await _active(ports, job_id):
+        await _clean_if_cancelled(ports, job_id)  # e.g. frames preprocess wrote after the cancel
         return
     plan = make_plan(req, ports.settings.runner_memory_budget_bytes)
-    await ports.storage.put_bytes(plan_key(job_id), plan.model_dump_json().encode(), "application/json")
     _remember(plan)
-    await ports.tracker.status.update(job_id, lambda cur: cur and cur.model_copy(update={
-        "segments_total": plan.info.segments, "plan": plan.info}))
     first = segment_job(plan, 0, None)
-    await ports.bus.publish(segments_subject(req.job.model), first, msg_id=f"seg:{job_id}:0")
+    # independent writes, done concurrently; a failure of any redelivers the whole step, and
+    # each write is idempotent (same key, same Nats-Msg-Id, same status fields)
+    *_, ack = await asyncio.gather(
+        ports.storage.put_bytes(plan_key(job_id), plan.model_dump_json().encode(), "application/json"),
+        ports.tracker.status.update(job_id, lambda cur: cur and cur.model_copy(update={
+            "segments_total": plan.info.segments, "plan": plan.info})),
+        ports.bus.publish(segments_subject(req.job.model), first, msg_id=f"seg:{job_id}:0"),
+    )
+    if await _clean_if_cancelled(ports, job_id, ack.seq):
+        return
     log.info("job_planned", job_id=job_id, segments=plan.info.segments, window=plan.info.window_frames,
              overlap=plan.info.overlap_frames, reason=plan.info.reason)
 
@@ -120,14 +146,23 @@ async def handle_segment_done(payload: bytes, delivery: Delivery, ports: Ports) 
     nxt = res.index + 1
     if nxt < len(plan.windows):
         seg = segment_job(plan, nxt, res.tail)
-        await ports.bus.publish(segments_subject(plan.job.model), seg, msg_id=f"seg:{job_id}:{nxt}")
+        ack = await ports.bus.publish(segments_subject(plan.job.model), seg, msg_id=f"seg:{job_id}:{nxt}")
+        if await _clean_if_cancelled(ports, job_id, ack.seq):
+            return
         log.info("segment_chained", job_id=job_id, segment=nxt, of=len(plan.windows))
         return
     results = [res] if res.count == 1 else await _load_results(ports, plan, res)
-    await ports.tracker.status.update(job_id, lambda cur: cur and not cur.state.terminal and cur.model_copy(
-        update={"state": JobState.STITCHING}) or None)
-    await ports.bus.publish(SUBJECT_WORK_STITCH, StitchRequest(job=plan.job, plan=plan.info, segments=results),
-                            msg_id=f"stitch:{job_id}")
+    await asyncio.gather(
+        ports.tracker.status.update(job_id, _stitching),
+        ports.bus.publish(SUBJECT_WORK_STITCH, StitchRequest(job=plan.job, plan=plan.info, segments=results),
+                          msg_id=f"stitch:{job_id}"),
+    )
+
+
+def _stitching(cur: JobStatus | None) -> JobStatus | None:
+    if cur is None or cur.state.terminal:
+        return None
+    return cur.model_copy(update={"state": JobState.STITCHING, "updated_at": utcnow()})
 
 
 async def _load_results(ports: Ports, plan: JobPlan, last: SegmentResult) -> list[SegmentResult]:

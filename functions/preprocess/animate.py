@@ -8,6 +8,7 @@ decoded frame, the pool's in-flight window, three encoders and the small keypoin
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -37,7 +38,8 @@ class AnimateStats:
 
 
 class AnimateRun:
-    """One animate job's frame processing. Not thread-safe: call ``step`` from one thread at a time."""
+    """One animate job's frame processing. ``step`` and ``close`` may be called from any thread;
+    a lock serialises them (``close`` waits for a running ``step``, e.g. after a cancellation)."""
 
     def __init__(self, video: Source, *, width: int, height: int, fps: int, num_frames: int,
                  limits: MediaLimits, estimator: PoseEstimator, face_size: int,
@@ -58,25 +60,28 @@ class AnimateRun:
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # driving, pose, face
         self.stats = AnimateStats()
         self.done = False
+        self._lock = threading.Lock()
 
     def step(self, max_frames: int) -> list[tuple[str, Chunk]]:
         """Process up to ``max_frames`` frames; returns ``(stream, chunk)`` for each finished chunk.
         After the video (or ``num_frames``) is exhausted, pads, flushes and sets ``done``."""
         out: list[tuple[str, Chunk]] = []
-        for _ in range(max_frames):
-            nxt = next(self._results, None)
-            if nxt is None:
-                self._finish(out)
-                break
-            sampled, kp = nxt
-            self._add(sampled, kp, out)
+        with self._lock:
+            for _ in range(max_frames):
+                nxt = next(self._results, None)
+                if nxt is None:
+                    self._finish(out)
+                    break
+                sampled, kp = nxt
+                self._add(sampled, kp, out)
         return out
 
     def close(self) -> None:
         """Stop early: cancel in-flight pose work and close the video (idempotent)."""
-        close = getattr(self._results, "close", None)
-        if close is not None:
-            close()
+        with self._lock:
+            close = getattr(self._results, "close", None)
+            if close is not None:
+                close()
 
     def keypoints(self) -> np.ndarray:
         """(F, 33, 4) float32: x, y in grid pixels, visibility, detected (see ``skeleton``)."""

@@ -102,8 +102,10 @@ async def _fetch_http(uri: str, limits: MediaLimits, allow: AllowList, cap: int,
     except TimeoutError as e:
         raise InputUnavailable(f"{shown}: timed out after {limits.fetch_timeout_s:g} s",
                                code=ErrorCode.TIMEOUT) from e
-    except aiohttp.InvalidURL as e:
+    except (aiohttp.InvalidURL, ValueError) as e:
         raise InputUnreadable(f"{shown}: invalid URL: {e}") from e
+    except aiohttp.ClientSSLError as e:  # a bad certificate will not fix itself
+        raise InputUnreadable(f"{shown}: TLS error: {e}") from e
     except (aiohttp.ClientError, OSError) as e:
         raise InputUnavailable(f"{shown}: {type(e).__name__}: {e}") from e
 

@@ -12,11 +12,13 @@ import tempfile
 from pathlib import Path
 
 from runtime.consumer import Delivery
+from runtime.jobs import discard_partial_objects
 from runtime.logging import get_logger
 from runtime.ports import Ports
 from schemas.messages import (
     EventType,
     JobEvent,
+    JobState,
     OutputInfo,
     StitchRequest,
     SucceededData,
@@ -75,8 +77,14 @@ async def handle_stitch(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     )
     url, expires = await ports.storage.presign_get(key, job.presign_ttl_s)
     data_s = SucceededData(output=output, url=url, url_expires_at=expires)
-    await ports.tracker.record(
+    stored = await ports.tracker.record(
         JobEvent.build(job.job_id, EventType.SUCCEEDED, data_s),
         output=output, url=url, url_expires_at=expires, segments_done=len(segs),
     )
+    if stored is not None and stored.state == JobState.CANCELLED:
+        # cancelled while stitching: the cancel won the compare-and-set, so no job.succeeded was
+        # published; the canceller may have cleaned up before output.mp4 existed: delete it now
+        removed = await discard_partial_objects(ports.storage, job.job_id)
+        log.info("output_discarded_job_cancelled", job_id=job.job_id, objects_deleted=len(removed))
+        return
     log.info("job_succeeded", job_id=job.job_id, key=key, frames=frames, size=size)

@@ -181,9 +181,28 @@ def render_jetstream() -> str:
     return document(HEADER, blocks)
 
 
+def function_table() -> dict[str, dict]:
+    """stage => the consumer it drains (what its KEDA scaler watches) and its network needs."""
+    acc = sa.stage_access()
+    missing = sorted((set(sa.function_stages()) | set(sa.periodic_stages())) - set(acc))
+    if missing:
+        raise ValueError(f"stages {missing} have no entry in infra/tools/stage_access.py")
+    return {
+        stage: {"stream": c.stream, "consumer": c.durable, "ack_wait_s": c.ack_wait_s,
+                "internet_egress": acc[stage].internet}
+        for stage, c in sorted(sa.function_stages().items())
+    }
+
+
+def periodic_table() -> dict[str, dict]:
+    """Timer-driven stages (no consumer, so no scaler): one replica each."""
+    acc = sa.stage_access()
+    return {stage: {"interval_s": interval, "internet_egress": acc[stage].internet}
+            for stage, interval in sorted(sa.periodic_stages().items())}
+
+
 def render_names() -> str:
-    fc = {c.durable: {"stream": c.stream, "consumer": c.durable, "ack_wait_s": c.ack_wait_s}
-          for c in names.CPU_CONSUMERS}
+    fc = function_table()
     rc = {}
     for m in sorted(registry.MODELS):
         c = names.runner_consumer(m)
@@ -203,7 +222,8 @@ def render_names() -> str:
     }
     s3_stages = [s.stage for s in sa.stage_access().values() if s.deployed and s.needs_credentials]
     return document(HEADER, [Block("locals", attrs=[
-        ("function_consumers", dict(sorted(fc.items()))),
+        ("function_consumers", fc),
+        ("periodic_functions", periodic_table()),
         ("runner_consumers", rc),
         ("models", models),
         ("s3_stages", s3_stages),
@@ -217,8 +237,11 @@ def render_stage_access() -> str:
         s.stage: {
             "read": list(s.read),
             "write": list(s.write),
+            "delete": list(s.delete),
+            "keep": list(s.keep),
             "list_prefixes": list(s.list_prefixes),
             "bucket_admin": s.bucket_admin,
+            "internet": s.internet,
             "deployed": s.deployed,
         }
         for s in sa.stage_access().values()
@@ -230,6 +253,7 @@ def render_stage_access() -> str:
         ("lifecycle_rule_id", sa.LIFECYCLE_RULE_ID),
         ("read_actions", list(sa.READ_ACTIONS)),
         ("write_actions", list(sa.WRITE_ACTIONS)),
+        ("delete_actions", list(sa.DELETE_ACTIONS)),
         ("list_actions", list(sa.LIST_ACTIONS)),
         ("admin_actions", list(sa.ADMIN_ACTIONS)),
         ("stage_access", acc),
@@ -239,7 +263,7 @@ def render_stage_access() -> str:
 def render_minio_policies() -> dict[Path, str]:
     out = {}
     for s in sa.stage_access().values():
-        if s.needs_credentials:
+        if s.needs_credentials and (s.deployed or s.stage == sa.PROVISION):
             out[MINIO_POLICY_DIR / f"{s.stage}.json"] = sa.render_json(sa.policy_document(s, names.DEFAULT_BUCKET))
     return out
 

@@ -11,28 +11,37 @@ A pattern in an IAM resource ARN matches across ``/``, so ``jobs/*/inputs/*`` al
 
 Who reads and writes what (from the handlers in functions/ and gpu_runner/io.py):
 
-==========  ===============================================  ==========================================
-stage       reads (plus everything it writes)                writes (Put + Delete of its temp objects)
-==========  ===============================================  ==========================================
-preprocess  inputs, frames, keypoints, client uploads        inputs (request.json, media), frames, keypoints
-planner     plan.json (idempotent re-plan)                   plan.json
-chain       plan.json, segment results (<k>.json)            -
-runner      inputs, frames, keypoints, segment tails         segments: <k>.mp4, <k>.tail.npy, <k>.json
-stitch      segment videos, output.mp4 (server-side copy)    output.mp4
-webhook     inputs/request.json (the job's subscription)     -
-provision   bucket metadata                                  bucket, lifecycle rule (``videogen up`` only)
-==========  ===============================================  ==========================================
+==============  ============================================  ============================================
+stage           reads (plus everything it writes)             writes (Put + Delete of its temp objects)
+==============  ============================================  ============================================
+preprocess      inputs, frames, keypoints, client uploads     inputs (request.json, media), frames, keypoints
+planner         plan.json (idempotent re-plan)                plan.json
+chain           plan.json, segment results (<k>.json)         -
+runner          inputs, frames, keypoints, segment tails      segments: <k>.mp4, <k>.tail.npy, <k>.json
+stitch          segment videos, output.mp4 (server copy)      output.mp4
+webhook         inputs/request.json (the job's subscription)  -
+webhook-replay  inputs/request.json                           -
+cancel          - (lists jobs/<id>/)                          - ; deletes under jobs/ but never request.json
+queue           -                                             -  (reads the NATS stream only)
+provision       bucket metadata                               bucket, lifecycle rule (``videogen up`` only)
+==============  ============================================  ============================================
 
 Every stage that reads may ``s3:ListBucket`` under ``jobs/`` only: without it S3 answers a GET or
 HEAD on a missing key with 403 instead of 404, and the handlers' ``ObjectNotFound`` paths (e.g. the
 webhook's "rejected before its request was stored") would turn into errors. Client-provided
 ``s3://`` inputs are readable by preprocess only under ``uploads/`` of the videogen bucket.
+
+Which stages are deployed is not decided here: a CPU function is whatever ``videogen functions
+<stage>`` can run (``runtime.service.STAGES``), plus the GPU runner. An entry for a stage the
+service does not (yet) have is inert; a stage without an entry fails ``tfcheck.py``, so adding a
+stage forces a deliberate access decision. ``internet`` marks the stages whose NetworkPolicy opens
+public-internet egress (https inputs, client webhook endpoints).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from schemas import names
 
@@ -77,9 +86,12 @@ class StageAccess:
     stage: str
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()  # DeleteObject only (cleanup of a cancelled job)
+    keep: tuple[str, ...] = ()  # explicit Deny of DeleteObject (the job's record survives cleanup)
     list_prefixes: tuple[str, ...] = ()
     bucket_admin: bool = False
-    deployed: bool = True  # False: not a Kubernetes workload (used by `videogen up` / local dev)
+    internet: bool = False
+    deployed: bool = True  # set by stage_access(): is it a Kubernetes workload?
 
     def __post_init__(self) -> None:
         # A writer reads what it writes: Storage.put_atomic copies the temp object onto the key
@@ -88,7 +100,29 @@ class StageAccess:
 
     @property
     def needs_credentials(self) -> bool:
-        return bool(self.read or self.write or self.list_prefixes or self.bucket_admin)
+        return bool(self.read or self.write or self.delete or self.list_prefixes or self.bucket_admin)
+
+
+RUNNER = "runner"
+PROVISION = "provision"
+
+
+def function_stages() -> dict[str, names.ConsumerSpec]:
+    """Consumer stages ``videogen functions <stage>`` can run, with the consumer each drains."""
+    from runtime.service import STAGES
+
+    return {name: st.spec for name, st in STAGES.items() if st.spec is not None}
+
+
+def periodic_stages() -> dict[str, float]:
+    """Stages that tick on a timer instead of draining a consumer: name => interval (s)."""
+    from runtime.service import STAGES
+
+    return {name: float(st.interval_s) for name, st in STAGES.items() if st.spec is None}
+
+
+def deployable() -> set[str]:
+    return set(function_stages()) | set(periodic_stages()) | {RUNNER}
 
 
 def stage_access() -> dict[str, StageAccess]:
@@ -101,21 +135,27 @@ def stage_access() -> dict[str, StageAccess]:
     stages = (
         StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads"),
                     write=cat("inputs", "frames", "keypoints"),
-                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,)),
+                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,), internet=True),
         StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs),
         StageAccess("chain", read=cat("plan", "segment_result"), list_prefixes=jobs),
-        StageAccess("runner", read=cat("inputs", "frames", "keypoints", "segment_tail"),
+        StageAccess(RUNNER, read=cat("inputs", "frames", "keypoints", "segment_tail"),
                     write=cat("segment_video", "segment_tail", "segment_result"), list_prefixes=jobs),
         StageAccess("stitch", read=cat("segment_video", "output"), write=cat("output"), list_prefixes=jobs),
-        StageAccess("webhook", read=cat("request"), list_prefixes=jobs),
-        StageAccess("provision", bucket_admin=True, deployed=False),
+        StageAccess("webhook", read=cat("request"), list_prefixes=jobs, internet=True),
+        StageAccess("webhook-replay", read=cat("request"), list_prefixes=jobs, internet=True),
+        StageAccess("cancel", delete=(names.job_prefix(ANY) + ANY,), keep=cat("request"), list_prefixes=jobs),
+        StageAccess("queue"),
+        StageAccess(PROVISION, bucket_admin=True),
     )
+    can_run = deployable()
+    stages = tuple(replace(st, deployed=st.stage in can_run) for st in stages)
     return {s.stage: s for s in stages}
 
 
 # ---- IAM policy documents (the same JSON the Terraform module builds) -----------------------
 READ_ACTIONS = ("s3:GetObject",)
 WRITE_ACTIONS = ("s3:PutObject", "s3:DeleteObject")
+DELETE_ACTIONS = ("s3:DeleteObject",)
 LIST_ACTIONS = ("s3:ListBucket",)
 ADMIN_ACTIONS = (
     "s3:CreateBucket",
@@ -135,6 +175,12 @@ def policy_statements(access: StageAccess, bucket: str, partition: str = "aws") 
     if access.write:
         out.append({"Sid": "WriteObjects", "Effect": "Allow", "Action": list(WRITE_ACTIONS),
                     "Resource": [f"{arn}/{k}" for k in access.write]})
+    if access.delete:
+        out.append({"Sid": "DeleteObjects", "Effect": "Allow", "Action": list(DELETE_ACTIONS),
+                    "Resource": [f"{arn}/{k}" for k in access.delete]})
+    if access.keep:
+        out.append({"Sid": "KeepJobRecord", "Effect": "Deny", "Action": list(DELETE_ACTIONS),
+                    "Resource": [f"{arn}/{k}" for k in access.keep]})
     if access.list_prefixes:
         out.append({"Sid": "ListJobKeys", "Effect": "Allow", "Action": list(LIST_ACTIONS),
                     "Resource": [arn],

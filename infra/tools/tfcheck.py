@@ -277,11 +277,25 @@ def _check_kv(parsed: dict[Path, dict]) -> list[str]:
 def _check_names_module(parsed: dict[Path, dict], root: Path) -> list[str]:
     loc = locals_in(parsed, root / "modules" / "videogen")
     out = []
-    want_fc = {c.durable: {"stream": c.stream, "consumer": c.durable, "ack_wait_s": c.ack_wait_s}
-               for c in names.CPU_CONSUMERS}
+    acc = sa.stage_access()
+    stages = sa.function_stages()
+    periodic = sa.periodic_stages()
+    for stage in sorted((set(stages) | set(periodic)) - set(acc)):
+        out.append(f"stage {stage} (runtime/service.py) has no S3/network entry in infra/tools/stage_access.py")
+    drained = {(c.stream, c.durable) for c in stages.values()}
+    for c in names.CPU_CONSUMERS:
+        if (c.stream, c.durable) not in drained:
+            out.append(f"consumer {c.durable} on {c.stream} (schemas CPU_CONSUMERS) is drained by no stage of "
+                       f"runtime/service.py: no Deployment or scaler would serve it")
+    want_fc = {stage: {"stream": c.stream, "consumer": c.durable, "ack_wait_s": c.ack_wait_s,
+                       "internet_egress": acc[stage].internet if stage in acc else None}
+               for stage, c in stages.items()}
+    want_pf = {stage: {"interval_s": interval, "internet_egress": acc[stage].internet if stage in acc else None}
+               for stage, interval in periodic.items()}
     want_rc = {m: {"stream": names.runner_consumer(m).stream, "consumer": names.runner_consumer(m).durable,
                    "ack_wait_s": names.runner_consumer(m).ack_wait_s} for m in registry.MODELS}
-    for table, want in (("function_consumers", want_fc), ("runner_consumers", want_rc)):
+    for table, want in (("function_consumers", want_fc), ("periodic_functions", want_pf),
+                        ("runner_consumers", want_rc)):
         got = loc.get(table) or {}
         for key in sorted(set(want) | set(got)):
             if got.get(key) != want.get(key):
@@ -318,8 +332,9 @@ def _check_stage_access(parsed: dict[Path, dict], root: Path) -> list[str]:
     loc = locals_in(parsed, root / "modules" / "s3-stage-policies")
     out = []
     want = {
-        s.stage: {"read": list(s.read), "write": list(s.write), "list_prefixes": list(s.list_prefixes),
-                  "bucket_admin": s.bucket_admin, "deployed": s.deployed}
+        s.stage: {"read": list(s.read), "write": list(s.write), "delete": list(s.delete), "keep": list(s.keep),
+                  "list_prefixes": list(s.list_prefixes), "bucket_admin": s.bucket_admin,
+                  "internet": s.internet, "deployed": s.deployed}
         for s in sa.stage_access().values()
     }
     if loc.get("stage_access") != want:
@@ -328,6 +343,7 @@ def _check_stage_access(parsed: dict[Path, dict], root: Path) -> list[str]:
     for attr, value in (("jobs_prefix", sa.jobs_prefix()), ("lifecycle_rule_id", sa.LIFECYCLE_RULE_ID),
                         ("default_bucket", names.DEFAULT_BUCKET),
                         ("read_actions", list(sa.READ_ACTIONS)), ("write_actions", list(sa.WRITE_ACTIONS)),
+                        ("delete_actions", list(sa.DELETE_ACTIONS)),
                         ("list_actions", list(sa.LIST_ACTIONS)), ("admin_actions", list(sa.ADMIN_ACTIONS))):
         if loc.get(attr) != value:
             out.append(f"modules/s3-stage-policies: {attr} is {loc.get(attr)!r}, expected {value!r}")
@@ -388,7 +404,7 @@ def check_minio_files() -> list[str]:
             out.append(f"minio/init.sh: {var} defaults to {m.group(1) if m else None!r}, "
                        f"expected {names.DEFAULT_BUCKET!r}")
     expected = {f"{s.stage}.json": sa.policy_document(s, names.DEFAULT_BUCKET)
-                for s in sa.stage_access().values() if s.needs_credentials}
+                for s in sa.stage_access().values() if s.needs_credentials and (s.deployed or s.stage == sa.PROVISION)}
     present = {p.name: p for p in (MINIO_DIR / "policies").glob("*.json")}
     for name in sorted(set(expected) ^ set(present)):
         out.append(f"minio/policies/{name}: {'missing' if name in expected else 'not a stage in stage_access.py'}")

@@ -36,7 +36,7 @@ def workers(stack: Settings) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     fn = start_functions(stack, data / "functions.log")
     rn = start_runner(stack, data / "runner.log")
     try:
-        wait_for_log(data / "functions.log", '"consumer_started"', 60, fn)
+        wait_for_log(data / "functions.log", '"consumer_started"', 120, fn)
         wait_for_log(data / "runner.log", "runner_io_ready", 180, rn)
         yield {"functions": fn, "runner": rn}
     finally:

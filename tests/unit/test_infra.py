@@ -104,6 +104,11 @@ def test_changed_limits_fail_the_cross_check(parsed, monkeypatch) -> None:
     monkeypatch.setattr(names, "CPU_CONSUMERS", tuple(
         dataclasses.replace(c, ack_wait_s=7, backoff_s=(2, 4)) if c.durable == "stitch" else c
         for c in names.CPU_CONSUMERS))
+    import runtime.service as service
+
+    stitch = next(c for c in names.CPU_CONSUMERS if c.durable == "stitch")
+    monkeypatch.setattr(service, "STAGES", {k: dataclasses.replace(v, spec=stitch) if k == "stitch" else v
+                                            for k, v in service.STAGES.items()})
     real_runner = names.runner_consumer
     monkeypatch.setattr(names, "runner_consumer", lambda m: dataclasses.replace(real_runner(m), max_deliver=9))
     problems = "\n".join(tfcheck.cross_check(parsed=parsed))
@@ -133,6 +138,19 @@ def test_new_registry_model_needs_a_runner_consumer(parsed, monkeypatch) -> None
     problems = "\n".join(tfcheck.cross_check(parsed=parsed))
     assert "runner consumer for model wan9-t2v-1b (schemas/registry.py) missing" in problems
     assert any("jetstream.gen.tf: stale" in s for s in gen_infra.stale())
+
+
+def test_new_stage_or_undrained_consumer_fails_the_cross_check(parsed, monkeypatch) -> None:
+    import runtime.service as service
+
+    stages = dict(service.STAGES)
+    stages["thumbnail"] = dataclasses.replace(stages["stitch"], name="thumbnail")
+    del stages["cancel"]
+    monkeypatch.setattr(service, "STAGES", stages)
+    problems = "\n".join(tfcheck.cross_check(parsed=parsed))
+    assert "stage thumbnail (runtime/service.py) has no S3/network entry" in problems
+    assert "consumer cancel on VIDEOGEN_JOBS (schemas CPU_CONSUMERS) is drained by no stage" in problems
+    assert "function_consumers['thumbnail']" in problems
 
 
 def test_hand_edited_terraform_is_caught(parsed) -> None:
@@ -210,7 +228,7 @@ def test_readers_cover_the_pipeline() -> None:
     assert _readers(names.segment_key(j, 0)) == {"stitch", "runner"}
     assert _readers(names.plan_key(j)) == {"planner", "chain"}
     assert _readers(names.output_key(j)) == {"stitch"}  # server-side copy, presign
-    assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook"}
+    assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook", "webhook-replay"}
     assert _readers(names.keypoints_key(j, "pose/chunk-00000.mp4")) == {"preprocess", "runner"}
     assert _readers("uploads/client/image.png") == {"preprocess"}
     assert _writers(names.segment_result_key(j, 0)) == {"runner"}
@@ -219,6 +237,11 @@ def test_readers_cover_the_pipeline() -> None:
 def test_webhook_only_reads_requests_and_only_provision_administers() -> None:
     acc = sa.stage_access()
     assert acc["webhook"].read == (names.request_key(sa.ANY),) and not acc["webhook"].write
+    # cancel deletes a job's partial objects but can never delete the job's record
+    cancel = sa.policy_document(acc["cancel"], "videogen")["Statement"]
+    deny = [st for st in cancel if st["Effect"] == "Deny"]
+    assert deny and deny[0]["Resource"] == [f"arn:aws:s3:::videogen/{names.request_key('*')}"]
+    assert not acc["cancel"].read and not acc["cancel"].write
     assert [s for s, a in acc.items() if a.bucket_admin] == ["provision"]
     assert not acc["provision"].deployed
     for a in acc.values():
@@ -237,7 +260,7 @@ def test_policy_documents_are_valid_iam() -> None:
         doc = sa.policy_document(a, "videogen")
         assert doc["Version"] == "2012-10-17"
         for st in doc["Statement"]:
-            assert st["Effect"] == "Allow" and st["Action"] and st["Resource"]
+            assert st["Effect"] in ("Allow", "Deny") and st["Action"] and st["Resource"]
             assert all(r.startswith("arn:aws:s3:::videogen") for r in st["Resource"])
             assert "*" not in st["Action"] and all(not x.endswith(":*") for x in st["Action"])
         assert len(json.dumps(doc, separators=(",", ":"))) < 2048  # MinIO / IAM inline limit
@@ -349,7 +372,7 @@ def test_minio_init_creates_bucket_rule_policies_and_users(minio_env, tmp_path) 
     rule = json.loads(Path(f"{log}.lifecycle.json").read_text())["Rules"][0]
     assert rule == {"ID": sa.LIFECYCLE_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": sa.jobs_prefix()},
                     "Expiration": {"Days": 3}}
-    stages = [s.stage for s in sa.stage_access().values() if s.needs_credentials]
+    stages = [s.stage for s in sa.stage_access().values() if s.needs_credentials and (s.deployed or s.stage == "provision")]
     for stage in stages:
         assert any(c.startswith(f"admin policy create videogen videogen-{stage} ") for c in calls), stage
     deployed = [s for s in stages if s != "provision"]

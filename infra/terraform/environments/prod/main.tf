@@ -144,6 +144,7 @@ module "videogen" {
     chain      = { min_replicas = 1 }
     stitch     = { min_replicas = 1, max_replicas = 10 }
     webhook    = { min_replicas = 1 }
+    cancel     = { min_replicas = 1 } # a cancel should stop GPU work within seconds
   }
   cpu_node_selector = local.cpu_nodes
 

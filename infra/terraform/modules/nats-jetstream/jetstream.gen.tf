@@ -66,6 +66,19 @@ resource "jetstream_stream" "VIDEOGEN_SEGMENTS" {
   replicas         = var.replicas
 }
 
+resource "jetstream_stream" "VIDEOGEN_WEBHOOKS" {
+  name             = "VIDEOGEN_WEBHOOKS"
+  description      = "Webhook delivery records (one per attempt), disabled endpoints (410), replay requests."
+  subjects         = ["videogen.webhooks.>"]
+  retention        = "limits"
+  storage          = "file"
+  discard          = "old"
+  max_age          = 2592000
+  duplicate_window = 3600
+  max_msg_size     = 1048576
+  replicas         = var.replicas
+}
+
 resource "jetstream_consumer" "preprocess" {
   stream_id       = jetstream_stream.VIDEOGEN_JOBS.id
   durable_name    = "preprocess"
@@ -130,6 +143,33 @@ resource "jetstream_consumer" "webhook" {
   ack_wait        = 30
   max_delivery    = 9
   max_ack_pending = 1024
+  deliver_all     = true
+  ack_policy      = "explicit"
+  max_waiting     = 512
+}
+
+resource "jetstream_consumer" "webhook_replay" {
+  stream_id       = jetstream_stream.VIDEOGEN_WEBHOOKS.id
+  durable_name    = "webhook-replay"
+  description     = "Delivers events again on request (`videogen webhooks replay`)."
+  filter_subject  = "videogen.webhooks.replay.>"
+  ack_wait        = 30
+  max_delivery    = 9
+  max_ack_pending = 256
+  deliver_all     = true
+  ack_policy      = "explicit"
+  max_waiting     = 512
+}
+
+resource "jetstream_consumer" "cancel" {
+  stream_id       = jetstream_stream.VIDEOGEN_JOBS.id
+  durable_name    = "cancel"
+  description     = "Cancels queued and running jobs; deletes their partial objects."
+  filter_subject  = "videogen.jobs.cancel"
+  ack_wait        = 60
+  max_delivery    = 5
+  max_ack_pending = 64
+  backoff         = [1, 5, 30, 120]
   deliver_all     = true
   ack_policy      = "explicit"
   max_waiting     = 512
@@ -255,6 +295,7 @@ output "streams" {
     jetstream_stream.VIDEOGEN_DLQ.name,
     jetstream_stream.VIDEOGEN_WORK.name,
     jetstream_stream.VIDEOGEN_SEGMENTS.name,
+    jetstream_stream.VIDEOGEN_WEBHOOKS.name,
   ]
 }
 
@@ -281,6 +322,14 @@ output "cpu_consumers" {
       stream   = jetstream_stream.VIDEOGEN_EVENTS.name
       consumer = jetstream_consumer.webhook.durable_name
     }
+    "webhook-replay" = {
+      stream   = jetstream_stream.VIDEOGEN_WEBHOOKS.name
+      consumer = jetstream_consumer.webhook_replay.durable_name
+    }
+    cancel = {
+      stream   = jetstream_stream.VIDEOGEN_JOBS.name
+      consumer = jetstream_consumer.cancel.durable_name
+    }
   }
 }
 
@@ -296,5 +345,5 @@ output "kv_bucket" {
 
 output "ready" {
   description = "Depend on this to order workloads after the topology exists."
-  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_kv_bucket.videogen_jobs.id])
+  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_consumer.webhook_replay.id, jetstream_consumer.cancel.id, jetstream_kv_bucket.videogen_jobs.id])
 }

@@ -23,6 +23,18 @@ locals {
         Action   = local.write_actions
         Resource = [for k in a.write : "${local.bucket_arn}/${k}"]
       }),
+      length(a.delete) == 0 ? "" : jsonencode({
+        Sid      = "DeleteObjects"
+        Effect   = "Allow"
+        Action   = local.delete_actions
+        Resource = [for k in a.delete : "${local.bucket_arn}/${k}"]
+      }),
+      length(a.keep) == 0 ? "" : jsonencode({
+        Sid      = "KeepJobRecord"
+        Effect   = "Deny"
+        Action   = local.delete_actions
+        Resource = [for k in a.keep : "${local.bucket_arn}/${k}"]
+      }),
       length(a.list_prefixes) == 0 ? "" : jsonencode({
         Sid       = "ListJobKeys"
         Effect    = "Allow"

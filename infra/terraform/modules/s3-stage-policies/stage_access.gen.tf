@@ -8,6 +8,7 @@ locals {
   lifecycle_rule_id     = "videogen-expire-jobs"
   read_actions          = ["s3:GetObject"]
   write_actions         = ["s3:PutObject", "s3:DeleteObject"]
+  delete_actions        = ["s3:DeleteObject"]
   list_actions          = ["s3:ListBucket"]
   admin_actions = [
     "s3:CreateBucket",
@@ -20,15 +21,21 @@ locals {
     preprocess = {
       read          = ["jobs/*/inputs/*", "jobs/*/frames/*", "jobs/*/keypoints/*", "uploads/*"]
       write         = ["jobs/*/inputs/*", "jobs/*/frames/*", "jobs/*/keypoints/*"]
+      delete        = []
+      keep          = []
       list_prefixes = ["jobs/", "uploads/"]
       bucket_admin  = false
+      internet      = true
       deployed      = true
     }
     planner = {
       read          = ["jobs/*/plan.json", "jobs/*/plan.json.tmp-*"]
       write         = ["jobs/*/plan.json", "jobs/*/plan.json.tmp-*"]
+      delete        = []
+      keep          = []
       list_prefixes = ["jobs/"]
       bucket_admin  = false
+      internet      = false
       deployed      = true
     }
     chain = {
@@ -39,8 +46,11 @@ locals {
         "jobs/*/segments/*.json.tmp-*",
       ]
       write         = []
+      delete        = []
+      keep          = []
       list_prefixes = ["jobs/"]
       bucket_admin  = false
+      internet      = false
       deployed      = true
     }
     runner = {
@@ -63,8 +73,11 @@ locals {
         "jobs/*/segments/*.json",
         "jobs/*/segments/*.json.tmp-*",
       ]
+      delete        = []
+      keep          = []
       list_prefixes = ["jobs/"]
       bucket_admin  = false
+      internet      = false
       deployed      = true
     }
     stitch = {
@@ -75,22 +88,61 @@ locals {
         "jobs/*/output.mp4.tmp-*",
       ]
       write         = ["jobs/*/output.mp4", "jobs/*/output.mp4.tmp-*"]
+      delete        = []
+      keep          = []
       list_prefixes = ["jobs/"]
       bucket_admin  = false
+      internet      = false
       deployed      = true
     }
     webhook = {
       read          = ["jobs/*/inputs/request.json"]
       write         = []
+      delete        = []
+      keep          = []
       list_prefixes = ["jobs/"]
       bucket_admin  = false
+      internet      = true
+      deployed      = true
+    }
+    "webhook-replay" = {
+      read          = ["jobs/*/inputs/request.json"]
+      write         = []
+      delete        = []
+      keep          = []
+      list_prefixes = ["jobs/"]
+      bucket_admin  = false
+      internet      = true
+      deployed      = true
+    }
+    cancel = {
+      read          = []
+      write         = []
+      delete        = ["jobs/*/*"]
+      keep          = ["jobs/*/inputs/request.json"]
+      list_prefixes = ["jobs/"]
+      bucket_admin  = false
+      internet      = false
+      deployed      = true
+    }
+    queue = {
+      read          = []
+      write         = []
+      delete        = []
+      keep          = []
+      list_prefixes = []
+      bucket_admin  = false
+      internet      = false
       deployed      = true
     }
     provision = {
       read          = []
       write         = []
+      delete        = []
+      keep          = []
       list_prefixes = []
       bucket_admin  = true
+      internet      = false
       deployed      = false
     }
   }

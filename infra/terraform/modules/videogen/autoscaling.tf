@@ -5,7 +5,7 @@
 # after its cooldown. Requires the KEDA CRDs (install the keda module first).
 
 resource "kubernetes_manifest" "function_scaler" {
-  for_each = local.functions
+  for_each = { for name, f in local.functions : name => f if f.scaled }
 
   manifest = {
     apiVersion = "keda.sh/v1alpha1"

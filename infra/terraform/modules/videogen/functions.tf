@@ -1,5 +1,6 @@
-# The CPU functions: `videogen functions <name>`, one Deployment each, scaled by KEDA on the lag of
-# their durable consumer (autoscaling.tf), down to zero when idle.
+# The CPU functions: `videogen functions <stage>`, one Deployment per stage of runtime/service.py.
+# Consumer stages are scaled by KEDA on the lag of their durable consumer (autoscaling.tf), down to
+# zero when idle; periodic stages (a timer, no consumer) run one replica.
 
 resource "kubernetes_deployment_v1" "function" {
   #checkov:skip=CKV_K8S_14:The image is var.image, which the variable's validation rejects unless it carries an explicit version tag (never :latest) or a sha256 digest; checkov cannot see through the variable.

@@ -3,30 +3,53 @@
 
 locals {
   function_consumers = {
+    cancel = {
+      stream          = "VIDEOGEN_JOBS"
+      consumer        = "cancel"
+      ack_wait_s      = 60
+      internet_egress = false
+    }
     chain = {
-      stream     = "VIDEOGEN_WORK"
-      consumer   = "chain"
-      ack_wait_s = 30
+      stream          = "VIDEOGEN_WORK"
+      consumer        = "chain"
+      ack_wait_s      = 30
+      internet_egress = false
     }
     planner = {
-      stream     = "VIDEOGEN_WORK"
-      consumer   = "planner"
-      ack_wait_s = 30
+      stream          = "VIDEOGEN_WORK"
+      consumer        = "planner"
+      ack_wait_s      = 30
+      internet_egress = false
     }
     preprocess = {
-      stream     = "VIDEOGEN_JOBS"
-      consumer   = "preprocess"
-      ack_wait_s = 60
+      stream          = "VIDEOGEN_JOBS"
+      consumer        = "preprocess"
+      ack_wait_s      = 60
+      internet_egress = true
     }
     stitch = {
-      stream     = "VIDEOGEN_WORK"
-      consumer   = "stitch"
-      ack_wait_s = 120
+      stream          = "VIDEOGEN_WORK"
+      consumer        = "stitch"
+      ack_wait_s      = 120
+      internet_egress = false
     }
     webhook = {
-      stream     = "VIDEOGEN_EVENTS"
-      consumer   = "webhook"
-      ack_wait_s = 30
+      stream          = "VIDEOGEN_EVENTS"
+      consumer        = "webhook"
+      ack_wait_s      = 30
+      internet_egress = true
+    }
+    "webhook-replay" = {
+      stream          = "VIDEOGEN_WEBHOOKS"
+      consumer        = "webhook-replay"
+      ack_wait_s      = 30
+      internet_egress = true
+    }
+  }
+  periodic_functions = {
+    queue = {
+      interval_s      = 1
+      internet_egress = false
     }
   }
   runner_consumers = {
@@ -168,7 +191,7 @@ locals {
       default_steps  = 50
     }
   }
-  s3_stages      = ["preprocess", "planner", "chain", "runner", "stitch", "webhook"]
+  s3_stages      = ["preprocess", "planner", "chain", "runner", "stitch", "webhook", "webhook-replay", "cancel"]
   default_bucket = "videogen"
   kv_jobs        = "videogen-jobs"
 }

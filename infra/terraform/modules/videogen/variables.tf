@@ -112,7 +112,7 @@ variable "log_level" {
 variable "functions" {
   description = <<-EOT
     Per-function overrides of the defaults in locals.tf (replicas, KEDA thresholds, resources,
-    scratch space, termination grace). Keys: preprocess, planner, chain, stitch, webhook.
+    scratch space, termination grace). Keys: the stages of runtime/service.py (names.gen.tf).
   EOT
   type = map(object({
     min_replicas             = optional(number)
@@ -129,8 +129,8 @@ variable "functions" {
   default = {}
 
   validation {
-    condition     = alltrue([for k in keys(var.functions) : contains(keys(local.function_consumers), k)])
-    error_message = "functions keys must be function names: preprocess, planner, chain, stitch, webhook."
+    condition     = alltrue([for k in keys(var.functions) : contains(concat(keys(local.function_consumers), keys(local.periodic_functions)), k)])
+    error_message = "functions keys must be stage names from runtime/service.py (names.gen.tf)."
   }
 }
 

@@ -1,0 +1,355 @@
+"""Wan-Animate family (diffusers ``WanAnimatePipeline``): tiny build, loading, generation.
+
+Same anatomy as ``wan.py``. Inputs (all uint8 RGB, ``F = num_frames``):
+- ``params.image``: the character reference (h, w, 3), any size (letterboxed to H×W by the pipeline);
+- ``params.pose_video``: the rendered pose skeleton (F, H, W, 3) on the output grid;
+- ``params.face_video``: face crops (F, S, S, 3), ideally ``S = face_size`` (the motion encoder's
+  input: ``FACE_SIZE`` = 16 for the tiny model, ``REAL_FACE_SIZE`` = 512 for Wan2.2-Animate-14B);
+  other square sizes are resized by the pipeline;
+- ``params.extra`` (optional): ``mode`` (``"animate"`` default, or ``"replace"`` with
+  ``background_video`` (F, H, W, 3) and ``mask_video`` (F, H, W) uint8, white = regenerate),
+  ``segment_frame_length`` (the pipeline's internal segment, ``4k+1`` ≤ F; default F).
+
+The pipeline renders ``F`` frames in internal segments of ``segment_frame_length`` frames that
+overlap by one frame (each restarts its denoising loop). ``on_step`` reports one increasing count
+over all of them: step ``s`` of internal segment ``i`` (of ``n``) is ``i·steps + s`` of ``n·steps``.
+
+Latent layout: latent frame 0 is the reference-image slot (dropped on decode); video latent frame
+``j`` is latent frame ``j + 1``; the channel-concatenated condition is [4-channel frame mask,
+16-channel latents] of [reference image | previous-segment frames + zeros (animate) or background
+(replace)].
+
+Chaining across the planner's segments: diffusers exposes only a *count*
+(``prev_segment_conditioning_frames``) for its own internal segments, and its first internal
+segment is unconditioned. For segment k+1 the ``O`` condition frames (the window's first ``O``
+frames) are handed to the pipeline's own ``prepare_prev_segment_cond_latents`` for the first
+internal segment — they enter the mask/condition channels exactly as a previous internal segment's
+tail would — via a per-call override that is always removed afterwards. On top of that the first
+``1 + (O-1)//4`` video latent frames are pinned by latent replacement (as in ``wan.py``), so the
+window starts exactly on the previous segment's frames. Any ``1 ≤ O < segment_frame_length``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
+
+from gpu_runner.pipelines import _common as common
+from gpu_runner.pipelines import tiny_components as tc
+from gpu_runner.pipelines.base import GenerateParams, LoadContext, StepCallback
+from runtime.logging import get_logger
+from schemas.errors import ErrorCode, Permanent
+from schemas.registry import ModelSpec
+
+log = get_logger(component="pipeline", family="wan_animate")
+
+FACE_SIZE = 16  # tiny model: face crops are FACE_SIZE x FACE_SIZE (motion_encoder_size)
+REAL_FACE_SIZE = 512  # Wan2.2-Animate-14B's motion_encoder_size
+MODES = ("animate", "replace")
+INTERNAL_OVERLAP = 1  # frames shared by the pipeline's own consecutive internal segments
+REQUIRED_COMPONENTS = (
+    "transformer", "vae", "text_encoder", "tokenizer", "scheduler", "image_encoder", "image_processor",
+)
+FP32_COMPONENTS = ("vae", "image_encoder")
+
+# Tiny motion/face encoder: 16x16 faces -> one 8-channel residual block per halving down to 4x4.
+_TINY_MOTION_CHANNELS = {"16": 8, "8": 8, "4": 8}
+
+
+def face_size(spec: ModelSpec) -> int:
+    """Face-crop side a model expects (before loading it): ``FACE_SIZE`` for tiny models, else 512."""
+    return FACE_SIZE if spec.tiny else REAL_FACE_SIZE
+
+
+def internal_segments(num_frames: int, segment_frame_length: int, overlap: int = INTERNAL_OVERLAP) -> int:
+    """How many internal segments ``WanAnimatePipeline`` runs for ``num_frames`` (its own formula)."""
+    effective = segment_frame_length - overlap
+    remainder = (num_frames - overlap) % effective
+    padded = num_frames + (effective - remainder if remainder else 0)
+    return padded // effective
+
+
+def tiny_animate_transformer(seed: int, image_dim: int) -> WanAnimateTransformer3DModel:
+    """A 2-block ``WanAnimateTransformer3DModel`` (as ``tiny_transformer``) with a tiny motion/face encoder."""
+    inner = tc.NUM_HEADS * tc.HEAD_DIM
+    model = tc.build_seeded(
+        seed,
+        "transformer",
+        lambda: WanAnimateTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=tc.NUM_HEADS,
+            attention_head_dim=tc.HEAD_DIM,
+            in_channels=2 * tc.Z_DIM + 4,
+            latent_channels=tc.Z_DIM,
+            out_channels=tc.Z_DIM,
+            text_dim=tc.TEXT_DIM,
+            freq_dim=256,
+            ffn_dim=tc.FFN_DIM,
+            num_layers=tc.NUM_LAYERS,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            image_dim=image_dim,
+            added_kv_proj_dim=inner,
+            rope_max_seq_len=32,
+            pos_embed_seq_len=None,
+            motion_encoder_channel_sizes=dict(_TINY_MOTION_CHANNELS),
+            motion_encoder_size=FACE_SIZE,
+            motion_style_dim=16,
+            motion_dim=8,
+            motion_encoder_dim=16,
+            face_encoder_hidden_dim=16,
+            face_encoder_num_heads=2,
+            inject_face_latents_blocks=tc.NUM_LAYERS,  # one face adapter, after block 0 (real: every 5th of 40)
+            motion_encoder_batch_size=8,
+        ),
+    )
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class AnimateInputs:
+    """Validated inputs of one window (uint8 arrays), before conversion to the pipeline's PIL lists."""
+
+    image: np.ndarray
+    pose: np.ndarray
+    face: np.ndarray
+    mode: str
+    segment_frame_length: int
+    background: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+
+class WanAnimate:
+    """A loaded Wan-Animate pipeline; implements ``gpu_runner.pipelines.base.VideoPipeline``."""
+
+    def __init__(self, spec: ModelSpec, pipe: WanAnimatePipeline, ctx: LoadContext) -> None:
+        self.spec = spec
+        self.pipe = pipe
+        self.ctx = ctx
+        self.sequence_parallel = None  # not supported for this family (see ``_common.place``)
+        pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.ctx.device)
+
+    @property
+    def face_size(self) -> int:
+        """Side of the face crops the motion encoder takes (``FACE_SIZE`` for the tiny model)."""
+        return int(self.pipe.transformer.config.motion_encoder_size)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def check_inputs(self, params: GenerateParams) -> AnimateInputs:
+        """Validate ``params``: ``Permanent(MISSING_INPUT)`` for an absent input, ``OUT_OF_RANGE`` otherwise."""
+        common.check_params(self.spec, params)
+        f, size = params.num_frames, (params.height, params.width)
+        missing = [name for name in ("image", "pose_video", "face_video") if getattr(params, name) is None]
+        mode = params.extra.get("mode", "animate")
+        if mode not in MODES:
+            raise common.out_of_range(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+        if mode == "replace":
+            missing += [name for name in ("background_video", "mask_video") if params.extra.get(name) is None]
+        if missing:
+            raise common.missing_input(f"{self.spec.name} ({mode}) needs {', '.join(missing)}")
+        image = common.check_image("image", params.image)
+        pose = common.check_video("pose_video", params.pose_video, size, frames=f)
+        face = common.check_video("face_video", params.face_video, frames=f)
+        if face.shape[1] != face.shape[2]:
+            raise common.out_of_range(f"face_video frames must be square ({self.face_size}x{self.face_size}), "
+                                      f"got {face.shape[2]}x{face.shape[1]}")
+        background = mask = None
+        if mode == "replace":
+            background = common.check_video("background_video", params.extra["background_video"], size, frames=f)
+            mask = params.extra["mask_video"]
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.shape != (f, *size):
+                raise common.out_of_range(f"mask_video must be uint8 ({f}, {size[0]}, {size[1]}), "
+                                          f"got {getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', '')}")
+        length = params.extra.get("segment_frame_length", f)
+        if not isinstance(length, int) or length < 5 or (length - 1) % 4 or length > f:
+            raise common.out_of_range(f"segment_frame_length={length!r}: must be 4k+1 in [5, num_frames={f}]")
+        cond = params.condition_frames
+        if cond is not None and cond.shape[0] >= length:
+            raise common.out_of_range(f"{cond.shape[0]} condition frames for internal segments of {length} frames")
+        return AnimateInputs(image, pose, face, mode, length, background, mask)
+
+    def encode_condition(self, frames: np.ndarray) -> torch.Tensor:
+        """(O, H, W, 3) uint8 -> normalised latents (1, C, 1 + (O-1)//4, H/8, W/8), float32."""
+        return common.encode_condition(self.pipe.vae, frames, self.device, self.pipe.vae_scale_factor_temporal)
+
+    def prepare_latents(self, params: GenerateParams, segment_frame_length: int,
+                        generator: torch.Generator) -> torch.Tensor:
+        """The first internal segment's noise (1, z_dim, 1 + T_lat, H/8, W/8), drawn on the CPU.
+
+        ``generator`` (CPU, seeded from ``params.seed``) keeps going for the later internal segments.
+        """
+        pipe = self.pipe
+        shape = (
+            1,
+            int(pipe.vae.config.z_dim),
+            (segment_frame_length - 1) // pipe.vae_scale_factor_temporal + 2,  # + the reference slot
+            params.height // pipe.vae_scale_factor_spatial,
+            params.width // pipe.vae_scale_factor_spatial,
+        )
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+
+    @contextmanager
+    def _previous_segment(self, frames: np.ndarray | None) -> Iterator[None]:
+        """For this call, condition the first internal segment on ``frames`` (O, H, W, 3) like a previous one.
+
+        Wraps the pipeline's own ``prepare_prev_segment_cond_latents``; ``start_frame=1`` there only
+        switches its frame mask on for the ``O`` given frames (it is 0 for an unconditioned start).
+        """
+        if frames is None:
+            yield
+            return
+        pipe = self.pipe
+        video = common.to_video_tensor(frames, self.device, torch.float32)
+        original = pipe.prepare_prev_segment_cond_latents
+
+        def prepare(prev_segment_cond_video: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if kwargs.get("start_frame", 0) == 0:
+                kwargs.update(start_frame=1, prev_segment_cond_frames=video.shape[2])
+                return original(video, *args, **kwargs)  # type: ignore[no-any-return]
+            return original(prev_segment_cond_video, *args, **kwargs)  # type: ignore[no-any-return]
+
+        pipe.prepare_prev_segment_cond_latents = prepare
+        try:
+            yield
+        finally:
+            del pipe.prepare_prev_segment_cond_latents  # back to the class's method
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(self, params: GenerateParams, on_step: StepCallback | None = None) -> np.ndarray:
+        """Render ``params.num_frames`` frames as (F, H, W, 3) uint8: ``image`` moving as ``pose``/``face``.
+
+        ``on_step(i, total)`` runs after every denoising step of every internal segment, with
+        ``total = segments · steps``; raising ``Cancelled`` there stops the job at that step boundary
+        (the exception reaches the caller; the pipeline stays usable).
+        """
+        inputs = self.check_inputs(params)
+        pipe = self.pipe
+        steps = params.steps
+        segments = internal_segments(params.num_frames, inputs.segment_frame_length)
+        total = segments * steps
+        if inputs.face.shape[1] != self.face_size:
+            log.info("face_video_resized", model=self.spec.name, source=inputs.face.shape[1], target=self.face_size)
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        noise = self.prepare_latents(params, inputs.segment_frame_length, generator)
+        latents = noise.clone()
+        pin: common.LatentReplacement | None = None
+        if params.condition_frames is not None:
+            pin = common.LatentReplacement(self.encode_condition(params.condition_frames), noise, offset=1)
+            common.warn_unaligned(log, params.condition_frames.shape[0], pin.frames, pipe.vae_scale_factor_temporal)
+            pin.apply(latents, common.first_sigma(pipe.scheduler, steps, self.device))
+        done = 0
+
+        def on_step_end(p: WanAnimatePipeline, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal done
+            done += 1
+            current = kwargs["latents"]
+            if pin is not None and done <= steps:  # only the first internal segment continues our condition
+                pin.apply(current, common.current_sigma(p.scheduler))
+            if on_step is not None:
+                on_step(done, total)
+            return {"latents": current}
+
+        replace = inputs.mode == "replace"
+        started = time.perf_counter()
+        with common.generation_errors(self.spec, params, log), self._previous_segment(params.condition_frames):
+            out = pipe(
+                image=common.to_pil(inputs.image),
+                pose_video=common.to_pil_frames(inputs.pose),
+                face_video=common.to_pil_frames(inputs.face),
+                background_video=common.to_pil_frames(inputs.background) if replace else None,
+                mask_video=_mask_frames(inputs.mask) if replace else None,
+                prompt=params.prompt,
+                negative_prompt=params.negative_prompt or None,
+                height=params.height,
+                width=params.width,
+                segment_frame_length=inputs.segment_frame_length,
+                num_inference_steps=steps,
+                mode=inputs.mode,
+                prev_segment_conditioning_frames=INTERNAL_OVERLAP,
+                guidance_scale=params.guidance_scale,
+                generator=generator,
+                latents=latents,
+                output_type="np",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+            )
+        video = common.to_uint8(out.frames[0])
+        log.info("generation_done", model=self.spec.name, frames=video.shape[0], width=params.width,
+                 height=params.height, steps=steps, internal_segments=segments, mode=inputs.mode,
+                 conditioned=pin is not None, seconds=round(time.perf_counter() - started, 3))
+        return video
+
+    def warmup(self) -> None:
+        """One step at the smallest sensible size (no CFG, blank inputs) before the first job."""
+        side, frames = common.warmup_size(self.spec, self.ctx.world_size)
+        self.generate(GenerateParams(
+            prompt="warmup", width=side, height=side, num_frames=frames, steps=1, guidance_scale=1.0, seed=0,
+            image=np.full((side, side, 3), 128, np.uint8),
+            pose_video=np.zeros((frames, side, side, 3), np.uint8),
+            face_video=np.full((frames, self.face_size, self.face_size, 3), 128, np.uint8),
+        ))
+
+    def save(self, path: Path) -> None:
+        """Save in diffusers format (``WanAnimatePipeline.from_pretrained``/``load`` read it back)."""
+        common.save_pipeline(self.pipe, path, self.spec.name, log)
+
+    def close(self) -> None:
+        """Nothing to undo (no sequence parallelism for this family)."""
+
+
+def _mask_frames(mask: np.ndarray | None) -> list[Any]:
+    from PIL import Image
+
+    assert mask is not None
+    return [Image.fromarray(np.ascontiguousarray(frame), mode="L") for frame in mask]
+
+
+def _finish(spec: ModelSpec, pipe: WanAnimatePipeline, ctx: LoadContext) -> WanAnimate:
+    common.place(pipe, ctx, sequence_parallel_supported=False, family="wan_animate")
+    return WanAnimate(spec, pipe, ctx)
+
+
+def build_tiny(spec: ModelSpec, ctx: LoadContext) -> WanAnimate:
+    """The real Wan-Animate architecture with tiny random weights; same ``ctx.seed`` -> same weights."""
+    dtype = common.torch_dtype(ctx.dtype)
+    tokenizer = tc.tiny_tokenizer()
+    image_encoder = common.tiny_image_encoder(ctx.seed)  # stays float32
+    pipe = WanAnimatePipeline(
+        tokenizer=tokenizer,
+        text_encoder=tc.cast_like_from_pretrained(tc.tiny_text_encoder(ctx.seed, vocab_size=len(tokenizer)), dtype),
+        vae=tc.tiny_vae(ctx.seed),  # the VAE stays float32, as Wan recommends
+        scheduler=tc.tiny_scheduler(),
+        image_processor=tc.tiny_clip_image_processor(int(image_encoder.config.image_size)),
+        image_encoder=image_encoder,
+        transformer=tc.cast_like_from_pretrained(
+            tiny_animate_transformer(ctx.seed, image_dim=int(image_encoder.config.hidden_size)), dtype
+        ),
+    )
+    log.info("tiny_model_built", model=spec.name, seed=ctx.seed, dtype=ctx.dtype, device=ctx.device,
+             face_size=FACE_SIZE)
+    return _finish(spec, pipe, ctx)
+
+
+def load(spec: ModelSpec, checkpoint: Path | None, ctx: LoadContext) -> WanAnimate:
+    """Tiny models without a checkpoint are built; otherwise read a LOCAL diffusers directory (no hub)."""
+    if checkpoint is None:
+        if spec.tiny:
+            return build_tiny(spec, ctx)
+        raise Permanent(f"{spec.name} needs a checkpoint directory", code=ErrorCode.MODEL_ERROR)
+    checkpoint = Path(checkpoint)
+    pipe = common.load_pretrained(WanAnimatePipeline, spec, checkpoint, ctx, REQUIRED_COMPONENTS, FP32_COMPONENTS)
+    log.info("model_loaded", model=spec.name, checkpoint=str(checkpoint), dtype=ctx.dtype, device=ctx.device,
+             face_size=int(pipe.transformer.config.motion_encoder_size))
+    return _finish(spec, pipe, ctx)
