@@ -92,9 +92,10 @@ def main() -> None:
             best[n] = min(walls)
             med = statistics.median(walls)
             busy = statistics.median(cpu / wall for wall, cpu in times[n])
+            cpu_ms = 1000 * statistics.median(cpu for _, cpu in times[n]) / frames
             print(f"  workers={n:<2d}  best {frames / best[n]:6.1f} frames/s ({1000 * best[n] / frames:5.1f} ms/frame, "
                   f"real-time factor {best[n] / duration:.2f})  median {frames / med:6.1f} frames/s "
-                  f"(RTF {med / duration:.2f})  cores busy {busy:.2f}")
+                  f"(RTF {med / duration:.2f})  CPU {cpu_ms:5.1f} ms/frame  cores busy {busy:.2f}")
         if len(counts) > 1:
             n = counts[-1]
             print(f"  speed-up {n} workers vs 1: {best[1] / best[n]:.2f}x (best runs)")

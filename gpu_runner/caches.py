@@ -58,7 +58,8 @@ WAN_TAYLORSEER_IDENTIFIERS: tuple[str, ...] = (r"blocks\.\d+\.attn1", r"blocks\.
 # Wan's attention module names contain "blocks"; PAB tells self from cross attention by is_cross_attention.
 WAN_PAB_IDENTIFIERS: tuple[str, ...] = (r"blocks",)
 
-_PAB_HOOK = "pyramid_attention_broadcast"  # diffusers.hooks.pyramid_attention_broadcast._PYRAMID_ATTENTION_BROADCAST_HOOK
+# = diffusers.hooks.pyramid_attention_broadcast._PYRAMID_ATTENTION_BROADCAST_HOOK (what disable_cache removes)
+_PAB_HOOK = "pyramid_attention_broadcast"
 _CONTEXT_PROBE_HOOK = "videogen_cache_context_probe"
 
 FASTER_CACHE_REFUSAL = (
@@ -74,7 +75,8 @@ class FirstBlockParams(BaseModel):
     """FirstBlockCache: skip blocks 1..N-1 while block 0's residual changes less than ``threshold``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    threshold: float = Field(0.05, gt=0.0, description="relative mean-abs change of block 0's residual (diffusers default)")
+    threshold: float = Field(0.05, gt=0.0,
+                             description="relative mean-abs change of block 0's residual (diffusers' default)")
 
 
 class MagParams(BaseModel):
@@ -136,7 +138,8 @@ class CacheConfig(BaseModel):
 
     def with_mag_ratios(self, ratios: Sequence[float]) -> CacheConfig:
         """The same config with calibrated MagCache ratios."""
-        return self.model_copy(update={"mag": self.mag.model_copy(update={"mag_ratios": tuple(float(r) for r in ratios)})})
+        mag = self.mag.model_copy(update={"mag_ratios": tuple(float(r) for r in ratios)})
+        return self.model_copy(update={"mag": mag})
 
     def summary(self) -> dict[str, Any]:
         """The parameters that matter for ``kind`` (for logs)."""
@@ -470,13 +473,25 @@ class ComputeCounter:
 
 
 # ---- verification -----------------------------------------------------------------------------
-def verification_params(spec: ModelSpec, *, steps: int | None = None, guidance_scale: float | None = None) -> GenerateParams:
-    """A small generation with a job-like number of steps (caches need several steps to skip)."""
-    side = 2 * spec.spatial_multiple
-    return GenerateParams(prompt="cache verification", width=side, height=side,
-                          num_frames=spec.frame_multiple + 1, steps=steps or max(spec.default_steps, 12),
+def verification_params(spec: ModelSpec, *, steps: int | None = None, guidance_scale: float | None = None,
+                        world_size: int = 1) -> GenerateParams:
+    """A small generation with a job-like number of steps (caches need several steps to skip).
+
+    Defaults: the model's default steps (at least 12) and guidance, a tiny frame size (grown until
+    every rank of a sequence-parallel group gets a token, as ``WanT2V.warmup`` does).
+    """
+    side, frames = 2 * spec.spatial_multiple, spec.frame_multiple + 1
+    while spec.latent_tokens(side, side, frames) < world_size:
+        side *= 2
+    return GenerateParams(prompt="cache verification", width=side, height=side, num_frames=frames,
+                          steps=steps or max(spec.default_steps, 12),
                           guidance_scale=spec.default_guidance_scale if guidance_scale is None else guidance_scale,
                           seed=0)
+
+
+def _default_params(model: Any) -> GenerateParams:
+    ctx = getattr(model, "ctx", None)
+    return verification_params(model.spec, world_size=getattr(ctx, "world_size", 1))
 
 
 def raise_if_nothing_skipped(config: CacheConfig, report: ComputeReport) -> None:
@@ -492,8 +507,9 @@ def verify_cache_skips(model: Any, config: CacheConfig, params: GenerateParams |
 
     ``model`` is a ``VideoPipeline`` (``generate``/``spec``); ``params`` default to
     ``verification_params(model.spec)``. Raises ``Permanent(MODEL_ERROR)`` when nothing was skipped.
+    Under sequence parallelism every rank must call it (it runs a generation).
     """
-    params = params or verification_params(model.spec)
+    params = params or _default_params(model)
     with applied_cache(model, config, steps=params.steps), ComputeCounter(model) as counter:
         model.generate(params)
     report = counter.report()
@@ -542,8 +558,12 @@ def _context_probe() -> Any:
     return _Probe()
 
 
-class _MagCalibrator:
-    """Per branch: ratio of the mean token norm of (tail output - head input) between consecutive steps."""
+class MagCalibrator:
+    """Measures MagCache ratios while a denoising loop runs (``with MagCalibrator(transformer) as cal``).
+
+    Per branch (cache context): mean over tokens of |residual_t| / |residual_t-1|, where residual =
+    last block's output - first block's input; the first step is 1.0 (as in diffusers).
+    """
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.transformer = transformer
@@ -553,7 +573,7 @@ class _MagCalibrator:
         self.ratios: dict[str, list[float]] = {}
         self._handles: list[Any] = []
 
-    def __enter__(self) -> _MagCalibrator:
+    def __enter__(self) -> MagCalibrator:
         from diffusers.hooks import HookRegistry
 
         registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
@@ -588,6 +608,11 @@ class _MagCalibrator:
         self.ratios.setdefault(branch, []).append(float(ratio))
         self.previous[branch] = residual
 
+    def ratios_for(self, branch: str = "cond") -> tuple[float, ...]:
+        """The ratios of ``branch`` (falling back to the only branch seen, e.g. without CFG)."""
+        ratios = self.ratios.get(branch) or self.ratios.get("inference") or next(iter(self.ratios.values()), [])
+        return tuple(ratios)
+
 
 def calibrate_mag_ratios(model: Any, params: GenerateParams) -> tuple[float, ...]:
     """MagCache ratios for this model: one generation without caches, ratios of the cond branch.
@@ -601,9 +626,9 @@ def calibrate_mag_ratios(model: Any, params: GenerateParams) -> tuple[float, ...
     if transformers[0].is_cache_enabled:
         raise Permanent("calibrate_mag_ratios must run without a cache enabled", code=ErrorCode.MODEL_ERROR)
     started = time.perf_counter()
-    with _MagCalibrator(transformers[0]) as cal:
+    with MagCalibrator(transformers[0]) as cal:
         model.generate(params)
-    ratios = cal.ratios.get("cond") or cal.ratios.get("inference") or next(iter(cal.ratios.values()), [])
+    ratios = cal.ratios_for("cond")
     if len(ratios) != params.steps:
         raise Permanent(f"MagCache calibration saw {len(ratios)} steps, expected {params.steps}",
                         code=ErrorCode.MODEL_ERROR)
@@ -619,7 +644,7 @@ def prepare(model: Any, config: CacheConfig, params: GenerateParams | None = Non
     """
     if not config.enabled:
         return config
-    params = params or verification_params(model.spec)
+    params = params or _default_params(model)
     if config.kind == "mag" and config.mag.mag_ratios is None:
         config = config.with_mag_ratios(calibrate_mag_ratios(model, replace(params, seed=params.seed + 1)))
     verify_cache_skips(model, config, params)

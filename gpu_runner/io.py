@@ -70,6 +70,7 @@ class Active:
     msg: Msg
     started: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    step: int = 0  # last denoising step reported (every step, before the progress throttle)
     heartbeat: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
     last_progress: float = 0.0
@@ -188,8 +189,11 @@ class RunnerIO:
                 entry = await watcher.updates(timeout=None)
                 if entry is None or not entry.value:
                     continue  # end of the initial values, or a delete marker
-                if JobStatus.model_validate_json(entry.value).state in (JobState.CANCELLED, JobState.FAILED):
+                state = JobStatus.model_validate_json(entry.value).state
+                if state in (JobState.CANCELLED, JobState.FAILED):
                     active.cancelled = True
+                    log.info("job_stop_observed", job_id=job_id, segment=active.job.index, state=state.value,
+                             step=active.step)
                     return
         except asyncio.CancelledError:
             raise
@@ -233,6 +237,7 @@ class RunnerIO:
 
     # ---- progress (fire and forget, throttled) ------------------------------------------
     def progress(self, active: Active, step: int, steps: int) -> None:
+        active.step = step
         now = time.monotonic()
         if step < steps and now - active.last_progress < self.progress_interval_s:
             return

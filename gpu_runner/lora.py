@@ -190,7 +190,8 @@ class AdapterCache:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        log.info("lora_fetched", source=spec.source, size_bytes=len(data), seconds=round(time.perf_counter() - started, 3))
+        log.info("lora_fetched", source=spec.source, size_bytes=len(data),
+                 seconds=round(time.perf_counter() - started, 3))
         self._prune_files(keep=path)
         return path
 

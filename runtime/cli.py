@@ -215,26 +215,32 @@ def submit(
 
 def _status_table(statuses: list[JobStatus]) -> Table:
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("job", "state", "queue", "progress", "segments", "updated", "detail"):
-        table.add_column(col, no_wrap=col != "detail")
+    for col in ("job", "state", "queue", "progress", "segments", "updated"):
+        table.add_column(col, no_wrap=True, overflow="fold" if col == "job" else "ellipsis")
     colours = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
                "stitching": "cyan", "queued": "magenta"}
     for st in statuses:
-        filled = int(round(st.progress / 5))
-        bar = f"{'█' * filled}{'░' * (20 - filled)} {st.progress:5.1f}%"
+        filled = int(round(st.progress / 10))
+        bar = f"{'█' * filled}{'░' * (10 - filled)} {st.progress:5.1f}%"
         queue = "-" if st.queue_position is None else (
             "next" if st.queue_position == 0 else f"{st.queue_position} ahead")
         segments = f"{st.segments_done}/{st.segments_total}" if st.segments_total else "-"
-        if st.error is not None:
-            detail = f"{st.error.code}: {st.error.message}"
-        elif st.output is not None:
-            detail = f"s3://{st.output.bucket}/{st.output.key} ({st.output.frames} frames, {st.output.size} bytes)"
-        else:
-            detail = f"{st.model or ''} {st.task or ''}".strip()
         colour = colours.get(st.state.value, "white")
         table.add_row(st.job_id, f"[{colour}]{st.state.value}[/]", queue, bar, segments,
-                      st.updated_at.strftime("%H:%M:%S"), detail)
+                      st.updated_at.strftime("%H:%M:%S"))
     return table
+
+
+def _status_details(statuses: list[JobStatus]) -> list[str]:
+    """One line per job with an output or an error (too long for the table)."""
+    out = []
+    for st in statuses:
+        if st.error is not None:
+            out.append(f"{st.job_id}: [red]{st.error.code}[/]: {st.error.message}")
+        elif st.output is not None:
+            out.append(f"{st.job_id}: s3://{st.output.bucket}/{st.output.key} ({st.output.frames} frames "
+                       f"{st.output.width}x{st.output.height}, {st.output.size} bytes)")
+    return out
 
 
 @app.command()
@@ -252,7 +258,10 @@ def status(
         found, missing = [], []
         for job_id in job_ids:
             st = await get_status(bus, job_id)
-            (found.append(st) if st is not None else missing.append(job_id))
+            if st is None:
+                missing.append(job_id)
+            else:
+                found.append(st)
         return found, missing
 
     async def _run() -> int:
@@ -267,8 +276,12 @@ def status(
                         await asyncio.sleep(1.0)
                         found, missing = await _fetch(bus)
                         live.update(_status_table(found))
+                for line in _status_details(found):
+                    console.print(line, highlight=False, soft_wrap=True)
             elif found:
                 console.print(_status_table(found))
+                for line in _status_details(found):
+                    console.print(line, highlight=False, soft_wrap=True)
         for job_id in missing:
             err.print(f"no such job: {job_id}")
         return 1 if missing else 0

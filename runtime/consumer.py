@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import FetchTimeoutError
 
+from prometheus_client import Counter, Histogram
+
 from runtime.bus import Bus
 from runtime.logging import bound_contextvars, get_logger
 from schemas.errors import Cancelled, ErrorCode, Permanent, Retryable, VideogenError
@@ -32,6 +35,11 @@ from schemas.messages import DLQEntry
 from schemas.names import ConsumerSpec, dlq_subject
 
 log = get_logger(component="consumer")
+
+MESSAGES = Counter("videogen_stage_messages_total", "messages handled, by stage and outcome",
+                   ["stage", "outcome"])
+HANDLER_SECONDS = Histogram("videogen_stage_handler_seconds", "handler time per message", ["stage"],
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 
 
 @dataclass
@@ -176,15 +184,19 @@ class ConsumerLoop:
         delivery = Delivery(msg, self.stage, num, self.spec.max_deliver, seq)
         job_id = job_id_of(msg.data)
         self.busy = True
+        started = time.perf_counter()
+        outcome = "ack"
         with bound_contextvars(stage=self.stage, job_id=job_id, delivery=num):
             hb = asyncio.create_task(self._heartbeat(delivery))
             try:
                 await self.handler(msg.data, delivery)
             except Cancelled as e:
                 log.info("handler_cancelled", reason=str(e))
+                outcome = "cancelled"
                 await self._safe(msg.ack())
             except Permanent as e:
                 log.warning("handler_permanent_failure", code=e.code.value, error=str(e))
+                outcome = "term"
                 await self._fail(msg, e, delivery, exhausted=False)
             except asyncio.CancelledError:
                 # shutdown while working: hand the message back for another worker right away
@@ -194,6 +206,7 @@ class ConsumerLoop:
                 err = e if isinstance(e, Retryable) else Retryable(
                     f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL, delay_s=5.0
                 )
+                outcome = "dead_letter" if delivery.final_attempt else "nak"
                 if delivery.final_attempt:
                     log.error("handler_exhausted", code=err.code.value, error=str(e), exc_info=not isinstance(e, VideogenError))
                     await self._fail(msg, err, delivery, exhausted=True)
@@ -208,6 +221,8 @@ class ConsumerLoop:
                 hb.cancel()
                 self.processed += 1
                 self.busy = False
+                MESSAGES.labels(self.stage, outcome).inc()
+                HANDLER_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
 
     async def _fail(self, msg: Msg, err: VideogenError, delivery: Delivery, *, exhausted: bool) -> None:
         hook = self.on_exhausted if exhausted else self.on_permanent

@@ -144,7 +144,7 @@ class JobTracker:
         stored = await self.status.update(event.job_id, mutate)
         if stored is not None and stored.state.terminal and stored.state != state:
             # a terminal state already won; do not publish a contradicting event
-            log.info("event_suppressed_after_terminal", job_id=event.job_id, event=event.type.value,
+            log.info("event_suppressed_after_terminal", job_id=event.job_id, event_type=event.type.value,
                      state=stored.state.value)
             return stored
         await self.publish_event(event)

@@ -50,6 +50,7 @@ class ModelSpec(BaseModel):
     default_fps: int = 16
     max_width: int = 1920
     max_height: int = 1920
+    face_size: int = Field(512, description="animate: side of the square face crops the model consumes")
     transformer: TransformerShape
 
     def latent_tokens(self, width: int, height: int, frames: int) -> int:
@@ -87,7 +88,7 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="tiny-wan-animate", family="wan_animate", tasks=("animate",), tiny=True,
-            description="Wan-Animate architecture with tiny random weights.",
+            description="Wan-Animate architecture with tiny random weights.", face_size=16,
             default_width=64, default_height=64, default_frames=9, default_steps=4,
             default_guidance_scale=1.0, default_fps=8, max_width=256, max_height=256,
             transformer=_TINY,

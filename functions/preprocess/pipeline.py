@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from functions.preprocess.animate import STREAMS, AnimateRun
-from functions.preprocess.errors import InputUnsupported
+from functions.preprocess.errors import InputRejected, InputUnsupported
 from functions.preprocess.fetch import fetch_input
 from functions.preprocess.frames_store import Chunk, ChunkInfo, FramesIndex, chunk_key, index_json, index_key
 from functions.preprocess.limits import DEFAULT_LIMITS, MediaLimits
@@ -41,6 +41,7 @@ from functions.preprocess.skeleton import schema
 from functions.preprocess.sniff import sniff
 from runtime.logging import get_logger
 from runtime.settings import Settings
+from schemas.errors import ErrorCode
 from schemas.messages import JobRequest, ObjectRef, ResolvedJob, Task
 from schemas.names import frames_key, input_key, keypoints_key
 from schemas.registry import get_model
@@ -104,13 +105,14 @@ async def preprocess(job: ResolvedJob, request: JobRequest, storage: ObjectStore
     allow = settings.input_allow_hosts
     buckets = getattr(settings, "input_buckets", None) or None
 
-    assert request.image is not None  # guaranteed by validate.resolve
+    if not request.image or (job.task == Task.ANIMATE and not request.video):
+        needs = "'image' and 'video'" if job.task == Task.ANIMATE else "'image'"
+        raise InputRejected(f"task {job.task.value} needs {needs}", code=ErrorCode.MISSING_INPUT)
     image = await fetch_input(request.image, storage, limits, allow, max_bytes=limits.max_image_bytes,
                               allowed_buckets=buckets)
     reference, info = await asyncio.to_thread(reference_image, image, limits, job.width, job.height)
     video: bytes | None = None
-    if job.task == Task.ANIMATE:
-        assert request.video is not None
+    if job.task == Task.ANIMATE and request.video:
         await beat()
         video = await fetch_input(request.video, storage, limits, allow, max_bytes=limits.max_video_bytes,
                                   allowed_buckets=buckets)

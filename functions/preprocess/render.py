@@ -100,7 +100,8 @@ class FaceCropper:
             self._box = measured
         else:
             a = self.smoothing
-            self._box = tuple(a * p + (1 - a) * m for p, m in zip(self._box, measured, strict=True))  # type: ignore[assignment]
+            (pcx, pcy, pside), (mcx, mcy, mside) = self._box, measured
+            self._box = (a * pcx + (1 - a) * mcx, a * pcy + (1 - a) * mcy, a * pside + (1 - a) * mside)
         return self._box
 
     def crop(self, image: np.ndarray, kp: np.ndarray) -> np.ndarray:

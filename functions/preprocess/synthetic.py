@@ -73,7 +73,8 @@ def draw_figure(t: float, width: int = 640, height: int = 480) -> np.ndarray:
         ex, ey = hx + round(dx * s), hy - round(6 * s)
         cv2.circle(img, (ex, ey), eye, (255, 255, 255), -1)
         cv2.circle(img, (ex, ey), max(1, eye // 2), (30, 30, 30), -1)
-    cv2.ellipse(img, (hx, hy + round(14 * s)), (round(9 * s), round(4 * s)), 0, 0, 180, (120, 40, 40), max(1, round(2 * s)))
+    mouth = (hx, hy + round(14 * s))
+    cv2.ellipse(img, mouth, (round(9 * s), round(4 * s)), 0, 0, 180, (120, 40, 40), max(1, round(2 * s)))
     cv2.ellipse(img, (hx, hy - round(22 * s)), (round(30 * s), round(18 * s)), 0, 180, 360, _HAIR, -1)
     for k in ("l_wrist", "r_wrist"):
         cv2.circle(img, p(k), round(12 * s), _SKIN, -1)

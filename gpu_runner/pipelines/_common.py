@@ -182,13 +182,14 @@ def _latent_stats(vae: Any, device: torch.device) -> tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def encode_condition(vae: Any, frames: np.ndarray, device: torch.device | str, temporal_factor: int = 4) -> torch.Tensor:
+def encode_condition(vae: Any, frames: np.ndarray, device: torch.device | str,
+                     temporal_factor: int = 4) -> torch.Tensor:
     """(O, H, W, 3) uint8 -> normalised latents (1, C, 1 + (O-1)//4, H/8, W/8), float32.
 
     Only the frames that fully determine a latent frame are encoded (``1 + 4·(k-1)`` of them).
     """
     keep = 1 + (condition_latent_frames(frames.shape[0], temporal_factor) - 1) * temporal_factor
-    z = vae.encode(to_video_tensor(frames[:keep], device, vae.dtype)).latent_dist.mode().to(torch.float32)
+    z: torch.Tensor = vae.encode(to_video_tensor(frames[:keep], device, vae.dtype)).latent_dist.mode().float()
     mean, std = _latent_stats(vae, z.device)
     return (z - mean) / std
 

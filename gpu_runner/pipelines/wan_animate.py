@@ -170,11 +170,13 @@ class WanAnimate:
             background = common.check_video("background_video", params.extra["background_video"], size, frames=f)
             mask = params.extra["mask_video"]
             if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.shape != (f, *size):
-                raise common.out_of_range(f"mask_video must be uint8 ({f}, {size[0]}, {size[1]}), "
-                                          f"got {getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', '')}")
+                got = f"{mask.dtype} {mask.shape}" if isinstance(mask, np.ndarray) else type(mask).__name__
+                raise common.out_of_range(f"mask_video must be uint8 ({f}, {size[0]}, {size[1]}), got {got}")
         length = params.extra.get("segment_frame_length", f)
-        if not isinstance(length, int) or length < 5 or (length - 1) % 4 or length > f:
+        if isinstance(length, bool) or not isinstance(length, int | np.integer) \
+                or not 5 <= length <= f or (length - 1) % 4:
             raise common.out_of_range(f"segment_frame_length={length!r}: must be 4k+1 in [5, num_frames={f}]")
+        length = int(length)
         cond = params.condition_frames
         if cond is not None and cond.shape[0] >= length:
             raise common.out_of_range(f"{cond.shape[0]} condition frames for internal segments of {length} frames")
@@ -261,15 +263,14 @@ class WanAnimate:
                 on_step(done, total)
             return {"latents": current}
 
-        replace = inputs.mode == "replace"
         started = time.perf_counter()
         with common.generation_errors(self.spec, params, log), self._previous_segment(params.condition_frames):
             out = pipe(
                 image=common.to_pil(inputs.image),
                 pose_video=common.to_pil_frames(inputs.pose),
                 face_video=common.to_pil_frames(inputs.face),
-                background_video=common.to_pil_frames(inputs.background) if replace else None,
-                mask_video=_mask_frames(inputs.mask) if replace else None,
+                background_video=None if inputs.background is None else common.to_pil_frames(inputs.background),
+                mask_video=None if inputs.mask is None else _mask_frames(inputs.mask),
                 prompt=params.prompt,
                 negative_prompt=params.negative_prompt or None,
                 height=params.height,
@@ -309,10 +310,10 @@ class WanAnimate:
         """Nothing to undo (no sequence parallelism for this family)."""
 
 
-def _mask_frames(mask: np.ndarray | None) -> list[Any]:
+def _mask_frames(mask: np.ndarray) -> list[Any]:
+    """(F, H, W) uint8 -> greyscale PIL frames (white = regenerate, black = keep the background)."""
     from PIL import Image
 
-    assert mask is not None
     return [Image.fromarray(np.ascontiguousarray(frame), mode="L") for frame in mask]
 
 

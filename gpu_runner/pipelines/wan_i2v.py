@@ -4,6 +4,10 @@ Same anatomy as ``wan.py``: ``check_inputs`` (validate), ``prepare_latents`` (se
 chaining by latent replacement (``_common.LatentReplacement`` in ``callback_on_step_end``), the
 pipeline's own denoising loop, decode to uint8 frames.
 
+Inputs: ``params.image`` (h, w, 3) uint8, any size (the pipeline resizes it to H×W without
+keeping the aspect ratio, and CLIP centre-crops it: fit it to the output grid beforehand), needed
+unless ``condition_frames`` are given; the rest as for ``wan.py``.
+
 Image conditioning (Wan 2.1 I2V): the first frame is VAE-encoded together with zeros for the other
 frames and concatenated to the noise in the channel dimension with a 4-channel frame mask
 (16 noise + 4 mask + 16 condition = 36 input channels); its CLIP hidden states (penultimate layer)
@@ -67,7 +71,8 @@ class WanI2V:
         """
         common.check_params(self.spec, params)
         if params.condition_frames is not None:
-            return params.condition_frames[0]  # the window starts with the previous segment's tail
+            first: np.ndarray = params.condition_frames[0]  # the window starts with the previous segment's tail
+            return first
         if params.image is None:
             raise common.missing_input(f"{self.spec.name} (image-to-video) needs an input image")
         return common.check_image("image", params.image)

@@ -34,7 +34,7 @@ from gpu_runner.pipelines.base import GenerateParams, LoadContext
 from schemas.errors import ErrorCode, Permanent
 from schemas.registry import MODELS
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and much faster on a loaded host
 
 STEPS = 10
 PARAMS = GenerateParams(prompt="a dog running on the beach", width=32, height=32, num_frames=5, steps=STEPS,
@@ -62,7 +62,8 @@ def baseline(model: wan.WanT2V) -> np.ndarray:
 def mag_ratios(model: wan.WanT2V, baseline: np.ndarray) -> tuple[float, ...]:
     ratios = calibrate_mag_ratios(model, PARAMS)
     assert len(ratios) == STEPS and ratios[0] == 1.0 and all(r > 0 for r in ratios)
-    assert np.array_equal(model.generate(PARAMS), baseline)  # calibration hooks are gone afterwards
+    assert hooked_modules(model.pipe.transformer) == {}  # calibration probe removed
+    assert np.array_equal(model.generate(PARAMS), baseline)
     return ratios
 
 
@@ -74,9 +75,10 @@ CASES = {
     "taylorseer": (CacheConfig(kind="taylorseer"), dict.fromkeys(caches.PARTS, 5 * 2 * BLOCKS)),
     "taylorseer_lite": (CacheConfig(kind="taylorseer", taylorseer=TaylorSeerParams(lite=True)),
                         dict.fromkeys(caches.PARTS, 5 * 2 * BLOCKS)),
-    # timesteps in (100, 800) are steps 5..9; per branch, skip every 2nd call there: steps 5, 7, 9
-    "pab": (CacheConfig(kind="pab", pab=PABParams(spatial_skip_range=2, cross_skip_range=3)),
-            {"self_attn": 3 * 2 * BLOCKS, "cross_attn": 2 * 2 * BLOCKS, "ffn": 0}),
+    # timesteps in (100, 800) are steps 5..9; per branch, compute when step % range == 0:
+    # range 2 skips steps 5, 7, 9; range 4 skips 5, 6, 7, 9
+    "pab": (CacheConfig(kind="pab", pab=PABParams(spatial_skip_range=2, cross_skip_range=4)),
+            {"self_attn": 3 * 2 * BLOCKS, "cross_attn": 4 * 2 * BLOCKS, "ffn": 0}),
     "mag": (CacheConfig(kind="mag"), None),
 }
 
@@ -101,23 +103,17 @@ def test_cache_skips_compute_and_is_removed_cleanly(case: str, model: wan.WanT2V
     assert np.array_equal(model.generate(PARAMS), baseline)  # next job without the cache: bit-identical
 
 
-def test_pab_keeps_one_state_per_cfg_branch(model: wan.WanT2V, baseline: np.ndarray) -> None:
-    """diffusers' PAB shares state across cond/uncond; ours must not reuse cond's attention for uncond."""
+def test_pab_keeps_one_state_per_cfg_branch(model: wan.WanT2V) -> None:
+    """diffusers' PAB shares one state across cond/uncond; ours keeps one per branch (cache context)."""
     config = CacheConfig(kind="pab", pab=PABParams(spatial_skip_range=2, spatial_timestep_range=(0, 1000)))
     with applied_cache(model, config), ComputeCounter(model) as counter:
-        model.generate(PARAMS)
-    # per branch: call 0 computes, then every 2nd -> 5 of 10 skipped per branch and block.
-    # (one shared state would compute every cond call and skip every uncond one: also 20, so check the split)
-    assert counter.report().skipped["self_attn"] == 5 * 2 * BLOCKS
-    hooks = [h for reg in (m._diffusers_hook for m in model.pipe.transformer.modules() if hasattr(m, "_diffusers_hook"))
-             for h in reg.hooks.values()]
-    assert hooks == []
-    with applied_cache(model, config):
-        attn = model.pipe.transformer.blocks[0].attn1
-        hook = attn._diffusers_hook.get_hook("pyramid_attention_broadcast")
+        hook = model.pipe.transformer.blocks[0].attn1._diffusers_hook.get_hook("pyramid_attention_broadcast")
         assert type(hook).__name__ == "_BranchPABHook"
-        model.generate(PARAMS)
-        assert set(hook.states._state_cache) == {"cond", "uncond"}
+        seen: set[str] = set()
+        model.generate(PARAMS, on_step=lambda i, n: seen.update(hook.states._state_cache))
+    assert seen == {"cond", "uncond"}  # (the pipeline itself resets stateful hooks when it returns)
+    # per branch: calls 0, 2, 4, ... compute, 1, 3, 5, ... reuse -> 5 of 10 per branch and block
+    assert counter.report().skipped["self_attn"] == 5 * 2 * BLOCKS
 
 
 def test_verify_cache_skips_passes_and_fails(model: wan.WanT2V, baseline: np.ndarray) -> None:
@@ -141,10 +137,10 @@ def test_taylorseer_default_identifiers_are_refused(model: wan.WanT2V) -> None:
 def test_refusals(model: wan.WanT2V) -> None:
     with pytest.raises(Permanent, match="separate calls"), applied_cache(model, CacheConfig(kind="faster")):
         pass
-    with pytest.raises(Permanent, match="calibrate_mag_ratios"), applied_cache(model, CacheConfig(kind="mag"), steps=10):
+    with pytest.raises(Permanent, match="calibrate_mag_ratios"), applied_cache(model, CacheConfig(kind="mag"), steps=9):
         pass
     sharded = SimpleNamespace(pipe=model.pipe, sequence_parallel=object())
-    with pytest.raises(Permanent, match="sequence parallelism"), applied_cache(sharded, CacheConfig(kind="first_block")):
+    with pytest.raises(Permanent, match="sequence parallel"), applied_cache(sharded, CacheConfig(kind="first_block")):
         pass
     with pytest.raises(Permanent, match="timestep"), applied_cache(model.pipe.transformer, CacheConfig(kind="pab")):
         pass

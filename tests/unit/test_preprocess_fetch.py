@@ -105,11 +105,11 @@ async def code_of(coro: object) -> ErrorCode:
 async def test_s3_read_and_failures() -> None:
     store = MemoryStore()
     store.objects[("uploads", "a.png")] = BODY
-    assert await fetch_input("s3://uploads/a.png", store, LIMITS, []) == BODY
+    uri = "s3://uploads/a.png"
+    assert await fetch_input(uri, store, LIMITS, []) == BODY
     assert await code_of(fetch_input("s3://uploads/missing.png", store, LIMITS, [])) == ErrorCode.INPUT_UNREADABLE
-    assert await code_of(fetch_input("s3://uploads/a.png", store, LIMITS, [], max_bytes=100)) == ErrorCode.INPUT_TOO_LARGE
-    assert await code_of(fetch_input("s3://uploads/a.png", store, LIMITS, [], allowed_buckets=["videogen"])) \
-        == ErrorCode.INPUT_FORBIDDEN
+    assert await code_of(fetch_input(uri, store, LIMITS, [], max_bytes=100)) == ErrorCode.INPUT_TOO_LARGE
+    assert await code_of(fetch_input(uri, store, LIMITS, [], allowed_buckets=["videogen"])) == ErrorCode.INPUT_FORBIDDEN
     assert await code_of(fetch_input("file:///etc/passwd", store, LIMITS, [])) == ErrorCode.INPUT_FORBIDDEN
 
 
@@ -132,7 +132,8 @@ async def test_hostname_resolving_to_private_address_refused() -> None:
     async def rebinding(host: str) -> list[str]:
         return ["10.0.0.5"]
 
-    code = await code_of(fetch_input("https://images.example.com/a.png", MemoryStore(), LIMITS, [], resolver=rebinding))
+    url = "https://images.example.com/a.png"
+    code = await code_of(fetch_input(url, MemoryStore(), LIMITS, [], resolver=rebinding))
     assert code == ErrorCode.INPUT_FORBIDDEN
 
 

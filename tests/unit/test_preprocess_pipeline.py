@@ -139,3 +139,16 @@ async def test_bad_image_rejected_before_video_is_fetched(inputs: dict[str, byte
 def test_workers_setting() -> None:
     assert resolve_workers(SETTINGS, 3) == 3
     assert resolve_workers(SETTINGS, None) >= 1
+
+
+async def test_missing_input_and_t2v() -> None:
+    store = MemoryStore()
+    req = JobRequest.model_validate({"job_id": "t2v-1", "prompt": "a cat"})
+    job, _ = resolve(req)
+    assert await preprocess(job, req, store, SETTINGS) == {}
+    anim = animate_request()
+    job, _ = resolve(anim)
+    no_video = anim.model_copy(update={"video": None})
+    with pytest.raises(InputRejected) as info:
+        await preprocess(job, no_video, store, SETTINGS)
+    assert info.value.code == ErrorCode.MISSING_INPUT
