@@ -10,12 +10,13 @@ What was checked against diffusers 0.42.1 with ``WanPipeline`` (cond and uncond 
 transformer calls per step, each inside ``transformer.cache_context("cond" | "uncond", step_index=…)``):
 
 - ``first_block`` (FirstBlockCache): per-branch state, works on Wan's ``blocks`` as is. Its skip
-  decision is data dependent (relative change of block 0's residual); under sequence parallelism each
-  rank would decide from its own shard and ranks could disagree (a collective mismatch), so it is
-  refused there.
+  decision is data dependent (relative change of block 0's residual).
 - ``mag`` (MagCache): needs magnitude ratios calibrated for the checkpoint + scheduler; diffusers ships
   ratios for Flux only. ``calibrate_mag_ratios`` measures them with one generation (cond branch),
   the way diffusers' ``calibrate=True`` does; a config without ratios is refused.
+- Under sequence parallelism only ``taylorseer`` and ``pab`` are allowed (identical output to the
+  1-rank cached run, checked with 2 gloo ranks): the first_block and mag hooks on ``blocks.0`` sit
+  outside the context-parallel split (``SEQUENCE_PARALLEL_REFUSED``).
 - ``taylorseer`` (TaylorSeer): the default identifiers (``^blocks.*attn`` with ``re.fullmatch``)
   match nothing on Wan (its attention modules are ``blocks.N.attn1`` / ``attn2``), so the default
   silently caches nothing. We use ``WAN_TAYLORSEER_IDENTIFIERS`` (``blocks.N.attn1|attn2|ffn``) or
@@ -61,6 +62,16 @@ WAN_PAB_IDENTIFIERS: tuple[str, ...] = (r"blocks",)
 # = diffusers.hooks.pyramid_attention_broadcast._PYRAMID_ATTENTION_BROADCAST_HOOK (what disable_cache removes)
 _PAB_HOOK = "pyramid_attention_broadcast"
 _CONTEXT_PROBE_HOOK = "videogen_cache_context_probe"
+
+# Caches whose hook sits on blocks[0], OUTSIDE the context-parallel split of its input: under sequence
+# parallelism they see the full sequence at the head and a shard at the tail (checked with 2 gloo ranks:
+# MagCache fails with a shape mismatch). FirstBlockCache would also decide per rank from its own shard.
+SEQUENCE_PARALLEL_REFUSED: dict[str, str] = {
+    "first_block": "its head hook on blocks.0 sees the unsplit sequence, and each rank would decide from its "
+                   "own shard whether to skip (ranks could disagree and deadlock).",
+    "mag": "its head hook on blocks.0 sees the unsplit sequence while the tail returns a shard "
+           "(shape mismatch, verified with 2 ranks).",
+}
 
 FASTER_CACHE_REFUSAL = (
     "FasterCache is not supported for Wan: its denoiser hook expects the conditional and unconditional "
@@ -154,7 +165,7 @@ class CacheConfig(BaseModel):
 # ---- target resolution ------------------------------------------------------------------------
 @dataclass
 class _Target:
-    transformers: list[torch.nn.Module]
+    transformers: list[Any]
     timestep_fn: Callable[[], Any] | None
     sequence_parallel: bool
 
@@ -176,7 +187,7 @@ def _resolve(target: Any, timestep_fn: Callable[[], Any] | None) -> _Target:
     return _Target(transformers, timestep_fn, sp)
 
 
-def transformers_of(target: Any) -> list[torch.nn.Module]:
+def transformers_of(target: Any) -> list[Any]:
     """The denoiser(s) of a WanT2V, a pipeline, or a transformer."""
     return _resolve(target, None).transformers
 
@@ -194,7 +205,7 @@ def _make_branch_pab_hook(template: Any) -> Any:
         _is_stateful = True
 
         def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-            self.states = StateManager(PyramidAttentionBroadcastState)
+            self.states = StateManager(PyramidAttentionBroadcastState)  # type: ignore[arg-type]  # (diffusers annotates an instance)
             return module
 
         @property
@@ -203,7 +214,7 @@ def _make_branch_pab_hook(template: Any) -> Any:
                 self.states.set_context(CacheContext(name="inference"))
             return self.states.get_state()
 
-        def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        def reset_state(self, module: torch.nn.Module) -> Any:
             self.states.reset()
             return module
 
@@ -275,29 +286,29 @@ def diffusers_config(config: CacheConfig, transformer: torch.nn.Module, *, steps
     if kind == "first_block":
         return FirstBlockCacheConfig(threshold=config.first_block.threshold)
     if kind == "mag":
-        p = config.mag
-        if p.mag_ratios is None:
+        mp = config.mag
+        if mp.mag_ratios is None:
             raise Permanent(
                 "MagCache needs magnitude ratios calibrated for this checkpoint and scheduler (diffusers ships "
                 "them for Flux only): run gpu_runner.caches.calibrate_mag_ratios(model, params) once (e.g. at "
                 "warm-up) and use config.with_mag_ratios(ratios)", code=ErrorCode.MODEL_ERROR)
         if steps is None:
             raise Permanent("MagCache needs the job's number of steps", code=ErrorCode.MODEL_ERROR)
-        return MagCacheConfig(threshold=p.threshold, max_skip_steps=p.max_skip_steps,
-                              retention_ratio=p.retention_ratio, num_inference_steps=steps,
-                              mag_ratios=list(p.mag_ratios))
+        return MagCacheConfig(threshold=mp.threshold, max_skip_steps=mp.max_skip_steps,
+                              retention_ratio=mp.retention_ratio, num_inference_steps=steps,
+                              mag_ratios=list(mp.mag_ratios))
     if kind == "taylorseer":
-        p = config.taylorseer
-        if not p.lite:
-            _check_patterns(transformer, p.identifiers, "taylorseer identifiers")
-            if p.skip_identifiers:
-                _check_patterns(transformer, p.skip_identifiers, "taylorseer skip_identifiers")
-        dtype = _dtype_of(transformer) if p.factors_dtype == "auto" else getattr(torch, p.factors_dtype)
+        tp = config.taylorseer
+        if not tp.lite:
+            _check_patterns(transformer, tp.identifiers, "taylorseer identifiers")
+            if tp.skip_identifiers:
+                _check_patterns(transformer, tp.skip_identifiers, "taylorseer skip_identifiers")
+        dtype = _dtype_of(transformer) if tp.factors_dtype == "auto" else getattr(torch, tp.factors_dtype)
         return TaylorSeerCacheConfig(
-            cache_interval=p.cache_interval, disable_cache_before_step=p.disable_cache_before_step,
-            disable_cache_after_step=p.disable_cache_after_step, max_order=p.max_order, taylor_factors_dtype=dtype,
-            cache_identifiers=list(p.identifiers), skip_predict_identifiers=list(p.skip_identifiers) or None,
-            use_lite_mode=p.lite)
+            cache_interval=tp.cache_interval, disable_cache_before_step=tp.disable_cache_before_step,
+            disable_cache_after_step=tp.disable_cache_after_step, max_order=tp.max_order, taylor_factors_dtype=dtype,
+            cache_identifiers=list(tp.identifiers), skip_predict_identifiers=list(tp.skip_identifiers) or None,
+            use_lite_mode=tp.lite)
     if kind == "pab":
         p = config.pab
         if timestep_fn is None:
@@ -343,21 +354,21 @@ def applied_cache(target: Any, config: CacheConfig, *, steps: int | None = None,
         yield handle
         return
     resolved = _resolve(target, timestep_fn)
-    if config.kind == "first_block" and resolved.sequence_parallel:
-        raise Permanent("first_block cache decides per rank from its own token shard; under sequence "
-                        "parallelism ranks could disagree and deadlock. Use mag, taylorseer or pab.",
-                        code=ErrorCode.MODEL_ERROR)
+    if config.kind in SEQUENCE_PARALLEL_REFUSED and resolved.sequence_parallel:
+        raise Permanent(f"{config.kind} cache is not supported under sequence parallelism: "
+                        f"{SEQUENCE_PARALLEL_REFUSED[config.kind]} Use taylorseer or pab.", code=ErrorCode.MODEL_ERROR)
     if config.kind == "mag" and len(resolved.transformers) > 1:
         raise Permanent("MagCache ratios are calibrated for one denoiser; this pipeline has two experts "
                         "(transformer_2)", code=ErrorCode.MODEL_ERROR)
     started = time.perf_counter()
-    enabled: list[torch.nn.Module] = []
+    enabled: list[Any] = []
     try:
         for transformer in resolved.transformers:
             if transformer.is_cache_enabled:
                 log.warning("stale_cache_removed", cache=type(transformer._cache_config).__name__)
                 transformer.disable_cache()
             cfg = diffusers_config(config, transformer, steps=steps, timestep_fn=resolved.timestep_fn)
+            before = hooked_modules(transformer)  # e.g. sequence-parallel hooks, not ours
             try:
                 transformer.enable_cache(cfg)
             except (ValueError, TypeError, KeyError, AttributeError) as e:
@@ -365,7 +376,9 @@ def applied_cache(target: Any, config: CacheConfig, *, steps: int | None = None,
             enabled.append(transformer)
             if config.kind == "pab":
                 _make_pab_per_branch(transformer)
-            hooked = hooked_modules(transformer)
+            hooked = {name: [h for h in hooks if h not in before.get(name, [])]
+                      for name, hooks in hooked_modules(transformer).items()}
+            hooked = {name: hooks for name, hooks in hooked.items() if hooks}
             if not hooked:
                 raise Permanent(f"cache {config.kind} configured but hooked no module of "
                                 f"{type(transformer).__name__}", code=ErrorCode.MODEL_ERROR)
@@ -382,6 +395,43 @@ def applied_cache(target: Any, config: CacheConfig, *, steps: int | None = None,
             log.info("cache_removed", kind=config.kind)
 
 
+# ---- memory -----------------------------------------------------------------------------------
+def cache_memory_bytes(config: CacheConfig, spec: ModelSpec, width: int, height: int, frames: int, *,
+                       cfg: bool = True, dtype_bytes: int = 2, world_size: int = 1) -> int:
+    """Extra GPU memory the cache's state holds during one generation (an estimate for the planner).
+
+    Per CFG branch and per rank (tokens are sharded under sequence parallelism), in units of one
+    hidden-state tensor (tokens x hidden): first_block 3 (head output, head residual, tail residual);
+    mag 1 (previous residual); taylorseer (max_order+1) per predicted module (attn1, attn2, ffn of
+    every block by default; lite: only proj_out's small output); pab 1 per hooked attention module.
+    """
+    if not config.enabled or config.kind == "faster":
+        return 0
+    shape = spec.transformer
+    tokens = -(-spec.latent_tokens(width, height, frames) // world_size)
+    hidden_state = tokens * shape.hidden * dtype_bytes
+    branches = 2 if cfg else 1
+    if config.kind == "first_block":
+        per_branch = 3 * hidden_state
+    elif config.kind == "mag":
+        per_branch = hidden_state
+    elif config.kind == "taylorseer":
+        tp = config.taylorseer
+        factor_bytes = dtype_bytes if tp.factors_dtype == "auto" else (4 if tp.factors_dtype == "float32" else 2)
+        orders = tp.max_order + 1
+        if tp.lite:
+            out_width = spec.latent_channels * spec.patch_t * spec.patch_hw**2
+            per_branch = orders * tokens * out_width * factor_bytes
+        else:
+            modules = sum(1 for i in tp.identifiers for part in ("attn1", "attn2", "ffn") if part in i)
+            per_branch = orders * modules * shape.num_layers * tokens * shape.hidden * factor_bytes
+    else:  # pab
+        pp = config.pab
+        hooked = (pp.spatial_skip_range is not None) + (pp.cross_skip_range is not None)
+        per_branch = hooked * shape.num_layers * hidden_state
+    return branches * per_branch
+
+
 # ---- counting compute -------------------------------------------------------------------------
 PARTS = ("self_attn", "cross_attn", "ffn")
 
@@ -393,7 +443,7 @@ def _first_linear(module: torch.nn.Module) -> torch.nn.Module:
     raise Permanent(f"{type(module).__name__} has no Linear layer to count", code=ErrorCode.MODEL_ERROR)
 
 
-def _probes(block: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def _probes(block: Any) -> dict[str, torch.nn.Module]:
     """The first projection of each part of a Wan block: reached only when that part really computes."""
     return {
         "self_attn": getattr(block.attn1, "to_q", None) or _first_linear(block.attn1),
@@ -437,7 +487,7 @@ class ComputeCounter:
     """Counts, with plain forward hooks, the block parts that really run (``with ComputeCounter(t) as c``)."""
 
     def __init__(self, target: Any) -> None:
-        self.transformers = transformers_of(target)
+        self.transformers: list[Any] = transformers_of(target)
         self.transformer_calls = 0
         self.computed = dict.fromkeys(PARTS, 0)
         self.blocks = 0
@@ -545,14 +595,14 @@ def _context_probe() -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            self.states = StateManager(BaseState)
+            self.states = StateManager(BaseState)  # type: ignore[arg-type]  # (diffusers annotates an instance)
 
         @property
         def branch(self) -> str:
             ctx = self.states._context
             return ctx.name if ctx is not None else "inference"
 
-        def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        def reset_state(self, module: torch.nn.Module) -> Any:
             return module
 
     return _Probe()
@@ -565,7 +615,7 @@ class MagCalibrator:
     last block's output - first block's input; the first step is 1.0 (as in diffusers).
     """
 
-    def __init__(self, transformer: torch.nn.Module) -> None:
+    def __init__(self, transformer: Any) -> None:
         self.transformer = transformer
         self.probe = _context_probe()
         self.head_input: dict[str, torch.Tensor] = {}
@@ -620,7 +670,11 @@ def calibrate_mag_ratios(model: Any, params: GenerateParams) -> tuple[float, ...
     The same measurement as diffusers' ``MagCacheConfig(calibrate=True)`` (which only prints them).
     Ratios are per step and interpolated to other step counts by diffusers.
     """
-    transformers = transformers_of(model)
+    resolved = _resolve(model, None)
+    transformers = resolved.transformers
+    if resolved.sequence_parallel:
+        raise Permanent(f"MagCache is not supported under sequence parallelism: {SEQUENCE_PARALLEL_REFUSED['mag']}",
+                        code=ErrorCode.MODEL_ERROR)
     if len(transformers) != 1:
         raise Permanent("MagCache calibration supports one denoiser", code=ErrorCode.MODEL_ERROR)
     if transformers[0].is_cache_enabled:

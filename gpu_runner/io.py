@@ -24,7 +24,9 @@ import numpy as np
 from nats.aio.msg import Msg
 from nats.js.errors import FetchTimeoutError
 
+from gpu_runner.inputs import SegmentInputs
 from runtime.bus import Bus
+from runtime.frames_store import load_index, read_frames
 from runtime.consumer import send_to_dlq
 from runtime.jobs import JobTracker, discard_partial_objects
 from runtime.logging import get_logger
@@ -60,6 +62,28 @@ def encode_segment(frames: np.ndarray, job: SegmentJob) -> bytes:
     keys = remux_keyframes(int(frames.shape[0]), job.overlap_frames, job.next_overlap_frames)
     encode_mp4(frames, job.job.fps, buf, keyframes_at=keys)
     return buf.getvalue()
+
+
+def decode_png_rgb(data: bytes) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("reference image could not be decoded")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+async def _window(storage: Storage, index_ref: ObjectRef, j: SegmentJob) -> np.ndarray:
+    """Frames [start, start+L) of a preprocessed stream; past its end (plan padding) the last
+    frame repeats."""
+    index = await load_index(storage, index_ref)
+    start = min(j.start_frame, index.frames - 1)
+    count = max(1, min(j.frames, index.frames - start))
+    frames = await read_frames(storage, index, start, count, bucket=index_ref.bucket)
+    if frames.shape[0] < j.frames:
+        pad = np.repeat(frames[-1:], j.frames - frames.shape[0], axis=0)
+        frames = np.concatenate([frames, pad])
+    return frames
 
 
 @dataclass
@@ -228,12 +252,25 @@ class RunnerIO:
         log.info("segment_discarded_job_stopped", job_id=job_id, segment=active.job.index, state=state.value,
                  why=why, objects_deleted=len(removed))
 
-    def fetch_condition(self, active: Active) -> np.ndarray | None:
-        ref = active.job.condition
-        if ref is None:
-            return None
-        data = self.call(self.storage.get_bytes(ref.key, bucket=ref.bucket), timeout=120)
-        return np.load(io.BytesIO(data), allow_pickle=False)
+    def fetch_inputs(self, active: Active) -> SegmentInputs:
+        """Everything the window needs from S3, as arrays (broadcast to the other ranks)."""
+        return self.call(self._fetch_inputs(active.job), timeout=300)
+
+    async def _fetch_inputs(self, j: SegmentJob) -> SegmentInputs:
+        out = SegmentInputs()
+        if j.condition is not None:
+            data = await self.storage.get_bytes(j.condition.key, bucket=j.condition.bucket)
+            out.condition = np.load(io.BytesIO(data), allow_pickle=False)
+        inputs = j.job.inputs
+        if "reference" in inputs:
+            ref = inputs["reference"]
+            png = await self.storage.get_bytes(ref.key, bucket=ref.bucket)
+            out.image = await asyncio.to_thread(decode_png_rgb, png)
+        if "pose_index" in inputs:
+            out.pose_video = await _window(self.storage, inputs["pose_index"], j)
+        if "face_index" in inputs:
+            out.face_video = await _window(self.storage, inputs["face_index"], j)
+        return out
 
     # ---- progress (fire and forget, throttled) ------------------------------------------
     def progress(self, active: Active, step: int, steps: int) -> None:
@@ -333,13 +370,13 @@ class RunnerIO:
             await active.msg.ack()
         self._release(active)
 
-    def hand_back(self, active: Active) -> None:
-        """Shutdown before finishing: let another runner take the segment now."""
-        self.call(self._hand_back(active), timeout=30)
+    def hand_back(self, active: Active, delay_s: float = 0.0) -> None:
+        """Give the segment back unfinished (shutdown, out of memory): redelivered after ``delay_s``."""
+        self.call(self._hand_back(active, delay_s), timeout=30)
 
-    async def _hand_back(self, active: Active) -> None:
+    async def _hand_back(self, active: Active, delay_s: float) -> None:
         with contextlib.suppress(Exception):
-            await active.msg.nak(delay=0)
+            await active.msg.nak(delay=delay_s)
         self._release(active)
 
     @staticmethod

@@ -9,9 +9,10 @@ once through an injected ``fetch(uri) -> bytes`` (sync or async; the runner pass
 layers are removed and the base weights were never touched (nothing is fused), so the next job
 without adapters is bit-identical to a run of the fresh model.
 
-Only rank 0 does I/O: on other ranks, put the state dict rank 0 broadcast into the cache with
-``AdapterCache.put`` before ``applied_lora``. Needs ``peft`` (an error, not a silent run without
-the adapter, when it is missing).
+Under sequence parallelism (a ``WanT2V`` with ``sequence_parallel`` set) adapters on the blocks give
+the 1-rank result exactly; an adapter on ``proj_out`` is refused. Only rank 0 does I/O: on other
+ranks, put the state dict rank 0 broadcast into the cache with ``AdapterCache.put`` before
+``applied_lora``. Needs ``peft`` (an error, not a silent run without the adapter, when it is missing).
 """
 
 from __future__ import annotations
@@ -259,6 +260,21 @@ def loaded_adapters(target: Any) -> list[str]:
     return sorted({name for names in listed.values() for name in names})
 
 
+# Layers whose output the sequence-parallel glue gathers (gpu_runner.sequence_parallel puts its gather
+# hook on proj_out): a LoRA there adds a shard-sized delta to a gathered output (shape mismatch,
+# verified with 2 gloo ranks). LoRAs on the blocks (attention, FFN) give the 1-rank result exactly.
+SEQUENCE_PARALLEL_FORBIDDEN_LAYERS = ("proj_out",)
+
+
+def _refuse_gathered_layers(pipe: Any) -> None:
+    for component in ("transformer", "transformer_2"):
+        model = getattr(pipe, component, None)
+        for layer in SEQUENCE_PARALLEL_FORBIDDEN_LAYERS:
+            if model is not None and hasattr(getattr(model, layer, None), "base_layer"):  # a PEFT wrapper
+                raise Permanent(f"LoRA on {component}.{layer} is not supported under sequence parallelism "
+                                "(its output is gathered across ranks)", code=ErrorCode.INPUT_UNSUPPORTED)
+
+
 @contextmanager
 def applied_lora(target: Any, specs: LoraSpec | Sequence[LoraSpec] | None, cache: AdapterCache) -> Iterator[list[str]]:
     """Load ``specs`` into ``target`` (a ``WanT2V`` or a diffusers pipeline) for the ``with`` block.
@@ -294,6 +310,8 @@ def applied_lora(target: Any, specs: LoraSpec | Sequence[LoraSpec] | None, cache
             except (ValueError, RuntimeError, KeyError) as e:
                 raise Permanent(f"LoRA {spec.source} does not fit this model: {e}",
                                 code=ErrorCode.INPUT_UNSUPPORTED) from e
+        if getattr(target, "sequence_parallel", None) is not None:
+            _refuse_gathered_layers(pipe)
         loaded = loaded_adapters(pipe)
         missing = [n for n in names if n not in loaded]
         if missing:

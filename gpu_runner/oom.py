@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from runtime.logging import get_logger
 from schemas.errors import ErrorCode, VideogenError
 from schemas.registry import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    Device: TypeAlias = "torch.device | str | int | None"
+else:
+    Device = object
 
 log = get_logger(component="oom")
 
@@ -56,7 +63,7 @@ def _is_torch_oom(exc: BaseException) -> bool:
     return oom_type is not None and isinstance(exc, oom_type)
 
 
-def free_memory(device: object = None) -> dict[str, int]:
+def free_memory(device: Device = None) -> dict[str, int]:
     """``gc.collect`` + ``torch.cuda.empty_cache`` + reset peak statistics; returns bytes before/after.
 
     Without CUDA only the garbage collector runs and every figure is 0.

@@ -14,10 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from gpu_runner import distributed as dist
+from gpu_runner import oom
+from gpu_runner.caches import CacheConfig, counted_cache
+from gpu_runner.caches import prepare as prepare_cache
+from gpu_runner.inputs import SegmentInputs
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, VideoPipeline
+from gpu_runner.metrics import HealthServer, ReadinessFile, RunnerMetrics
 from gpu_runner.registry import load_model
 from runtime.logging import bind_contextvars, get_logger
 from runtime.settings import Settings
@@ -26,6 +30,8 @@ from schemas.messages import SegmentJob
 
 log = get_logger(component="runner")
 
+# CUDA OOM: hand the segment back for a retry once memory is freed (or on another runner).
+OOM_RETRY_DELAY_S = 10.0
 _IDLE = ("idle",)
 _STOP = ("stop",)
 
@@ -56,12 +62,13 @@ def resolve_dtype(pref: str, device: str) -> str:
     return "bfloat16" if device.startswith("cuda") else "float32"
 
 
-def params_for(seg: SegmentJob, condition: np.ndarray | None) -> GenerateParams:
+def params_for(seg: SegmentJob, inputs: SegmentInputs) -> GenerateParams:
     j = seg.job
     return GenerateParams(
         prompt=j.prompt, negative_prompt=j.negative_prompt, width=j.width, height=j.height,
         num_frames=seg.frames, steps=j.steps, guidance_scale=j.guidance_scale, seed=seg.seed,
-        condition_frames=condition,
+        condition_frames=inputs.condition, image=inputs.image, pose_video=inputs.pose_video,
+        face_video=inputs.face_video,
     )
 
 
@@ -75,6 +82,11 @@ class Runner:
         self.stats = RunnerStats()
         self.io: Any = None
         self.pipe: VideoPipeline | None = None
+        self.metrics = RunnerMetrics()
+        self.warmed_up = False
+        self.health: HealthServer | None = None
+        self.ready_file = ReadinessFile(settings.data_dir, self.ctx.rank)
+        self.cache_config = CacheConfig(kind=settings.runner_cache)  # type: ignore[arg-type]
 
     @property
     def is_rank0(self) -> bool:
@@ -97,6 +109,11 @@ class Runner:
         self.pipe = load_model(self.model, self.settings.models_dir, ctx)
         if self.settings.runner_warmup:
             self.pipe.warmup()
+        if self.cache_config.enabled:
+            # calibrates what the cache needs and fails loudly if it would skip nothing
+            self.cache_config = prepare_cache(self.pipe, self.cache_config)
+            log.info("step_cache_enabled", kind=self.cache_config.kind)
+        self.warmed_up = True
         log.info("model_ready", model=self.model, load_s=round(time.monotonic() - t0, 2), rank=self.ctx.rank)
 
     def run(self) -> RunnerStats:
@@ -106,11 +123,21 @@ class Runner:
 
             self.io = RunnerIO(self.settings, self.model)
             self.io.start()
+            if self.settings.health_port is not None:
+                self.health = HealthServer(self.settings.health_port, self.metrics, {
+                    "model_loaded": lambda: self.pipe is not None,
+                    "warmed_up": lambda: self.warmed_up,
+                    "bus_connected": lambda: self.io.bus.nc is not None and self.io.bus.nc.is_connected,
+                }).start()
         dist.barrier(self.ctx)
         self.stats.started = time.monotonic()
+        self.ready_file.set(True)
         try:
             self._loop()
         finally:
+            self.ready_file.set(False)
+            if self.health is not None:
+                self.health.stop()
             if self.io is not None:
                 self.io.close()
             log.info("runner_stopped", segments=self.stats.segments, duty_cycle=round(self.stats.duty_cycle, 4))
@@ -121,6 +148,8 @@ class Runner:
     def _loop(self) -> None:
         while True:
             active = None
+            self.metrics.heartbeat()
+            self.metrics.set_duty_cycle(self.stats.duty_cycle)
             if self.is_rank0:
                 done = self.stop_requested.is_set() or (
                     self.max_segments is not None and self.stats.segments >= self.max_segments)
@@ -128,7 +157,9 @@ class Runner:
                     command: Any = _STOP
                 else:
                     active = self.io.next_segment(timeout_s=1.0)
-                    command = _IDLE if active is None else ("job", active.job, self.io.fetch_condition(active))
+                    if active is not None:
+                        self.metrics.observe_queue_wait_since(active.msg.metadata.timestamp)
+                    command = _IDLE if active is None else ("job", active.job, self.io.fetch_inputs(active))
             else:
                 command = None
             command = dist.broadcast_object(command, ctx=self.ctx)
@@ -136,15 +167,20 @@ class Runner:
                 return
             if command[0] == "idle":
                 continue
-            _, seg, condition = command
-            self._render(seg, condition, active)
+            _, seg, inputs = command
+            self._render(seg, inputs, active)
 
-    def _render(self, seg: SegmentJob, condition: np.ndarray | None, active: Any) -> None:
+    def _render(self, seg: SegmentJob, inputs: SegmentInputs, active: Any) -> None:
         assert self.pipe is not None
         bind_contextvars(job_id=seg.job.job_id, segment=seg.index)
         t0 = time.monotonic()
+        last_step = [t0]
 
         def on_step(step: int, total: int) -> None:
+            now = time.monotonic()
+            self.metrics.observe_step(now - last_step[0])
+            self.metrics.heartbeat()
+            last_step[0] = now
             cancel = False
             if self.is_rank0:
                 self.io.progress(active, step, total)
@@ -154,32 +190,40 @@ class Runner:
             if cancel:
                 raise Cancelled(f"job {seg.job.job_id} cancelled at step {step}/{total}")
 
+        outcome = "failed"
+        out_of_memory = False
         try:
-            frames = self.pipe.generate(params_for(seg, condition), on_step=on_step)
+            with counted_cache(self.pipe, self.cache_config, steps=seg.job.steps):
+                frames = self.pipe.generate(params_for(seg, inputs), on_step=on_step)
+            outcome = "succeeded"
         except Cancelled as e:
+            outcome = "cancelled"
             log.info("segment_cancelled", reason=str(e))
             if self.is_rank0:
                 self.io.abandon(active)
             return
         except Exception as e:
-            log.error("segment_failed", error=str(e), exc_info=True)
+            out_of_memory = oom.is_oom(e)
+            outcome = "oom" if out_of_memory else "failed"
+            log.error("segment_failed", error=str(e), oom=out_of_memory, exc_info=not out_of_memory)
             if self.is_rank0:
-                self.io.fail(active, e)
-            self._after_error()
+                if out_of_memory:
+                    self.io.hand_back(active, delay_s=OOM_RETRY_DELAY_S)
+                else:
+                    self.io.fail(active, e)
             return
         finally:
             elapsed = time.monotonic() - t0
             self.stats.compute_s += elapsed
+            self.metrics.observe_segment(elapsed, outcome)
+            self.metrics.update_gpu_memory()
+            if out_of_memory:
+                oom.free_memory()  # outside the except block: the traceback no longer pins activations
+                if self.ctx.world_size > 1:
+                    # another rank may be stuck in a collective: let torchrun restart the whole group
+                    self.stop_requested.set()
         self.stats.segments += 1
         if self.is_rank0:
             self.io.submit_result(active, frames, elapsed)
         log.info("segment_rendered", frames=int(frames.shape[0]), elapsed_s=round(elapsed, 3))
 
-    def _after_error(self) -> None:
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - best effort cleanup
-            pass

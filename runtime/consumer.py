@@ -136,6 +136,8 @@ class ConsumerLoop:
         self._stopping = asyncio.Event()
         self.processed = 0
         self.busy = False
+        self.started = False
+        self.last_tick = time.monotonic()  # liveness: the fetch loop is turning
 
     def stop(self) -> None:
         self._stopping.set()
@@ -144,9 +146,11 @@ class ConsumerLoop:
         await self.bus.ensure_consumer(self.spec)
         sub = await self.bus.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
         log.info("consumer_started", stage=self.stage, consumer=self.spec.durable, stream=self.spec.stream)
+        self.started = True
         inflight: set[asyncio.Task[None]] = set()
         try:
             while not self._stopping.is_set():
+                self.last_tick = time.monotonic()
                 free = self.concurrency - len(inflight)
                 if free <= 0:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable
 import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from prometheus_client import REGISTRY, generate_latest
+
 from runtime.bus import Bus
 from runtime.consumer import ConsumerLoop, Delivery
 from runtime.failures import failure_hooks
+from runtime.health import HealthServer
 from runtime.jobs import JobTracker
 from runtime.logging import configure_logging, get_logger
 from runtime.ports import Ports
@@ -167,8 +171,31 @@ class Service:
                     heartbeat_s=self.settings.heartbeat_s, concurrency=st.concurrency,
                 ))
             tasks = [asyncio.create_task(loop.run(), name=f"consumer-{loop.stage}") for loop in self.loops]
+            health = self._health(bus)
             self.ready.set()
-            await asyncio.gather(*tasks)
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                if health is not None:
+                    health.stop()
+
+    def heartbeat_age_s(self) -> float | None:
+        """Age of the stalest consumer loop's last turn (a loop turns at least every fetch timeout)."""
+        if not self.loops:
+            return None
+        return time.monotonic() - min(loop.last_tick for loop in self.loops)
+
+    def exposition(self) -> bytes:
+        return generate_latest(REGISTRY)
+
+    def _health(self, bus: Bus) -> HealthServer | None:
+        if self.settings.health_port is None:
+            return None
+        checks = {
+            "bus_connected": lambda: bus.nc is not None and bus.nc.is_connected,
+            "consumers_started": lambda: all(loop.started for loop in self.loops),
+        }
+        return HealthServer(self.settings.health_port, self, checks, heartbeat_timeout_s=120).start()
 
 
 async def serve(stages: list[str], settings: Settings | None = None) -> None:

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         description="delay before each delivery attempt (first = immediately)",
     )
     input_allow_hosts: list[str] = Field(default_factory=list, description="SSRF allow-list for input URLs")
+    input_buckets: list[str] = Field(default_factory=list,
+                                     description="buckets s3:// inputs may come from (empty: any readable)")
+    preprocess_workers: int | None = Field(None, ge=1, description="pose/frame worker threads (default: cores)")
     status_ttl_s: int = Field(7 * 86400, description="how long finished jobs stay in KV videogen-jobs")
     heartbeat_s: float = Field(10.0, description="in_progress interval while a stage works on a message")
     fetch_batch: int = 1
@@ -67,6 +70,8 @@ class Settings(BaseSettings):
     runner_device: str = Field("auto", description="auto | cpu | cuda")
     runner_dtype: str = Field("auto", description="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16")
     runner_warmup: bool = True
+    runner_cache: str = Field("none", description="step cache: none | first_block | mag | taylorseer | pab "
+                                                  "(verified at warm-up to really skip compute)")
     runner_memory_budget_bytes: int | None = Field(None, description="planner memory budget; default: device free memory")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
 

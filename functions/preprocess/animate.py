@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from functions.preprocess.frames_store import Chunk, ChunkWriter
+from runtime.frames_store import Chunk, ChunkWriter
 from functions.preprocess.geometry import analysis_size
 from functions.preprocess.limits import MediaLimits
 from functions.preprocess.media import SampledFrame, Source, iter_frames

@@ -32,10 +32,10 @@ import numpy as np
 from functions.preprocess.animate import STREAMS, AnimateRun
 from functions.preprocess.errors import InputRejected, InputUnsupported
 from functions.preprocess.fetch import fetch_input
-from functions.preprocess.frames_store import Chunk, ChunkInfo, FramesIndex, chunk_key, index_json, index_key
+from runtime.frames_store import Chunk, ChunkInfo, FramesIndex, chunk_key, index_json, index_key
 from functions.preprocess.limits import DEFAULT_LIMITS, MediaLimits
 from functions.preprocess.media import encode_png, probe_video, reference_image
-from functions.preprocess.objects import ObjectStore
+from runtime.objects import ObjectStore
 from functions.preprocess.pose import available_cores, shared_estimator
 from functions.preprocess.skeleton import schema
 from functions.preprocess.sniff import sniff
@@ -57,15 +57,14 @@ FACE_SIZE = 512
 
 def resolve_workers(settings: Settings, workers: int | None) -> int:
     """Explicit value > ``settings.preprocess_workers`` > the cores available."""
-    configured = workers if workers is not None else getattr(settings, "preprocess_workers", None)
+    configured = workers if workers is not None else settings.preprocess_workers
     return max(1, int(configured)) if configured else available_cores()
 
 
 def default_face_size(job: ResolvedJob) -> int:
+    """The square face-crop side the job's model consumes (``ModelSpec.face_size``)."""
     spec = get_model(job.model)
-    if spec is not None and spec.tiny:
-        return min(job.width, job.height)
-    return FACE_SIZE
+    return spec.face_size if spec is not None else FACE_SIZE
 
 
 class _Beat:
@@ -103,7 +102,7 @@ async def preprocess(job: ResolvedJob, request: JobRequest, storage: ObjectStore
         return refs
     t0 = time.perf_counter()
     allow = settings.input_allow_hosts
-    buckets = getattr(settings, "input_buckets", None) or None
+    buckets = settings.input_buckets or None
 
     if not request.image or (job.task == Task.ANIMATE and not request.video):
         needs = "'image' and 'video'" if job.task == Task.ANIMATE else "'image'"

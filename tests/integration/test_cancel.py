@@ -60,12 +60,14 @@ class Watch:
 
 
 async def wait_status(bus: Bus, job_id: str, pred, timeout_s: float = 30.0) -> JobStatus:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            st = await status(bus, job_id)
-            if st is not None and pred(st):
-                return st
-            await asyncio.sleep(0.2)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        st = await status(bus, job_id)
+        if st is not None and pred(st):
+            return st
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{job_id}: status not as expected after {timeout_s}s: {st}")
+        await asyncio.sleep(0.2)
 
 
 def log_records(path: Path, event: str, job_id: str) -> list[dict]:
@@ -99,8 +101,12 @@ async def test_queued_job_never_runs_running_job_stops_within_a_step(stack: Sett
     await submit(bus, JobRequest(job_id=b, prompt="queued, then cancelled", **SHORT))
     await submit(bus, JobRequest(job_id=c, prompt="queued behind", **SHORT))
     # queued jobs report their place in the runner's work queue
-    await wait_status(bus, b, lambda s: s.state == JobState.QUEUED and s.queue_position == 0)
-    await wait_status(bus, c, lambda s: s.state == JobState.QUEUED and s.queue_position == 1)
+    try:
+        await wait_status(bus, b, lambda s: s.state == JobState.QUEUED and s.queue_position == 0)
+        await wait_status(bus, c, lambda s: s.state == JobState.QUEUED and s.queue_position == 1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nA: {await status(bus, a)}\nA events: {wa.types()}\n"
+                             f"runner log: {(data / 'runner.log').read_text()[-3000:]}") from e
     shown = await asyncio.to_thread(cli, stack, "status", b, c)
     assert shown.returncode == 0, shown.stderr
     assert re.search(rf"{b}\s+queued\s+next", shown.stdout) and re.search(rf"{c}\s+queued\s+1 ahead", shown.stdout), \

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from functions.preprocess.errors import InputRejected
-from functions.preprocess.frames_store import read_frames
+from runtime.frames_store import read_frames
 from functions.preprocess.limits import MediaLimits
 from functions.preprocess.media import encode_png
 from functions.preprocess.pipeline import preprocess

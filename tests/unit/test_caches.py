@@ -140,8 +140,10 @@ def test_refusals(model: wan.WanT2V) -> None:
     with pytest.raises(Permanent, match="calibrate_mag_ratios"), applied_cache(model, CacheConfig(kind="mag"), steps=9):
         pass
     sharded = SimpleNamespace(pipe=model.pipe, sequence_parallel=object())
-    with pytest.raises(Permanent, match="sequence parallel"), applied_cache(sharded, CacheConfig(kind="first_block")):
-        pass
+    for kind in ("first_block", "mag"):
+        config = CacheConfig(kind=kind).with_mag_ratios([1.0] * 9)
+        with pytest.raises(Permanent, match="sequence parallel"), applied_cache(sharded, config, steps=9):
+            pass
     with pytest.raises(Permanent, match="timestep"), applied_cache(model.pipe.transformer, CacheConfig(kind="pab")):
         pass
     with pytest.raises(ValueError):
@@ -164,3 +166,43 @@ def test_config_round_trips_as_json() -> None:
     config = CacheConfig(kind="mag").with_mag_ratios([1.0, 0.98, 0.97])
     assert CacheConfig.model_validate_json(config.model_dump_json()) == config
     assert config.summary()["mag_ratios"] == "3 ratios"
+
+
+def test_prepare_calibrates_mag_and_verifies(model: wan.WanT2V) -> None:
+    ready = caches.prepare(model, CacheConfig(kind="mag"), PARAMS)
+    assert ready.mag.mag_ratios is not None and len(ready.mag.mag_ratios) == STEPS
+    assert caches.prepare(model, CacheConfig(), PARAMS) == CacheConfig()  # none: nothing to do
+    params = caches.verification_params(MODELS["wan2.1-t2v-1.3b"], world_size=64)
+    assert params.steps == 50 and MODELS["wan2.1-t2v-1.3b"].latent_tokens(params.width, params.height,
+                                                                           params.num_frames) >= 64
+
+
+def test_counted_cache_per_job(model: wan.WanT2V) -> None:
+    with caches.counted_cache(model, CacheConfig(kind="taylorseer"), steps=STEPS) as counter:
+        model.generate(PARAMS)
+    assert counter.report().skipped_total == 5 * 2 * BLOCKS * len(caches.PARTS)
+    never = CacheConfig(kind="first_block", first_block=FirstBlockParams(threshold=1e-9))
+    with pytest.raises(Permanent, match="skipped no compute"), \
+            caches.counted_cache(model, never, steps=STEPS, check=True):
+        model.generate(PARAMS)
+    assert not model.pipe.transformer.is_cache_enabled
+
+
+def test_cache_memory_estimates() -> None:
+    wan13 = MODELS["wan2.1-t2v-1.3b"]
+    gib = 2**30
+
+    def est(config: CacheConfig, **kw: int) -> float:
+        return caches.cache_memory_bytes(config, wan13, 832, 480, 81, **kw) / gib
+
+    tokens, hidden = wan13.latent_tokens(832, 480, 81), wan13.transformer.hidden  # 32760 x 1536
+    one = tokens * hidden * 2 / gib  # one bf16 hidden state: ~0.094 GiB
+    assert est(CacheConfig()) == 0
+    assert est(CacheConfig(kind="first_block")) == pytest.approx(2 * 3 * one)
+    assert est(CacheConfig(kind="mag")) == pytest.approx(2 * one)
+    # full TaylorSeer: 2 orders x 3 modules x 30 blocks x 2 branches -> ~34 GiB at 480p x 81
+    assert est(CacheConfig(kind="taylorseer")) == pytest.approx(2 * 3 * 30 * 2 * one) and est(
+        CacheConfig(kind="taylorseer")) > 30
+    assert est(CacheConfig(kind="taylorseer", taylorseer=TaylorSeerParams(lite=True))) < 0.1
+    assert est(CacheConfig(kind="pab")) == pytest.approx(30 * 2 * one)
+    assert est(CacheConfig(kind="pab"), world_size=2) == pytest.approx(30 * one)

@@ -84,6 +84,19 @@ def test_lora_changes_output_and_unload_restores_the_base_model(model: wan.WanT2
     assert np.array_equal(model.generate(PARAMS), before)  # next job without the adapter: bit-identical
 
 
+def test_lora_and_step_cache_compose_and_both_go_away(model: wan.WanT2V, lora_file: Path, tmp_path: Path) -> None:
+    from gpu_runner.caches import CacheConfig, ComputeCounter, applied_cache
+
+    params = GenerateParams(**{**PARAMS.__dict__, "steps": 8})
+    before = model.generate(params)
+    with applied_lora(model, LoraSpec(source=str(lora_file)), AdapterCache(dir=tmp_path)), \
+            applied_cache(model, CacheConfig(kind="taylorseer")), ComputeCounter(model) as counter:
+        both = model.generate(params)
+    assert counter.report().skipped_total > 0 and not np.array_equal(both, before)
+    assert loaded_adapters(model) == [] and not model.pipe.transformer.is_cache_enabled
+    assert np.array_equal(model.generate(params), before)
+
+
 def test_adapter_that_does_not_fit_is_permanent_and_leaves_the_model_clean(model: wan.WanT2V, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -162,3 +175,16 @@ def test_bad_specs_and_files(tmp_path: Path, lora_file: Path) -> None:
         AdapterCache(dir=tmp_path).state_dict(LoraSpec(source=str(lora_file), sha256="0" * 64))
     assert LoraSpec(source="x.safetensors").adapter_name == LoraSpec(source="x.safetensors").adapter_name
     assert LoraSpec(source="x.safetensors").adapter_name != LoraSpec(source="y.safetensors").adapter_name
+
+
+def test_adapter_on_gathered_layer_is_refused_under_sequence_parallelism(model: wan.WanT2V, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    lora = make_lora_file(tmp_path / "po", targets=("to_q", "proj_out"))
+    sharded = SimpleNamespace(pipe=model.pipe, sequence_parallel=object())
+    with pytest.raises(Permanent, match="sequence parallelism") as err, \
+            applied_lora(sharded, LoraSpec(source=str(lora)), AdapterCache(dir=tmp_path)):
+        pass
+    assert err.value.code == ErrorCode.INPUT_UNSUPPORTED and loaded_adapters(model) == []
+    with applied_lora(model, LoraSpec(source=str(lora)), AdapterCache(dir=tmp_path)) as names:  # fine on 1 rank
+        assert len(names) == 1

@@ -115,3 +115,46 @@ def test_schema_sidecar() -> None:
     meta = schema(10, 64, 48, 8, detected_frames=9)
     assert meta["shape"] == [10, 33, 4] and meta["columns"] == ["x", "y", "visibility", "detected"]
     assert meta["joints"][0] == "nose" and meta["detected_frames"] == 9
+
+
+def test_pose_call_releases_the_gil(clip: list[np.ndarray], estimator: PoseEstimator) -> None:
+    """While a pose call runs in one thread, Python code in another thread keeps running: that is
+    what lets the worker pool scale across cores. If the call held the GIL, the other thread could
+    not execute a single bytecode during the middle of any call (robust to a loaded machine:
+    preemption may hide progress in some calls, not in most). A GIL-holding C call of the same
+    length (a backtracking regex) scores 0-2 of 12 here."""
+    import sys
+    import threading
+    import time
+
+    calls = 12
+    spans: list[tuple[float, float]] = []
+    warm = threading.Event()
+
+    def work() -> None:
+        estimator.estimate_one(clip[0])  # builds this thread's graph (not measured)
+        warm.set()
+        for i in range(calls):
+            t0 = time.perf_counter()
+            estimator.estimate_one(clip[i % N])
+            spans.append((t0, time.perf_counter()))
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)  # GIL hand-offs at call boundaries stay far shorter than a call
+    try:
+        worker = threading.Thread(target=work)
+        worker.start()
+        warm.wait()
+        ticks: list[float] = []
+        while worker.is_alive():
+            now = time.perf_counter()
+            if not ticks or now - ticks[-1] > 0.0005:
+                ticks.append(now)
+    finally:
+        sys.setswitchinterval(switch)
+    stamps = np.array(ticks)
+    progressed = 0
+    for t0, t1 in spans:
+        lo, hi = t0 + 0.25 * (t1 - t0), t1 - 0.25 * (t1 - t0)
+        progressed += bool(((stamps > lo) & (stamps < hi)).any())
+    assert progressed >= calls // 2, (progressed, calls)

@@ -13,7 +13,7 @@ from aiohttp import web
 from functions.preprocess.errors import InputRejected, InputUnavailable
 from functions.preprocess.fetch import fetch_input
 from functions.preprocess.limits import MediaLimits
-from functions.preprocess.objects import MemoryStore
+from runtime.objects import MemoryStore
 from schemas.errors import ErrorCode, Retryable
 
 LIMITS = MediaLimits(fetch_timeout_s=5.0)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from functions.preprocess.errors import InputRejected
-from functions.preprocess.frames_store import FramesIndex, read_frames
+from runtime.frames_store import FramesIndex, read_frames
 from functions.preprocess.media import encode_png
-from functions.preprocess.objects import MemoryStore
+from runtime.objects import MemoryStore
 from functions.preprocess.pipeline import preprocess, resolve_workers
 from functions.preprocess.skeleton import DET, J
 from functions.preprocess.synthetic import draw_figure, encode_video, figure_joints, figure_video

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from functions.preprocess.frames_store import (
+from runtime.frames_store import (
     ChunkInfo,
     ChunkWriter,
     FramesIndex,
@@ -16,7 +16,7 @@ from functions.preprocess.frames_store import (
     index_key,
     read_frames,
 )
-from functions.preprocess.objects import MemoryStore
+from runtime.objects import MemoryStore
 from functions.preprocess.synthetic import draw_figure
 
 W, H = 96, 64

@@ -29,7 +29,7 @@ import av
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from functions.preprocess.objects import ObjectStore
+from runtime.objects import ObjectStore
 from schemas.messages import ObjectRef
 
 INDEX_VERSION = 1
