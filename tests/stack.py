@@ -20,6 +20,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
         "VIDEOGEN_NATS_URL": settings.nats_url,
         "VIDEOGEN_S3_ENDPOINT": str(settings.s3_endpoint),
         "VIDEOGEN_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
+        "VIDEOGEN_INPUT_ALLOW_HOSTS": '["127.0.0.1"]',
         "VIDEOGEN_LOG_FORMAT": "json",
         "VIDEOGEN_HEARTBEAT_S": "2",
         "PYTHONUNBUFFERED": "1",
