@@ -32,6 +32,10 @@ log = get_logger(component="runner")
 
 # CUDA OOM: hand the segment back for a retry once memory is freed (or on another runner).
 OOM_RETRY_DELAY_S = 10.0
+# A pull waits this long for a segment (returns at once when one arrives); between pulls rank 0
+# checks for shutdown and tells the other ranks it is idle. Longer pulls expire less often, and
+# an expiry racing a new message is what delays that message to the next pull.
+FETCH_TIMEOUT_S = 5.0
 _IDLE = ("idle",)
 _STOP = ("stop",)
 
@@ -156,7 +160,7 @@ class Runner:
                 if done:
                     command: Any = _STOP
                 else:
-                    active = self.io.next_segment(timeout_s=1.0)
+                    active = self.io.next_segment(timeout_s=FETCH_TIMEOUT_S)
                     if active is not None:
                         self.metrics.observe_queue_wait_since(active.msg.metadata.timestamp)
                     command = _IDLE if active is None else ("job", active.job, self.io.fetch_inputs(active))

@@ -135,12 +135,13 @@ async def handle_segment_done(payload: bytes, delivery: Delivery, ports: Ports) 
     job_id = res.job_id
     data = SegmentCompletedData(segment=res.index, segments_total=res.count, object=res.segment,
                                 frames=res.frames, elapsed_s=res.elapsed_s)
-    await ports.tracker.record(
+    stored = await ports.tracker.record(
         JobEvent.build(job_id, EventType.SEGMENT_COMPLETED, data, res.index),
         segments_done=res.index + 1, segments_total=res.count,
         progress=round(100.0 * (res.index + 1) / res.count * 0.98, 2),
     )
-    if not await _active(ports, job_id):
+    if stored is not None and stored.state.terminal:
+        log.info("job_already_finished", job_id=job_id, state=stored.state.value)
         return
     plan = await load_plan(ports, job_id)
     nxt = res.index + 1

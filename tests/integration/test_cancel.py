@@ -92,27 +92,34 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_queued_job_never_runs_running_job_stops_within_a_step(stack: Settings, workers, bus: Bus,
                                                                      storage: Storage) -> None:
     data = Path(stack.data_dir)
-    a, b, c = "cancel-running", "cancel-queued", "after-cancel"
+    a, b, c = "cancel-running", "cancel-q1", "cancel-q2"
     wa = Watch(bus, a)
     await submit(bus, JobRequest(job_id=a, prompt="long", **LONG))
     await wa.wait(lambda e: e.type == EventType.PROGRESS, 240)  # the runner is busy with A
 
-    wb, wc = Watch(bus, b), Watch(bus, c)
+    watches = {b: Watch(bus, b), c: Watch(bus, c)}
     await submit(bus, JobRequest(job_id=b, prompt="queued, then cancelled", **SHORT))
     await submit(bus, JobRequest(job_id=c, prompt="queued behind", **SHORT))
-    # queued jobs report their place in the runner's work queue
+    # queued jobs report their place in the runner's work queue (preprocess and planner run
+    # concurrently, so the two may reach the queue in either order)
     try:
-        await wait_status(bus, b, lambda s: s.state == JobState.QUEUED and s.queue_position == 0)
-        await wait_status(bus, c, lambda s: s.state == JobState.QUEUED and s.queue_position == 1)
-    except AssertionError as e:
-        raise AssertionError(f"{e}\nA: {await status(bus, a)}\nA events: {wa.types()}\n"
-                             f"runner log: {(data / 'runner.log').read_text()[-3000:]}") from e
+        queued = {j: await wait_status(bus, j, lambda s: s.state == JobState.QUEUED and s.queue_position is not None)
+                  for j in (b, c)}
+        async with asyncio.timeout(10):
+            while sorted(st.queue_position for st in queued.values()) != [0, 1]:
+                await asyncio.sleep(0.2)
+                queued = {j: await status(bus, j) for j in (b, c)}
+    except (AssertionError, TimeoutError) as e:
+        raise AssertionError(f"{e}\nB: {await status(bus, b)}\nC: {await status(bus, c)}\nA: {await status(bus, a)}"
+                             f"\nrunner log: {(data / 'runner.log').read_text()[-3000:]}") from e
+    b, c = sorted(queued, key=lambda j: queued[j].queue_position)  # b: next in line, c: behind it
+    wb, wc = watches[b], watches[c]
     shown = await asyncio.to_thread(cli, stack, "status", b, c)
     assert shown.returncode == 0, shown.stderr
     assert re.search(rf"{b}\s+queued\s+next", shown.stdout) and re.search(rf"{c}\s+queued\s+1 ahead", shown.stdout), \
         shown.stdout
 
-    # cancel the queued job: C moves up, B never starts
+    # cancel the job next in line: the one behind moves up, the cancelled one never starts
     await cancel(bus, b, "changed my mind")
     cancelled_b = await wb.wait(lambda e: e.type == EventType.CANCELLED, 30)
     assert cancelled_b.data == {"reason": "changed my mind", "previous_state": "queued"}
