@@ -141,7 +141,11 @@ class ConsumerSpec:
     ack_wait_s: int
     max_deliver: int
     max_ack_pending: int = 64
-    # Back-off between redeliveries after a nak without delay / an ack timeout.
+    # Waits before redelivering a message whose ack timed out (a worker died or hung): entry n
+    # after the n-th delivery. NATS then *replaces ack_wait by backoff_s[0]* (also the window an
+    # in_progress heartbeat renews), so the first entry must be ack_wait_s: a shorter one redelivers
+    # every message a worker holds longer than it, heartbeats or not. Failures a handler reports
+    # are retried with the nak delay ``runtime.consumer`` computes, not with these.
     backoff_s: tuple[float, ...] = field(default_factory=tuple)
     description: str = ""
 
@@ -204,23 +208,25 @@ STREAMS: tuple[StreamSpec, ...] = (
 
 CONSUMER_PREPROCESS = ConsumerSpec(
     STREAM_JOBS, "preprocess", SUBJECT_SUBMIT, ack_wait_s=60, max_deliver=5,
-    backoff_s=(1, 5, 30, 120), description="Validates and preprocesses submissions.",
+    backoff_s=(60, 120, 300, 600), description="Validates and preprocesses submissions.",
 )
 CONSUMER_PLANNER = ConsumerSpec(
     STREAM_WORK, "planner", SUBJECT_WORK_PLAN, ack_wait_s=30, max_deliver=5,
-    backoff_s=(1, 5, 30, 120), description="Plans segments for a preprocessed job.",
+    backoff_s=(30, 60, 120, 300), description="Plans segments for a preprocessed job.",
 )
 CONSUMER_CHAIN = ConsumerSpec(
     STREAM_WORK, "chain", SUBJECT_WORK_SEGMENT_DONE, ack_wait_s=30, max_deliver=5,
-    backoff_s=(1, 5, 30, 120), description="Publishes segment k+1 when segment k is done.",
+    backoff_s=(30, 60, 120, 300), description="Publishes segment k+1 when segment k is done.",
 )
 CONSUMER_STITCH = ConsumerSpec(
     STREAM_WORK, "stitch", SUBJECT_WORK_STITCH, ack_wait_s=120, max_deliver=5,
-    backoff_s=(1, 5, 30, 120), description="Joins segments into output.mp4 and completes the job.",
+    backoff_s=(120, 240, 480, 960), description="Joins segments into output.mp4 and completes the job.",
 )
 CONSUMER_WEBHOOK = ConsumerSpec(
     STREAM_EVENTS, "webhook", f"{SUBJECT_EVENTS_PREFIX}.>", ack_wait_s=30, max_deliver=9,
-    max_ack_pending=1024, description="Delivers subscribed events to client webhooks.",
+    # an event waiting for its next attempt (nak with a delay of up to 10 h) keeps its ack-pending
+    # slot: when this many wait, no new event is delivered to anyone (see functions/webhook/README.md)
+    max_ack_pending=20_000, description="Delivers subscribed events to client webhooks.",
 )
 
 CONSUMER_WEBHOOK_REPLAY = ConsumerSpec(
@@ -229,7 +235,7 @@ CONSUMER_WEBHOOK_REPLAY = ConsumerSpec(
 )
 CONSUMER_CANCEL = ConsumerSpec(
     STREAM_JOBS, "cancel", SUBJECT_CANCEL, ack_wait_s=60, max_deliver=5,
-    backoff_s=(1, 5, 30, 120), description="Cancels queued and running jobs; deletes their partial objects.",
+    backoff_s=(60, 120, 300, 600), description="Cancels queued and running jobs; deletes their partial objects.",
 )
 
 
@@ -247,7 +253,7 @@ def runner_consumer(model: str) -> ConsumerSpec:
         ack_wait_s=60,
         max_deliver=4,
         max_ack_pending=256,  # shared by all runners of the model; each pulls 1 at a time
-        backoff_s=(5, 30, 120),
+        backoff_s=(60, 120, 300),
         description=f"GPU runners serving model {model}.",
     )
 

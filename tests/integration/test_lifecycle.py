@@ -196,3 +196,14 @@ async def test_events_cli_follows_live_and_status_cli_shows_progress(stack: Sett
     missing = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "runtime.cli", "status", "nope-job"],
                                       env=env, cwd=str(REPO), capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no such job" in missing.stderr
+
+
+async def test_consumers_keep_their_ack_wait(stack: Settings, bus: Bus) -> None:
+    """NATS replaces ack_wait by backoff[0]: a shorter first back-off would redeliver every message a
+    worker holds longer than it (heartbeats or not), i.e. run stages and GPU segments twice."""
+    from schemas.names import CPU_CONSUMERS, runner_consumer
+
+    for spec in (*CPU_CONSUMERS, runner_consumer("tiny-wan")):
+        info = await bus.js.consumer_info(spec.stream, spec.durable)
+        assert info.config.ack_wait == spec.ack_wait_s, (spec.durable, info.config.ack_wait, info.config.backoff)
+        assert spec.ack_wait_s > stack.heartbeat_s and spec.ack_wait_s > 10.0  # the default heartbeat_s

@@ -20,6 +20,7 @@ from functions.preprocess.synthetic import draw_figure, encode_video, figure_joi
 from functions.preprocess.validate import resolve
 from runtime.settings import Settings
 from schemas.errors import ErrorCode
+from schemas.registry import MODELS
 from schemas.messages import JobRequest
 
 SETTINGS = Settings()
@@ -97,7 +98,8 @@ async def test_animate_outputs(inputs: dict[str, bytes]) -> None:
     pose = await read_frames(store, refs["pose_index"])
     face = await read_frames(store, refs["face_index"])
     assert driving.shape == (9, 48, 64, 3) and pose.shape == (9, 48, 64, 3)
-    assert face.shape == (9, 48, 48, 3)  # tiny model: face crops at the grid's short side
+    side = MODELS["tiny-wan-animate"].face_size  # the model's face-encoder input size
+    assert face.shape == (9, side, side, 3)
     assert pose.max() > 100 and pose.mean() < 40  # coloured skeleton on black
     index = FramesIndex.model_validate_json(store.objects[("videogen", refs["pose_index"].key)])
     assert index.frames == 9 and index.meta["stream"] == "pose"
