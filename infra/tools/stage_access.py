@@ -40,6 +40,8 @@ public-internet egress (https inputs, client webhook endpoints).
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from dataclasses import dataclass, replace
 
@@ -132,15 +134,19 @@ def stage_access() -> dict[str, StageAccess]:
         return tuple(dict.fromkeys(k for g in groups for k in p[g]))
 
     jobs = (jobs_prefix(),)
+    cleanup: dict[str, Any] = {"delete": (names.job_prefix(ANY) + ANY,), "keep": cat("request")}
     stages = (
         StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads"),
                     write=cat("inputs", "frames", "keypoints"),
                     list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,), internet=True),
-        StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs),
+        # planner, runner and stitch also clean up a job cancelled while they wrote (write, then
+        # check status, then delete: runtime.jobs.discard_partial_objects), never request.json
+        StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs, **cleanup),
         StageAccess("chain", read=cat("plan", "segment_result"), list_prefixes=jobs),
         StageAccess(RUNNER, read=cat("inputs", "frames", "keypoints", "segment_tail"),
-                    write=cat("segment_video", "segment_tail", "segment_result"), list_prefixes=jobs),
-        StageAccess("stitch", read=cat("segment_video", "output"), write=cat("output"), list_prefixes=jobs),
+                    write=cat("segment_video", "segment_tail", "segment_result"), list_prefixes=jobs, **cleanup),
+        StageAccess("stitch", read=cat("segment_video", "output"), write=cat("output"), list_prefixes=jobs,
+                    **cleanup),
         StageAccess("webhook", read=cat("request"), list_prefixes=jobs, internet=True),
         StageAccess("webhook-replay", read=cat("request"), list_prefixes=jobs, internet=True),
         StageAccess("cancel", delete=(names.job_prefix(ANY) + ANY,), keep=cat("request"), list_prefixes=jobs),

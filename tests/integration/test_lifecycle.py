@@ -33,7 +33,7 @@ async def stored_events(bus: Bus, job_id: str) -> list[JobEvent]:
 
 
 def progress(job_id: str, step: int) -> JobEvent:
-    data = ProgressData(progress=step / 10, segment=0, segments_total=1, step=step, steps=1000)
+    data = ProgressData(progress=min(99.0, step / 100), segment=0, segments_total=1, step=step, steps=10**6)
     return JobEvent.build(job_id, EventType.PROGRESS, data, 0, step)
 
 

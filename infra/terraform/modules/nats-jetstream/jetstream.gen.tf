@@ -87,7 +87,7 @@ resource "jetstream_consumer" "preprocess" {
   ack_wait        = 60
   max_delivery    = 5
   max_ack_pending = 64
-  backoff         = [1, 5, 30, 120]
+  backoff         = [60, 120, 300, 600]
   deliver_all     = true
   ack_policy      = "explicit"
   max_waiting     = 512
@@ -101,7 +101,7 @@ resource "jetstream_consumer" "planner" {
   ack_wait        = 30
   max_delivery    = 5
   max_ack_pending = 64
-  backoff         = [1, 5, 30, 120]
+  backoff         = [30, 60, 120, 300]
   deliver_all     = true
   ack_policy      = "explicit"
   max_waiting     = 512
@@ -115,7 +115,7 @@ resource "jetstream_consumer" "chain" {
   ack_wait        = 30
   max_delivery    = 5
   max_ack_pending = 64
-  backoff         = [1, 5, 30, 120]
+  backoff         = [30, 60, 120, 300]
   deliver_all     = true
   ack_policy      = "explicit"
   max_waiting     = 512
@@ -129,7 +129,7 @@ resource "jetstream_consumer" "stitch" {
   ack_wait        = 120
   max_delivery    = 5
   max_ack_pending = 64
-  backoff         = [1, 5, 30, 120]
+  backoff         = [120, 240, 480, 960]
   deliver_all     = true
   ack_policy      = "explicit"
   max_waiting     = 512
@@ -142,7 +142,7 @@ resource "jetstream_consumer" "webhook" {
   filter_subject  = "videogen.events.>"
   ack_wait        = 30
   max_delivery    = 9
-  max_ack_pending = 1024
+  max_ack_pending = 20000
   deliver_all     = true
   ack_policy      = "explicit"
   max_waiting     = 512
@@ -169,7 +169,7 @@ resource "jetstream_consumer" "cancel" {
   ack_wait        = 60
   max_delivery    = 5
   max_ack_pending = 64
-  backoff         = [1, 5, 30, 120]
+  backoff         = [60, 120, 300, 600]
   deliver_all     = true
   ack_policy      = "explicit"
   max_waiting     = 512
@@ -194,7 +194,7 @@ locals {
       ack_wait        = 60
       max_delivery    = 4
       max_ack_pending = 256
-      backoff         = [5, 30, 120]
+      backoff         = [60, 120, 300]
     }
     "tiny-wan-animate" = {
       durable_name    = "runner-tiny-wan-animate"
@@ -203,7 +203,7 @@ locals {
       ack_wait        = 60
       max_delivery    = 4
       max_ack_pending = 256
-      backoff         = [5, 30, 120]
+      backoff         = [60, 120, 300]
     }
     "tiny-wan-i2v" = {
       durable_name    = "runner-tiny-wan-i2v"
@@ -212,7 +212,7 @@ locals {
       ack_wait        = 60
       max_delivery    = 4
       max_ack_pending = 256
-      backoff         = [5, 30, 120]
+      backoff         = [60, 120, 300]
     }
     "wan2.1-i2v-14b-480p" = {
       durable_name    = "runner-wan2_1-i2v-14b-480p"
@@ -221,7 +221,7 @@ locals {
       ack_wait        = 60
       max_delivery    = 4
       max_ack_pending = 256
-      backoff         = [5, 30, 120]
+      backoff         = [60, 120, 300]
     }
     "wan2.1-t2v-1.3b" = {
       durable_name    = "runner-wan2_1-t2v-1_3b"
@@ -230,7 +230,7 @@ locals {
       ack_wait        = 60
       max_delivery    = 4
       max_ack_pending = 256
-      backoff         = [5, 30, 120]
+      backoff         = [60, 120, 300]
     }
     "wan2.1-t2v-14b" = {
       durable_name    = "runner-wan2_1-t2v-14b"
@@ -239,7 +239,7 @@ locals {
       ack_wait        = 60
       max_delivery    = 4
       max_ack_pending = 256
-      backoff         = [5, 30, 120]
+      backoff         = [60, 120, 300]
     }
     "wan2.2-animate-14b" = {
       durable_name    = "runner-wan2_2-animate-14b"
@@ -248,7 +248,7 @@ locals {
       ack_wait        = 60
       max_delivery    = 4
       max_ack_pending = 256
-      backoff         = [5, 30, 120]
+      backoff         = [60, 120, 300]
     }
     "wan2.2-t2v-a14b" = {
       durable_name    = "runner-wan2_2-t2v-a14b"
@@ -257,7 +257,7 @@ locals {
       ack_wait        = 60
       max_delivery    = 4
       max_ack_pending = 256
-      backoff         = [5, 30, 120]
+      backoff         = [60, 120, 300]
     }
     "wan2.2-ti2v-5b" = {
       durable_name    = "runner-wan2_2-ti2v-5b"
@@ -266,7 +266,7 @@ locals {
       ack_wait        = 60
       max_delivery    = 4
       max_ack_pending = 256
-      backoff         = [5, 30, 120]
+      backoff         = [60, 120, 300]
     }
   }
 }

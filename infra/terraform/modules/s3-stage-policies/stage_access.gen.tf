@@ -31,8 +31,8 @@ locals {
     planner = {
       read          = ["jobs/*/plan.json", "jobs/*/plan.json.tmp-*"]
       write         = ["jobs/*/plan.json", "jobs/*/plan.json.tmp-*"]
-      delete        = []
-      keep          = []
+      delete        = ["jobs/*/*"]
+      keep          = ["jobs/*/inputs/request.json"]
       list_prefixes = ["jobs/"]
       bucket_admin  = false
       internet      = false
@@ -73,8 +73,8 @@ locals {
         "jobs/*/segments/*.json",
         "jobs/*/segments/*.json.tmp-*",
       ]
-      delete        = []
-      keep          = []
+      delete        = ["jobs/*/*"]
+      keep          = ["jobs/*/inputs/request.json"]
       list_prefixes = ["jobs/"]
       bucket_admin  = false
       internet      = false
@@ -88,8 +88,8 @@ locals {
         "jobs/*/output.mp4.tmp-*",
       ]
       write         = ["jobs/*/output.mp4", "jobs/*/output.mp4.tmp-*"]
-      delete        = []
-      keep          = []
+      delete        = ["jobs/*/*"]
+      keep          = ["jobs/*/inputs/request.json"]
       list_prefixes = ["jobs/"]
       bucket_admin  = false
       internet      = false
