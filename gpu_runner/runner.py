@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -21,6 +22,7 @@ from gpu_runner.caches import CacheConfig, counted_cache
 from gpu_runner.caches import prepare as prepare_cache
 from gpu_runner.inputs import SegmentInputs
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, VideoPipeline
+from gpu_runner.lora import AdapterCache, LoraSpec, applied_lora, storage_fetch
 from gpu_runner.metrics import HealthServer, ReadinessFile, RunnerMetrics
 from gpu_runner.registry import load_model
 from runtime.logging import bind_contextvars, get_logger
@@ -66,6 +68,10 @@ def resolve_dtype(pref: str, device: str) -> str:
     return "bfloat16" if device.startswith("cuda") else "float32"
 
 
+def lora_specs(seg: SegmentJob) -> list[LoraSpec]:
+    return [LoraSpec(source=r.source, scale=r.scale, sha256=r.sha256) for r in seg.job.loras]
+
+
 def params_for(seg: SegmentJob, inputs: SegmentInputs) -> GenerateParams:
     j = seg.job
     return GenerateParams(
@@ -91,6 +97,8 @@ class Runner:
         self.health: HealthServer | None = None
         self.ready_file = ReadinessFile(settings.data_dir, self.ctx.rank)
         self.cache_config = CacheConfig(kind=settings.runner_cache)  # type: ignore[arg-type]
+        # per-job LoRA adapters: rank 0 fetches, every rank keeps the same LRU of state dicts
+        self.adapters = AdapterCache(max_entries=8, dir=Path(settings.data_dir) / "lora" / f"rank{self.ctx.rank}")
 
     @property
     def is_rank0(self) -> bool:
@@ -127,6 +135,8 @@ class Runner:
 
             self.io = RunnerIO(self.settings, self.model)
             self.io.start()
+            self.adapters.fetch = storage_fetch(self.io.storage)
+            self.adapters.run_coroutine = self.io.call
             if self.settings.health_port is not None:
                 self.health = HealthServer(self.settings.health_port, self.metrics, {
                     "model_loaded": lambda: self.pipe is not None,
@@ -163,7 +173,7 @@ class Runner:
                     active = self.io.next_segment(timeout_s=FETCH_TIMEOUT_S)
                     if active is not None:
                         self.metrics.observe_queue_wait_since(active.msg.metadata.timestamp)
-                    command = _IDLE if active is None else ("job", active.job, self.io.fetch_inputs(active))
+                    command = _IDLE if active is None else self._job_command(active)
             else:
                 command = None
             command = dist.broadcast_object(command, ctx=self.ctx)
@@ -171,10 +181,27 @@ class Runner:
                 return
             if command[0] == "idle":
                 continue
-            _, seg, inputs = command
-            self._render(seg, inputs, active)
+            _, seg, inputs, new_adapters = command
+            loras = lora_specs(seg)
+            for spec in loras:  # ranks > 0 receive the state dicts rank 0 fetched
+                if spec not in self.adapters and spec.cache_key in new_adapters:
+                    self.adapters.put(spec, new_adapters[spec.cache_key])
+            self._render(seg, inputs, active, loras)
 
-    def _render(self, seg: SegmentJob, inputs: SegmentInputs, active: Any) -> None:
+    def _job_command(self, active: Any) -> tuple[Any, ...]:
+        """Rank 0: everything the other ranks need for this segment, or idle if it could not be had."""
+        try:
+            inputs = self.io.fetch_inputs(active)
+            specs = lora_specs(active.job)
+            new = {s.cache_key: self.adapters.state_dict(s) for s in specs
+                   if s not in self.adapters or self.ctx.world_size > 1}
+        except Exception as e:
+            log.error("segment_inputs_failed", job_id=active.job.job.job_id, error=str(e))
+            self.io.fail(active, e)
+            return _IDLE
+        return ("job", active.job, inputs, new if self.ctx.world_size > 1 else {})
+
+    def _render(self, seg: SegmentJob, inputs: SegmentInputs, active: Any, loras: list[LoraSpec]) -> None:
         assert self.pipe is not None
         bind_contextvars(job_id=seg.job.job_id, segment=seg.index)
         t0 = time.monotonic()
@@ -197,7 +224,8 @@ class Runner:
         outcome = "failed"
         out_of_memory = False
         try:
-            with counted_cache(self.pipe, self.cache_config, steps=seg.job.steps):
+            with applied_lora(self.pipe, loras or None, self.adapters), \
+                    counted_cache(self.pipe, self.cache_config, steps=seg.job.steps):
                 frames = self.pipe.generate(params_for(seg, inputs), on_step=on_step)
             outcome = "succeeded"
         except Cancelled as e:

@@ -80,6 +80,15 @@ class WebhookSpec(_Frozen):
     )
 
 
+class LoraRef(_Frozen):
+    """A LoRA adapter applied for one job (diffusers/PEFT ``.safetensors`` in the bucket)."""
+
+    source: str = Field(max_length=2048, pattern=r"^s3://[^/\s]+/\S+\.safetensors$",
+                        description="s3://bucket/key of a .safetensors LoRA (no pickles)")
+    scale: float = Field(1.0, ge=-4.0, le=4.0, description="adapter weight")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="expected file digest")
+
+
 class JobRequest(_Frozen):
     """A video-generation job. Unset size/frames/steps/guidance/fps take the model's defaults."""
 
@@ -102,6 +111,7 @@ class JobRequest(_Frozen):
     max_segment_frames: int | None = Field(
         None, ge=5, le=1000, description="advanced: cap the planner's window length (frames)"
     )
+    loras: tuple[LoraRef, ...] = Field((), max_length=4, description="LoRA adapters applied for this job only")
 
 
 class CancelRequest(_Frozen):
@@ -268,6 +278,7 @@ class ResolvedJob(_Frozen):
     presign_ttl_s: int
     max_segment_frames: int | None = None
     webhook: WebhookSpec | None = None
+    loras: tuple[LoraRef, ...] = ()
     inputs: dict[str, ObjectRef] = Field(default_factory=dict, description="name -> stored input/preprocessed object")
 
 
@@ -379,6 +390,7 @@ PUBLIC_MODELS: dict[str, type[BaseModel]] = {
     "JobEvent": JobEvent,
     "JobStatus": JobStatus,
     "OutputInfo": OutputInfo,
+    "LoraRef": LoraRef,
     "AcceptedData": AcceptedData,
     "RejectedData": RejectedData,
     "PreprocessedData": PreprocessedData,

@@ -117,5 +117,6 @@ def resolve(req: JobRequest) -> tuple[ResolvedJob, ModelSpec]:
         presign_ttl_s=req.presign_ttl_s,
         max_segment_frames=req.max_segment_frames,
         webhook=req.webhook,
+        loras=req.loras,
     )
     return job, spec
