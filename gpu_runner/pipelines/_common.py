@@ -2,7 +2,9 @@
 
 Everything here is family-agnostic: dtype names, quiet loading, validation of ``GenerateParams``,
 seeded CPU noise, chaining by latent replacement, uint8 conversion, checkpoint checks, loading a
-local diffusers directory, sequence parallelism, and the error mapping around a pipeline call.
+local diffusers directory, sequence parallelism, and the error mapping around a pipeline call;
+``WanFamily`` (the base class of the loaded pipelines: device, conditioning, the pipeline call with
+its step callback, warmup, save, close) and ``load_family`` (a family's ``load``).
 
 Latent replacement (how a window continues the previous one): the previous segment's last ``O``
 decoded frames are VAE-encoded and normalised exactly like the pipeline's latents
@@ -17,8 +19,9 @@ step ``σ = 0`` and they equal the condition latents.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 from gpu_runner.pipelines import tiny_components as tc
-from gpu_runner.pipelines.base import GenerateParams, LoadContext
+from gpu_runner.pipelines.base import GenerateParams, LoadContext, StepCallback
 from runtime.logging import get_logger
 from schemas.errors import Cancelled, ErrorCode, Permanent
 from schemas.registry import ModelSpec
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 log = get_logger(component="pipeline")
 
 P = TypeVar("P")
+F = TypeVar("F", bound="WanFamily")
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -265,6 +269,26 @@ def tiny_image_encoder(seed: int) -> CLIPVisionModel:
     return encoder.eval()
 
 
+def tiny_parts(seed: int, dtype: torch.dtype, *, image: bool = False) -> dict[str, Any]:
+    """The tiny components every Wan family pipeline takes besides its transformer (keyword arguments).
+
+    The text encoder is cast to ``dtype`` like ``from_pretrained`` would; the VAE (and, with
+    ``image``, the CLIP ``image_encoder`` with its ``image_processor``) stay float32, as Wan recommends.
+    """
+    tokenizer = tc.tiny_tokenizer()
+    parts: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "text_encoder": tc.cast_like_from_pretrained(tc.tiny_text_encoder(seed, vocab_size=len(tokenizer)), dtype),
+        "vae": tc.tiny_vae(seed),
+        "scheduler": tc.tiny_scheduler(),
+    }
+    if image:
+        image_encoder = tiny_image_encoder(seed)
+        parts["image_processor"] = tc.tiny_clip_image_processor(int(image_encoder.config.image_size))
+        parts["image_encoder"] = image_encoder
+    return parts
+
+
 # -- running -----------------------------------------------------------------------------------
 @contextmanager
 def generation_errors(spec: ModelSpec, params: GenerateParams, family_log: Any) -> Iterator[None]:
@@ -342,3 +366,158 @@ def save_pipeline(pipe: Any, path: Path, model: str, family_log: Any) -> None:
     with quiet_progress_bars():
         pipe.save_pretrained(str(path))
     family_log.info("model_saved", model=model, path=str(path))
+
+
+# -- the shared anatomy of a loaded family pipeline --------------------------------------------
+class WanFamily:
+    """What ``WanT2V``, ``WanI2V`` and ``WanAnimate`` share (each implements ``base.VideoPipeline``).
+
+    A family subclass sets ``family``/``log`` (and ``sequence_parallel_supported``), implements
+    ``generate`` (validate, draw noise, call ``run``) and, for warmup, ``warmup_inputs``.
+    """
+
+    family: str = "wan"
+    log: Any = log
+    sequence_parallel_supported: bool = True
+
+    def __init__(self, spec: ModelSpec, pipe: Any, ctx: LoadContext, sequence_parallel: Any = None) -> None:
+        self.spec = spec
+        self.pipe = pipe
+        self.ctx = ctx
+        self.sequence_parallel = sequence_parallel  # a SequenceParallelHandle when sharded over ranks
+        pipe.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def finish(cls: type[F], spec: ModelSpec, pipe: Any, ctx: LoadContext) -> F:
+        """Place ``pipe`` on ``ctx.device`` (sharded when asked, see ``place``) and wrap it."""
+        handle = place(pipe, ctx, sequence_parallel_supported=cls.sequence_parallel_supported, family=cls.family)
+        return cls(spec, pipe, ctx, sequence_parallel=handle)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.ctx.device)
+
+    # -- conditioning --------------------------------------------------------------------------
+    def encode_condition(self, frames: np.ndarray) -> torch.Tensor:
+        """(O, H, W, 3) uint8 -> normalised latents (1, C, 1 + (O-1)//4, H/8, W/8), float32."""
+        return encode_condition(self.pipe.vae, frames, self.device, self.pipe.vae_scale_factor_temporal)
+
+    def latent_shape(self, params: GenerateParams, channels: int, num_frames: int | None = None,
+                     extra_frames: int = 0) -> tuple[int, int, int, int, int]:
+        """(1, channels, T_lat + extra_frames, H/8, W/8) of a ``num_frames`` window (default: the params')."""
+        pipe = self.pipe
+        frames = params.num_frames if num_frames is None else num_frames
+        return (
+            1,
+            int(channels),
+            (frames - 1) // pipe.vae_scale_factor_temporal + 1 + extra_frames,
+            params.height // pipe.vae_scale_factor_spatial,
+            params.width // pipe.vae_scale_factor_spatial,
+        )
+
+    def seeded_latents(self, params: GenerateParams, channels: int) -> torch.Tensor:
+        """The window's initial noise, drawn on the CPU from ``params.seed`` (device-independent)."""
+        return seeded_noise(self.latent_shape(params, channels), params.seed, self.device)
+
+    def pin_condition(self, params: GenerateParams, noise: torch.Tensor,
+                      offset: int = 0) -> tuple[torch.Tensor, LatentReplacement | None]:
+        """Initial latents (a copy of ``noise``) and, with ``condition_frames``, their latent replacement.
+
+        The pinned frames start at ``offset`` and are already set to the first sigma of a
+        ``params.steps``-step schedule.
+        """
+        latents = noise.clone()
+        cond = params.condition_frames
+        if cond is None:
+            return latents, None
+        pin = LatentReplacement(self.encode_condition(cond), noise, offset=offset)
+        warn_unaligned(self.log, cond.shape[0], pin.frames, self.pipe.vae_scale_factor_temporal)
+        pin.apply(latents, first_sigma(self.pipe.scheduler, params.steps, self.device))
+        return latents, pin
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(self, params: GenerateParams, on_step: StepCallback | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, params: GenerateParams, latents: torch.Tensor, pin: LatentReplacement | None,
+            on_step: StepCallback | None, *, total: int | None = None, around: Any = None,
+            log_fields: dict[str, Any] | None = None, **inputs: Any) -> np.ndarray:
+        """Call the pipeline from ``latents`` and return (F, H, W, 3) uint8 frames.
+
+        After every denoising step (``callback_on_step_end``) the first ``params.steps`` steps
+        re-apply ``pin`` and every step reports ``on_step(done, total)`` (``total`` defaults to
+        ``params.steps``); ``Cancelled`` raised there stops the job at that step boundary.
+        ``around`` is an extra context manager entered inside the error mapping; ``inputs`` are
+        the family's own pipeline arguments; ``log_fields`` go into ``generation_done``.
+        """
+        steps = params.steps
+        total = steps if total is None else total
+        done = 0
+
+        def on_step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal done
+            done += 1
+            current = kwargs["latents"]
+            if pin is not None and done <= steps:  # only the first denoising loop continues the condition
+                pin.apply(current, current_sigma(p.scheduler))
+            if on_step is not None:
+                on_step(done, total)
+            return {"latents": current}
+
+        started = time.perf_counter()
+        with generation_errors(self.spec, params, self.log), (around if around is not None else nullcontext()):
+            out = self.pipe(
+                **inputs,
+                prompt=params.prompt,
+                negative_prompt=params.negative_prompt or None,
+                height=params.height,
+                width=params.width,
+                num_inference_steps=steps,
+                guidance_scale=params.guidance_scale,
+                latents=latents,
+                output_type="np",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+            )
+        video = to_uint8(out.frames[0])
+        self.log.info("generation_done", model=self.spec.name, frames=video.shape[0], width=params.width,
+                      height=params.height, steps=steps, **(log_fields or {}), conditioned=pin is not None,
+                      seconds=round(time.perf_counter() - started, 3))
+        return video
+
+    def warmup_inputs(self, side: int, frames: int) -> dict[str, Any]:
+        """The family's extra ``GenerateParams`` fields for a (side x side x frames) warmup window."""
+        return {}
+
+    def warmup(self) -> None:
+        """One step at the smallest sensible size (no CFG, blank inputs) so kernels/allocations exist."""
+        side, frames = warmup_size(self.spec, self.ctx.world_size)
+        self.generate(GenerateParams(prompt="warmup", width=side, height=side, num_frames=frames, steps=1,
+                                     guidance_scale=1.0, seed=0, **self.warmup_inputs(side, frames)))
+
+    def save(self, path: Path) -> None:
+        """Save in diffusers format (the family's ``from_pretrained``/``load`` read it back)."""
+        save_pipeline(self.pipe, path, self.spec.name, self.log)
+
+    def close(self) -> None:
+        """Undo sequence parallelism (if applied)."""
+        if self.sequence_parallel is not None:
+            self.sequence_parallel.remove()
+            self.sequence_parallel = None
+
+
+def load_family(spec: ModelSpec, checkpoint: Path | None, ctx: LoadContext, *, pipeline_cls: type[Any],
+                build_tiny: Callable[[ModelSpec, LoadContext], F], required: Sequence[str],
+                fp32: Sequence[str] = ("vae",), finish: Callable[[ModelSpec, Any, LoadContext], F],
+                family_log: Any = log, log_fields: Callable[[Any], dict[str, Any]] | None = None) -> F:
+    """A family's ``load``: tiny models without a checkpoint are built; otherwise read a LOCAL
+    diffusers directory (no hub) with ``load_pretrained`` and hand it to ``finish``."""
+    if checkpoint is None:
+        if spec.tiny:
+            return build_tiny(spec, ctx)
+        raise Permanent(f"{spec.name} needs a checkpoint directory", code=ErrorCode.MODEL_ERROR)
+    checkpoint = Path(checkpoint)
+    pipe = load_pretrained(pipeline_cls, spec, checkpoint, ctx, required, fp32)
+    family_log.info("model_loaded", model=spec.name, checkpoint=str(checkpoint), dtype=ctx.dtype, device=ctx.device,
+                    **(log_fields(pipe) if log_fields is not None else {}))
+    return finish(spec, pipe, ctx)

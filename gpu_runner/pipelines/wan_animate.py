@@ -31,7 +31,6 @@ window starts exactly on the previous segment's frames. Any ``1 ≤ O < segment_
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ from gpu_runner.pipelines import _common as common
 from gpu_runner.pipelines import tiny_components as tc
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, StepCallback
 from runtime.logging import get_logger
-from schemas.errors import ErrorCode, Permanent
 from schemas.registry import ModelSpec
 
 log = get_logger(component="pipeline", family="wan_animate")
@@ -127,19 +125,16 @@ class AnimateInputs:
     mask: np.ndarray | None = None
 
 
-class WanAnimate:
-    """A loaded Wan-Animate pipeline; implements ``gpu_runner.pipelines.base.VideoPipeline``."""
+class WanAnimate(common.WanFamily):
+    """A loaded Wan-Animate pipeline; implements ``gpu_runner.pipelines.base.VideoPipeline``.
 
-    def __init__(self, spec: ModelSpec, pipe: WanAnimatePipeline, ctx: LoadContext) -> None:
-        self.spec = spec
-        self.pipe = pipe
-        self.ctx = ctx
-        self.sequence_parallel = None  # not supported for this family (see ``_common.place``)
-        pipe.set_progress_bar_config(disable=True)
+    No sequence parallelism for this family (``sequence_parallel`` stays ``None``, see ``_common.place``).
+    """
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.ctx.device)
+    family = "wan_animate"
+    log = log
+    sequence_parallel_supported = False
+    pipe: WanAnimatePipeline
 
     @property
     def face_size(self) -> int:
@@ -182,24 +177,14 @@ class WanAnimate:
             raise common.out_of_range(f"{cond.shape[0]} condition frames for internal segments of {length} frames")
         return AnimateInputs(image, pose, face, mode, length, background, mask)
 
-    def encode_condition(self, frames: np.ndarray) -> torch.Tensor:
-        """(O, H, W, 3) uint8 -> normalised latents (1, C, 1 + (O-1)//4, H/8, W/8), float32."""
-        return common.encode_condition(self.pipe.vae, frames, self.device, self.pipe.vae_scale_factor_temporal)
-
     def prepare_latents(self, params: GenerateParams, segment_frame_length: int,
                         generator: torch.Generator) -> torch.Tensor:
         """The first internal segment's noise (1, z_dim, 1 + T_lat, H/8, W/8), drawn on the CPU.
 
         ``generator`` (CPU, seeded from ``params.seed``) keeps going for the later internal segments.
         """
-        pipe = self.pipe
-        shape = (
-            1,
-            int(pipe.vae.config.z_dim),
-            (segment_frame_length - 1) // pipe.vae_scale_factor_temporal + 2,  # + the reference slot
-            params.height // pipe.vae_scale_factor_spatial,
-            params.width // pipe.vae_scale_factor_spatial,
-        )
+        shape = self.latent_shape(params, self.pipe.vae.config.z_dim, segment_frame_length,
+                                  extra_frames=1)  # + the reference slot
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
 
     @contextmanager
@@ -237,77 +222,34 @@ class WanAnimate:
         (the exception reaches the caller; the pipeline stays usable).
         """
         inputs = self.check_inputs(params)
-        pipe = self.pipe
-        steps = params.steps
         segments = internal_segments(params.num_frames, inputs.segment_frame_length)
-        total = segments * steps
         if inputs.face.shape[1] != self.face_size:
             log.info("face_video_resized", model=self.spec.name, source=inputs.face.shape[1], target=self.face_size)
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         noise = self.prepare_latents(params, inputs.segment_frame_length, generator)
-        latents = noise.clone()
-        pin: common.LatentReplacement | None = None
-        if params.condition_frames is not None:
-            pin = common.LatentReplacement(self.encode_condition(params.condition_frames), noise, offset=1)
-            common.warn_unaligned(log, params.condition_frames.shape[0], pin.frames, pipe.vae_scale_factor_temporal)
-            pin.apply(latents, common.first_sigma(pipe.scheduler, steps, self.device))
-        done = 0
+        latents, pin = self.pin_condition(params, noise, offset=1)  # latent frame 0 is the reference slot
+        return self.run(
+            params, latents, pin, on_step, total=segments * params.steps,
+            around=self._previous_segment(params.condition_frames),
+            log_fields={"internal_segments": segments, "mode": inputs.mode},
+            image=common.to_pil(inputs.image),
+            pose_video=common.to_pil_frames(inputs.pose),
+            face_video=common.to_pil_frames(inputs.face),
+            background_video=None if inputs.background is None else common.to_pil_frames(inputs.background),
+            mask_video=None if inputs.mask is None else _mask_frames(inputs.mask),
+            segment_frame_length=inputs.segment_frame_length,
+            mode=inputs.mode,
+            prev_segment_conditioning_frames=INTERNAL_OVERLAP,
+            generator=generator,
+        )
 
-        def on_step_end(p: WanAnimatePipeline, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            nonlocal done
-            done += 1
-            current = kwargs["latents"]
-            if pin is not None and done <= steps:  # only the first internal segment continues our condition
-                pin.apply(current, common.current_sigma(p.scheduler))
-            if on_step is not None:
-                on_step(done, total)
-            return {"latents": current}
-
-        started = time.perf_counter()
-        with common.generation_errors(self.spec, params, log), self._previous_segment(params.condition_frames):
-            out = pipe(
-                image=common.to_pil(inputs.image),
-                pose_video=common.to_pil_frames(inputs.pose),
-                face_video=common.to_pil_frames(inputs.face),
-                background_video=None if inputs.background is None else common.to_pil_frames(inputs.background),
-                mask_video=None if inputs.mask is None else _mask_frames(inputs.mask),
-                prompt=params.prompt,
-                negative_prompt=params.negative_prompt or None,
-                height=params.height,
-                width=params.width,
-                segment_frame_length=inputs.segment_frame_length,
-                num_inference_steps=steps,
-                mode=inputs.mode,
-                prev_segment_conditioning_frames=INTERNAL_OVERLAP,
-                guidance_scale=params.guidance_scale,
-                generator=generator,
-                latents=latents,
-                output_type="np",
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"],
-            )
-        video = common.to_uint8(out.frames[0])
-        log.info("generation_done", model=self.spec.name, frames=video.shape[0], width=params.width,
-                 height=params.height, steps=steps, internal_segments=segments, mode=inputs.mode,
-                 conditioned=pin is not None, seconds=round(time.perf_counter() - started, 3))
-        return video
-
-    def warmup(self) -> None:
-        """One step at the smallest sensible size (no CFG, blank inputs) before the first job."""
-        side, frames = common.warmup_size(self.spec, self.ctx.world_size)
-        self.generate(GenerateParams(
-            prompt="warmup", width=side, height=side, num_frames=frames, steps=1, guidance_scale=1.0, seed=0,
-            image=np.full((side, side, 3), 128, np.uint8),
-            pose_video=np.zeros((frames, side, side, 3), np.uint8),
-            face_video=np.full((frames, self.face_size, self.face_size, 3), 128, np.uint8),
-        ))
-
-    def save(self, path: Path) -> None:
-        """Save in diffusers format (``WanAnimatePipeline.from_pretrained``/``load`` read it back)."""
-        common.save_pipeline(self.pipe, path, self.spec.name, log)
-
-    def close(self) -> None:
-        """Nothing to undo (no sequence parallelism for this family)."""
+    def warmup_inputs(self, side: int, frames: int) -> dict[str, Any]:
+        """A grey reference image, a blank pose video and grey face crops for the warmup window."""
+        return {
+            "image": np.full((side, side, 3), 128, np.uint8),
+            "pose_video": np.zeros((frames, side, side, 3), np.uint8),
+            "face_video": np.full((frames, self.face_size, self.face_size, 3), 128, np.uint8),
+        }
 
 
 def _mask_frames(mask: np.ndarray) -> list[Any]:
@@ -317,40 +259,21 @@ def _mask_frames(mask: np.ndarray) -> list[Any]:
     return [Image.fromarray(np.ascontiguousarray(frame), mode="L") for frame in mask]
 
 
-def _finish(spec: ModelSpec, pipe: WanAnimatePipeline, ctx: LoadContext) -> WanAnimate:
-    common.place(pipe, ctx, sequence_parallel_supported=False, family="wan_animate")
-    return WanAnimate(spec, pipe, ctx)
-
-
 def build_tiny(spec: ModelSpec, ctx: LoadContext) -> WanAnimate:
     """The real Wan-Animate architecture with tiny random weights; same ``ctx.seed`` -> same weights."""
     dtype = common.torch_dtype(ctx.dtype)
-    tokenizer = tc.tiny_tokenizer()
-    image_encoder = common.tiny_image_encoder(ctx.seed)  # stays float32
-    pipe = WanAnimatePipeline(
-        tokenizer=tokenizer,
-        text_encoder=tc.cast_like_from_pretrained(tc.tiny_text_encoder(ctx.seed, vocab_size=len(tokenizer)), dtype),
-        vae=tc.tiny_vae(ctx.seed),  # the VAE stays float32, as Wan recommends
-        scheduler=tc.tiny_scheduler(),
-        image_processor=tc.tiny_clip_image_processor(int(image_encoder.config.image_size)),
-        image_encoder=image_encoder,
-        transformer=tc.cast_like_from_pretrained(
-            tiny_animate_transformer(ctx.seed, image_dim=int(image_encoder.config.hidden_size)), dtype
-        ),
-    )
+    parts = common.tiny_parts(ctx.seed, dtype, image=True)  # VAE and CLIP stay float32
+    transformer = tiny_animate_transformer(ctx.seed, image_dim=int(parts["image_encoder"].config.hidden_size))
+    pipe = WanAnimatePipeline(**parts, transformer=tc.cast_like_from_pretrained(transformer, dtype))
     log.info("tiny_model_built", model=spec.name, seed=ctx.seed, dtype=ctx.dtype, device=ctx.device,
              face_size=FACE_SIZE)
-    return _finish(spec, pipe, ctx)
+    return WanAnimate.finish(spec, pipe, ctx)
 
 
 def load(spec: ModelSpec, checkpoint: Path | None, ctx: LoadContext) -> WanAnimate:
     """Tiny models without a checkpoint are built; otherwise read a LOCAL diffusers directory (no hub)."""
-    if checkpoint is None:
-        if spec.tiny:
-            return build_tiny(spec, ctx)
-        raise Permanent(f"{spec.name} needs a checkpoint directory", code=ErrorCode.MODEL_ERROR)
-    checkpoint = Path(checkpoint)
-    pipe = common.load_pretrained(WanAnimatePipeline, spec, checkpoint, ctx, REQUIRED_COMPONENTS, FP32_COMPONENTS)
-    log.info("model_loaded", model=spec.name, checkpoint=str(checkpoint), dtype=ctx.dtype, device=ctx.device,
-             face_size=int(pipe.transformer.config.motion_encoder_size))
-    return _finish(spec, pipe, ctx)
+    return common.load_family(
+        spec, checkpoint, ctx, pipeline_cls=WanAnimatePipeline, build_tiny=build_tiny, required=REQUIRED_COMPONENTS,
+        fp32=FP32_COMPONENTS, finish=WanAnimate.finish, family_log=log,
+        log_fields=lambda pipe: {"face_size": int(pipe.transformer.config.motion_encoder_size)},
+    )

@@ -24,7 +24,6 @@ two disagree (for ``O = 1`` they are the same frame).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from gpu_runner.pipelines import _common as common
 from gpu_runner.pipelines import tiny_components as tc
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, StepCallback
 from runtime.logging import get_logger
-from schemas.errors import ErrorCode, Permanent
 from schemas.registry import ModelSpec
 
 log = get_logger(component="pipeline", family="wan_i2v")
@@ -48,20 +46,12 @@ FP32_COMPONENTS = ("vae", "image_encoder")  # as Wan recommends: VAE and CLIP st
 CONDITION_CHANNELS = 4 + tc.Z_DIM  # frame mask + first-frame latents, concatenated to the noise
 
 
-class WanI2V:
+class WanI2V(common.WanFamily):
     """A loaded Wan image-to-video pipeline; implements ``gpu_runner.pipelines.base.VideoPipeline``."""
 
-    def __init__(self, spec: ModelSpec, pipe: WanImageToVideoPipeline, ctx: LoadContext,
-                 sequence_parallel: Any = None) -> None:
-        self.spec = spec
-        self.pipe = pipe
-        self.ctx = ctx
-        self.sequence_parallel = sequence_parallel  # a SequenceParallelHandle when sharded over ranks
-        pipe.set_progress_bar_config(disable=True)
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.ctx.device)
+    family = "wan_i2v"
+    log = log
+    pipe: WanImageToVideoPipeline
 
     # -- inputs --------------------------------------------------------------------------------
     def check_inputs(self, params: GenerateParams) -> np.ndarray:
@@ -77,21 +67,9 @@ class WanI2V:
             raise common.missing_input(f"{self.spec.name} (image-to-video) needs an input image")
         return common.check_image("image", params.image)
 
-    def encode_condition(self, frames: np.ndarray) -> torch.Tensor:
-        """(O, H, W, 3) uint8 -> normalised latents (1, C, 1 + (O-1)//4, H/8, W/8), float32."""
-        return common.encode_condition(self.pipe.vae, frames, self.device, self.pipe.vae_scale_factor_temporal)
-
     def prepare_latents(self, params: GenerateParams) -> torch.Tensor:
         """The window's initial noise (1, z_dim, T_lat, H/8, W/8), drawn on the CPU from ``params.seed``."""
-        pipe = self.pipe
-        shape = (
-            1,
-            int(pipe.vae.config.z_dim),
-            (params.num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
-            params.height // pipe.vae_scale_factor_spatial,
-            params.width // pipe.vae_scale_factor_spatial,
-        )
-        return common.seeded_noise(shape, params.seed, self.device)
+        return self.seeded_latents(params, self.pipe.vae.config.z_dim)
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, params: GenerateParams, on_step: StepCallback | None = None) -> np.ndarray:
@@ -101,68 +79,15 @@ class WanI2V:
         the job at that step boundary (the exception reaches the caller; the pipeline stays usable).
         """
         first = self.check_inputs(params)
-        pipe = self.pipe
-        total = params.steps
         if first.shape[:2] != (params.height, params.width):
             log.info("image_resized", model=self.spec.name, source=list(first.shape[:2]),
                      target=[params.height, params.width])
-        noise = self.prepare_latents(params)
-        latents = noise.clone()
-        pin: common.LatentReplacement | None = None
-        if params.condition_frames is not None:
-            pin = common.LatentReplacement(self.encode_condition(params.condition_frames), noise)
-            common.warn_unaligned(log, params.condition_frames.shape[0], pin.frames, pipe.vae_scale_factor_temporal)
-            pin.apply(latents, common.first_sigma(pipe.scheduler, total, self.device))
+        latents, pin = self.pin_condition(params, self.prepare_latents(params))
+        return self.run(params, latents, pin, on_step, image=common.to_pil(first), num_frames=params.num_frames)
 
-        def on_step_end(p: WanImageToVideoPipeline, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            current = kwargs["latents"]
-            if pin is not None:
-                pin.apply(current, common.current_sigma(p.scheduler))
-            if on_step is not None:
-                on_step(i + 1, total)
-            return {"latents": current}
-
-        started = time.perf_counter()
-        with common.generation_errors(self.spec, params, log):
-            out = pipe(
-                image=common.to_pil(first),
-                prompt=params.prompt,
-                negative_prompt=params.negative_prompt or None,
-                height=params.height,
-                width=params.width,
-                num_frames=params.num_frames,
-                num_inference_steps=total,
-                guidance_scale=params.guidance_scale,
-                latents=latents,
-                output_type="np",
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"],
-            )
-        video = common.to_uint8(out.frames[0])
-        log.info("generation_done", model=self.spec.name, frames=video.shape[0], width=params.width,
-                 height=params.height, steps=total, conditioned=pin is not None,
-                 seconds=round(time.perf_counter() - started, 3))
-        return video
-
-    def warmup(self) -> None:
-        """One step at the smallest sensible size (no CFG, a grey image) before the first job."""
-        side, frames = common.warmup_size(self.spec, self.ctx.world_size)
-        self.generate(GenerateParams(prompt="warmup", width=side, height=side, num_frames=frames, steps=1,
-                                     guidance_scale=1.0, seed=0, image=np.full((side, side, 3), 128, np.uint8)))
-
-    def save(self, path: Path) -> None:
-        """Save in diffusers format (``WanImageToVideoPipeline.from_pretrained``/``load`` read it back)."""
-        common.save_pipeline(self.pipe, path, self.spec.name, log)
-
-    def close(self) -> None:
-        """Undo sequence parallelism (if applied)."""
-        if self.sequence_parallel is not None:
-            self.sequence_parallel.remove()
-            self.sequence_parallel = None
-
-
-def _finish(spec: ModelSpec, pipe: WanImageToVideoPipeline, ctx: LoadContext) -> WanI2V:
-    return WanI2V(spec, pipe, ctx, sequence_parallel=common.place(pipe, ctx, family="wan_i2v"))
+    def warmup_inputs(self, side: int, frames: int) -> dict[str, Any]:
+        """A grey image for the warmup window."""
+        return {"image": np.full((side, side, 3), 128, np.uint8)}
 
 
 def build_tiny(spec: ModelSpec, ctx: LoadContext) -> WanI2V:
@@ -173,35 +98,20 @@ def build_tiny(spec: ModelSpec, ctx: LoadContext) -> WanI2V:
     transformer's inner dimension, so the image tokens get their own cross-attention.
     """
     dtype = common.torch_dtype(ctx.dtype)
-    tokenizer = tc.tiny_tokenizer()
-    image_encoder = common.tiny_image_encoder(ctx.seed)  # stays float32
+    parts = common.tiny_parts(ctx.seed, dtype, image=True)  # VAE and CLIP stay float32
     transformer = tc.tiny_transformer(
         ctx.seed,
         in_channels=tc.Z_DIM + CONDITION_CHANNELS,
-        image_dim=int(image_encoder.config.hidden_size),
+        image_dim=int(parts["image_encoder"].config.hidden_size),
         added_kv_proj_dim=tc.NUM_HEADS * tc.HEAD_DIM,
     )
-    pipe = WanImageToVideoPipeline(
-        tokenizer=tokenizer,
-        text_encoder=tc.cast_like_from_pretrained(tc.tiny_text_encoder(ctx.seed, vocab_size=len(tokenizer)), dtype),
-        vae=tc.tiny_vae(ctx.seed),  # the VAE stays float32, as Wan recommends
-        scheduler=tc.tiny_scheduler(),
-        image_processor=tc.tiny_clip_image_processor(int(image_encoder.config.image_size)),
-        image_encoder=image_encoder,
-        transformer=tc.cast_like_from_pretrained(transformer, dtype),
-    )
+    pipe = WanImageToVideoPipeline(**parts, transformer=tc.cast_like_from_pretrained(transformer, dtype))
     log.info("tiny_model_built", model=spec.name, seed=ctx.seed, dtype=ctx.dtype, device=ctx.device)
-    return _finish(spec, pipe, ctx)
+    return WanI2V.finish(spec, pipe, ctx)
 
 
 def load(spec: ModelSpec, checkpoint: Path | None, ctx: LoadContext) -> WanI2V:
     """Tiny models without a checkpoint are built; otherwise read a LOCAL diffusers directory (no hub)."""
-    if checkpoint is None:
-        if spec.tiny:
-            return build_tiny(spec, ctx)
-        raise Permanent(f"{spec.name} needs a checkpoint directory", code=ErrorCode.MODEL_ERROR)
-    checkpoint = Path(checkpoint)
-    pipe = common.load_pretrained(WanImageToVideoPipeline, spec, checkpoint, ctx, REQUIRED_COMPONENTS,
-                                  FP32_COMPONENTS)
-    log.info("model_loaded", model=spec.name, checkpoint=str(checkpoint), dtype=ctx.dtype, device=ctx.device)
-    return _finish(spec, pipe, ctx)
+    return common.load_family(spec, checkpoint, ctx, pipeline_cls=WanImageToVideoPipeline, build_tiny=build_tiny,
+                              required=REQUIRED_COMPONENTS, fp32=FP32_COMPONENTS, finish=WanI2V.finish,
+                              family_log=log)
