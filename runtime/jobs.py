@@ -6,7 +6,9 @@ its change, and a terminal state is never overwritten (no "succeeded" flipping b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -114,9 +116,14 @@ class JobTracker:
         # Nats-Msg-Id = event id: a redelivered stage re-emitting the same change is de-duplicated.
         await self.bus.publish(events_subject(event.job_id), event, msg_id=event.id)
 
-    async def record(self, event: JobEvent, **fields: Any) -> JobStatus | None:
-        """Update status for ``event`` (CAS), then publish the event. Idempotent per event id."""
-        state = _STATE_FOR_EVENT[event.type]
+    async def record(self, event: JobEvent, *, alongside: Awaitable[Any] | None = None,
+                     state: JobState | None = None, **fields: Any) -> JobStatus | None:
+        """Update status for ``event`` (CAS), then publish the event. Idempotent per event id.
+
+        ``alongside``: a write that must be done before the event is published, run concurrently
+        with the status update. ``state``: the status state, when not the event's usual one.
+        """
+        state = state or _STATE_FOR_EVENT[event.type]
 
         def mutate(cur: JobStatus | None) -> JobStatus | None:
             now = utcnow()
@@ -141,7 +148,10 @@ class JobTracker:
                 )
             return JobStatus.model_validate(base)
 
-        stored = await self.status.update(event.job_id, mutate)
+        if alongside is None:
+            stored = await self.status.update(event.job_id, mutate)
+        else:
+            stored, _ = await asyncio.gather(self.status.update(event.job_id, mutate), alongside)
         if stored is not None and stored.state.terminal and stored.state != state:
             # a terminal state already won; do not publish a contradicting event
             log.info("event_suppressed_after_terminal", job_id=event.job_id, event_type=event.type.value,

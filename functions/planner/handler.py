@@ -24,7 +24,6 @@ from schemas.messages import (
     JobEvent,
     JobPlan,
     JobState,
-    JobStatus,
     ObjectRef,
     PlanRequest,
     SegmentCompletedData,
@@ -32,7 +31,6 @@ from schemas.messages import (
     SegmentResult,
     StitchRequest,
     WindowSpec,
-    utcnow,
 )
 from schemas.names import STREAM_SEGMENTS, SUBJECT_WORK_STITCH, plan_key, segment_result_key, segments_subject
 from schemas.registry import MODELS
@@ -135,8 +133,10 @@ async def handle_segment_done(payload: bytes, delivery: Delivery, ports: Ports) 
     job_id = res.job_id
     data = SegmentCompletedData(segment=res.index, segments_total=res.count, object=res.segment,
                                 frames=res.frames, elapsed_s=res.elapsed_s)
+    last = res.index + 1 >= res.count
     stored = await ports.tracker.record(
         JobEvent.build(job_id, EventType.SEGMENT_COMPLETED, data, res.index),
+        state=JobState.STITCHING if last else None,  # the last segment hands the job to stitch
         segments_done=res.index + 1, segments_total=res.count,
         progress=round(100.0 * (res.index + 1) / res.count * 0.98, 2),
     )
@@ -153,17 +153,8 @@ async def handle_segment_done(payload: bytes, delivery: Delivery, ports: Ports) 
         log.info("segment_chained", job_id=job_id, segment=nxt, of=len(plan.windows))
         return
     results = [res] if res.count == 1 else await _load_results(ports, plan, res)
-    await asyncio.gather(
-        ports.tracker.status.update(job_id, _stitching),
-        ports.bus.publish(SUBJECT_WORK_STITCH, StitchRequest(job=plan.job, plan=plan.info, segments=results),
-                          msg_id=f"stitch:{job_id}"),
-    )
-
-
-def _stitching(cur: JobStatus | None) -> JobStatus | None:
-    if cur is None or cur.state.terminal:
-        return None
-    return cur.model_copy(update={"state": JobState.STITCHING, "updated_at": utcnow()})
+    await ports.bus.publish(SUBJECT_WORK_STITCH, StitchRequest(job=plan.job, plan=plan.info, segments=results),
+                            msg_id=f"stitch:{job_id}")
 
 
 async def _load_results(ports: Ports, plan: JobPlan, last: SegmentResult) -> list[SegmentResult]:

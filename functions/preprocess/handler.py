@@ -50,9 +50,10 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
 
     accepted = AcceptedData(model=job.model, task=job.task, width=job.width, height=job.height,
                             num_frames=job.num_frames, fps=job.fps, steps=job.steps, seed=job.seed)
-    # stored before the first event: the webhook dispatcher reads the subscription from it
-    await ports.storage.put_bytes(request_key(job.job_id), payload, "application/json")
+    # stored before the first event is published: the webhook dispatcher reads the subscription from it
     await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
+                               alongside=ports.storage.put_bytes(request_key(job.job_id), payload,
+                                                                 "application/json"),
                                model=job.model, task=job.task.value)
 
     if job.task != Task.T2V:
