@@ -86,29 +86,13 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from runtime.logging import configure_logging
-    from runtime.settings import load_settings
-    from runtime.stack import provision, start_servers
-    from tests.stack import start_functions, start_runner, stop, wait_for_log
+    from tests.stack import running_pipeline
 
     configure_logging("WARNING")
     params = {"prompt": "overhead probe", "width": 64, "height": 64, "num_frames": 9, "steps": 2}
-    data = Path(tempfile.mkdtemp(prefix="videogen-bench-"))
-    settings, nats, s3 = start_servers(load_settings(data_dir=data), fixed_ports=False)
-    fn = rn = None
-    try:
-        asyncio.run(provision(settings, ["tiny-wan"]))
-        fn = start_functions(settings, data / "functions.log")
-        rn = start_runner(settings, data / "runner.log")
-        wait_for_log(data / "functions.log", '"consumer_started"', 60, fn)
-        wait_for_log(data / "runner.log", "runner_io_ready", 240, rn)
+    with running_pipeline(Path(tempfile.mkdtemp(prefix="videogen-bench-"))) as settings:
         marks: dict[str, list[float]] = {}
         e2e, compute = asyncio.run(run_pipeline(settings, args.jobs, params, marks))
-    finally:
-        for p in (rn, fn):
-            if p is not None:
-                stop(p)
-        s3.stop()
-        nats.stop()
     direct = run_direct(args.jobs, params)
     overhead_ms = [1000 * (a - b) for a, b in zip(e2e, compute, strict=True)]
     print(f"jobs: {args.jobs} x tiny-wan {params['width']}x{params['height']}x{params['num_frames']}, "

@@ -55,27 +55,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=20)
     args = ap.parse_args()
     from runtime.logging import configure_logging
-    from runtime.settings import load_settings
-    from runtime.stack import provision, start_servers
-    from tests.stack import start_functions, start_runner, stop, wait_for_log
+    from tests.stack import running_pipeline
 
     configure_logging("WARNING")
     data = Path(tempfile.mkdtemp(prefix="videogen-bench-"))
-    settings, nats, s3 = start_servers(load_settings(data_dir=data), fixed_ports=False)
-    fn = rn = None
-    try:
-        asyncio.run(provision(settings, ["tiny-wan"]))
-        fn = start_functions(settings, data / "functions.log")
-        rn = start_runner(settings, data / "runner.log", env_extra={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
-        wait_for_log(data / "functions.log", '"consumer_started"', 120, fn)
-        wait_for_log(data / "runner.log", "runner_io_ready", 240, rn)
+    with running_pipeline(data, runner_env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)}) as settings:
         compute, wall, n = asyncio.run(run(settings, args.jobs))
-    finally:
-        for p in (rn, fn):
-            if p is not None:
-                stop(p)
-        s3.stop()
-        nats.stop()
     print(f"{n} queued tiny-wan jobs (64x64x17, 4 steps), 1 runner rank on CPU")
     print(f"compute (sum of segment times): {compute:.2f} s")
     print(f"wall (first start -> last segment done): {wall:.2f} s")

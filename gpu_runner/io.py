@@ -26,8 +26,8 @@ from nats.js.errors import FetchTimeoutError
 
 from gpu_runner.inputs import SegmentInputs
 from runtime.bus import Bus
-from runtime.frames_store import load_index, read_frames
 from runtime.consumer import send_to_dlq
+from runtime.frames_store import load_index, read_frames
 from runtime.jobs import JobTracker, discard_partial_objects
 from runtime.logging import get_logger
 from runtime.settings import Settings

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from gpu_runner import distributed as dist
 from gpu_runner import oom
 from gpu_runner.caches import CacheConfig, counted_cache
 from gpu_runner.caches import prepare as prepare_cache
 from gpu_runner.inputs import SegmentInputs
-from gpu_runner.pipelines.base import GenerateParams, LoadContext, VideoPipeline
 from gpu_runner.lora import AdapterCache, LoraSpec, applied_lora, storage_fetch
 from gpu_runner.metrics import HealthServer, ReadinessFile, RunnerMetrics
+from gpu_runner.pipelines.base import GenerateParams, LoadContext, VideoPipeline
 from gpu_runner.registry import load_model
 from runtime.logging import bind_contextvars, get_logger
 from runtime.settings import Settings
@@ -192,14 +191,13 @@ class Runner:
         """Rank 0: everything the other ranks need for this segment, or idle if it could not be had."""
         try:
             inputs = self.io.fetch_inputs(active)
-            specs = lora_specs(active.job)
-            new = {s.cache_key: self.adapters.state_dict(s) for s in specs
-                   if s not in self.adapters or self.ctx.world_size > 1}
+            # state_dict() fetches and caches on rank 0; the other ranks get the tensors in the broadcast
+            adapters = {s.cache_key: self.adapters.state_dict(s) for s in lora_specs(active.job)}
         except Exception as e:
             log.error("segment_inputs_failed", job_id=active.job.job.job_id, error=str(e))
             self.io.fail(active, e)
             return _IDLE
-        return ("job", active.job, inputs, new if self.ctx.world_size > 1 else {})
+        return ("job", active.job, inputs, adapters if self.ctx.world_size > 1 else {})
 
     def _render(self, seg: SegmentJob, inputs: SegmentInputs, active: Any, loras: list[LoraSpec]) -> None:
         assert self.pipe is not None

@@ -126,11 +126,15 @@ class Storage:
         return ObjectRef(bucket=bucket or self.bucket, key=key, etag=etag.strip('"'), size=size)
 
     async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
-                        *, bucket: str | None = None, metadata: dict[str, str] | None = None) -> ObjectRef:
+                        *, bucket: str | None = None, metadata: dict[str, str] | None = None,
+                        verify_md5: bool = False) -> ObjectRef:
+        """One PUT. ``verify_md5``: send ``Content-MD5`` so the server refuses a corrupted body."""
         b = bucket or self.bucket
+        extra = {"ContentMD5": base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()} \
+            if verify_md5 else {}
         try:
             resp = await self.client.put_object(
-                Bucket=b, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}
+                Bucket=b, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}, **extra
             )
         except (ClientError, BotoCoreError) as e:
             raise _wrap(e, f"put {b}/{key}") from e
@@ -148,15 +152,7 @@ class Storage:
         crashed or cut upload leaves the previous version or nothing), so no temporary key is
         needed. ``Content-MD5`` makes the server reject a body corrupted on the way.
         """
-        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
-        b = self.bucket
-        try:
-            resp = await self.client.put_object(
-                Bucket=b, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}, ContentMD5=md5
-            )
-        except (ClientError, BotoCoreError) as e:
-            raise _wrap(e, f"put {b}/{key}") from e
-        return self.ref(key, etag=resp.get("ETag", ""), size=len(data), bucket=b)
+        return await self.put_bytes(key, data, content_type, metadata=metadata, verify_md5=True)
 
     async def copy(self, src_key: str, dst_key: str, *, src_bucket: str | None = None,
                    size: int | None = None) -> ObjectRef:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from runtime.settings import Settings
@@ -67,3 +70,27 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
             proc.kill()
             proc.wait(timeout=10)
     return int(proc.returncode)
+
+
+@contextlib.contextmanager
+def running_pipeline(data: Path, *, model: str = "tiny-wan", runner_env: dict[str, str] | None = None,
+                     ready_timeout_s: float = 240.0) -> Iterator[Settings]:
+    """Real nats-server + weed mini under ``data``, the CPU functions and one runner for ``model``;
+    everything is stopped on exit. Yields the settings pointing at the servers."""
+    from runtime.settings import load_settings
+    from runtime.stack import provision, start_servers
+
+    settings, nats, s3 = start_servers(load_settings(data_dir=data), fixed_ports=False)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        asyncio.run(provision(settings, [model]))
+        procs.append(start_functions(settings, data / "functions.log"))
+        procs.append(start_runner(settings, data / "runner.log", model=model, env_extra=runner_env))
+        wait_for_log(data / "functions.log", '"consumer_started"', 120, procs[0])
+        wait_for_log(data / "runner.log", "runner_io_ready", ready_timeout_s, procs[1])
+        yield settings
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        s3.stop()
+        nats.stop()

@@ -60,33 +60,33 @@ def segment_job(plan: JobPlan, index: int, condition: ObjectRef | None) -> Segme
     )
 
 
-async def _active(ports: Ports, job_id: str) -> bool:
-    status, _ = await ports.tracker.status.get(job_id)
-    if status is not None and status.state.terminal:
-        log.info("job_already_finished", job_id=job_id, state=status.state.value)
-        return False
-    return True
-
-
-async def _clean_if_cancelled(ports: Ports, job_id: str, queued_seq: int | None = None) -> bool:
-    """A cancel that landed while this stage wrote: delete what was written (the canceller may
-    have cleaned up before it existed) and the just-queued segment. True when the job is cancelled."""
-    status, _ = await ports.tracker.status.get(job_id)
-    if status is None or status.state != JobState.CANCELLED:
-        return False
+async def _discard_cancelled(ports: Ports, job_id: str, queued_seq: int | None = None) -> None:
+    """Delete what a stage wrote for a cancelled job (the canceller may have cleaned up before it
+    existed) and the segment message it just queued."""
     if queued_seq:
         with contextlib.suppress(Exception):  # already taken by a runner: it skips cancelled jobs
             await ports.bus.js.delete_msg(STREAM_SEGMENTS, queued_seq)
     removed = await discard_partial_objects(ports.storage, job_id)
     log.info("cancelled_job_cleaned", job_id=job_id, objects_deleted=len(removed))
+
+
+async def _clean_if_cancelled(ports: Ports, job_id: str, queued_seq: int | None = None) -> bool:
+    """A cancel that landed while this stage wrote: clean up. True when the job is cancelled."""
+    status, _ = await ports.tracker.status.get(job_id)
+    if status is None or status.state != JobState.CANCELLED:
+        return False
+    await _discard_cancelled(ports, job_id, queued_seq)
     return True
 
 
 async def handle_plan(payload: bytes, delivery: Delivery, ports: Ports) -> None:
     req = PlanRequest.model_validate_json(payload)
     job_id = req.job.job_id
-    if not await _active(ports, job_id):
-        await _clean_if_cancelled(ports, job_id)  # e.g. frames preprocess wrote after the cancel
+    status, _ = await ports.tracker.status.get(job_id)
+    if status is not None and status.state.terminal:
+        log.info("job_already_finished", job_id=job_id, state=status.state.value)
+        if status.state == JobState.CANCELLED:
+            await _discard_cancelled(ports, job_id)  # e.g. frames preprocess wrote after the cancel
         return
     plan = make_plan(req, ports.settings.runner_memory_budget_bytes)
     _remember(plan)
