@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         get_logger().info("runner_starting", model=model, world_size=runner.ctx.world_size,
                           device=runner.ctx.device, settings=settings.masked())
     runner.run()
-    return 0
+    return runner.exit_code
 
 
 if __name__ == "__main__":

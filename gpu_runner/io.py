@@ -33,21 +33,26 @@ from runtime.logging import get_logger
 from runtime.settings import Settings
 from runtime.storage import Storage
 from runtime.video import encode_mp4, remux_keyframes
-from schemas.errors import ErrorCode, VideogenError
+from schemas.errors import ErrorCode, Retryable, VideogenError
 from schemas.messages import (
     EventType,
     FailedData,
     JobEvent,
     JobState,
     JobStatus,
+    PlanRequest,
     ProgressData,
+    ReplanHint,
     SegmentJob,
     SegmentResult,
     StartedData,
 )
 from schemas.names import (
+    SUBJECT_WORK_PLAN,
     SUBJECT_WORK_SEGMENT_DONE,
+    replan_msg_id,
     runner_consumer,
+    segment_done_msg_id,
     segment_key,
     segment_result_key,
     segment_tail_key,
@@ -84,6 +89,21 @@ async def _window(storage: Storage, index_ref: ObjectRef, j: SegmentJob) -> np.n
         pad = np.repeat(frames[-1:], j.frames - frames.shape[0], axis=0)
         frames = np.concatenate([frames, pad])
     return frames
+
+
+def segment_progress(j: SegmentJob, step: int, steps: int) -> float:
+    """Job progress (0-98) at ``step`` of ``steps`` of segment ``j``: the share of output frames
+    covered, counting this window's new frames (past its overlap) pro rata. In frames rather
+    than segments, so it never moves back when the job is re-planned into more segments."""
+    new = j.frames - j.overlap_frames
+    covered = j.start_frame + j.overlap_frames + new * min(step, steps) / max(steps, 1)
+    return round(98.0 * min(1.0, covered / max(j.job.num_frames, 1)), 2)
+
+
+def _stopped_state(status: JobStatus | None) -> JobState | None:
+    if status is not None and status.state in (JobState.CANCELLED, JobState.FAILED):
+        return status.state
+    return None
 
 
 @dataclass
@@ -238,9 +258,7 @@ class RunnerIO:
         """The job's state when it is cancelled or failed (its segment's work must be dropped), else None."""
         assert self.tracker is not None
         status, _ = await self.tracker.status.get(job_id)
-        if status is not None and status.state in (JobState.CANCELLED, JobState.FAILED):
-            return status.state
-        return None
+        return _stopped_state(status)
 
     async def _discard(self, active: Active, state: JobState, why: str) -> None:
         """The job stopped while this segment was finishing: ack without hand-off; a cancelled
@@ -280,9 +298,10 @@ class RunnerIO:
             return
         active.last_progress = now
         j = active.job
-        pct = round(98.0 * (j.index + step / max(steps, 1)) / j.count, 2)
+        pct = segment_progress(j, step, steps)
         data = ProgressData(progress=pct, segment=j.index, segments_total=j.count, step=step, steps=steps)
-        event = JobEvent.build(j.job.job_id, EventType.PROGRESS, data, j.index, step)
+        revision = () if j.plan_revision == 0 else (f"r{j.plan_revision}",)
+        event = JobEvent.build(j.job.job_id, EventType.PROGRESS, data, j.index, step, *revision)
         assert self.tracker is not None
         self.spawn(self.tracker.record(event, progress=pct, segments_total=j.count))
 
@@ -295,9 +314,19 @@ class RunnerIO:
         j = active.job
         job_id = j.job.job_id
         try:
-            stopped = await self._job_stopped(job_id)
+            assert self.tracker is not None
+            status, _ = await self.tracker.status.get(job_id)
+            stopped = _stopped_state(status)
             if stopped is not None:
                 await self._discard(active, stopped, "before upload")
+                return
+            if status is not None and status.plan is not None and status.plan.revision > j.plan_revision:
+                # the job was re-planned after this segment was handed out (its runner died before
+                # acking it): the new revision renders this part of the video; keep out of its keys
+                with contextlib.suppress(Exception):
+                    await active.msg.ack()
+                log.info("segment_superseded", job_id=job_id, segment=j.index, revision=j.plan_revision,
+                         plan_revision=status.plan.revision)
                 return
             data = await asyncio.to_thread(encode_segment, frames, j)
             uploads = [self.storage.put_atomic(segment_key(job_id, j.index), data, "video/mp4")]
@@ -311,13 +340,13 @@ class RunnerIO:
                 job_id=job_id, index=j.index, count=j.count, segment=seg_ref, tail=tail_ref,
                 frames=int(frames.shape[0]), overlap_frames=j.overlap_frames, width=int(frames.shape[2]),
                 height=int(frames.shape[1]), fps=j.job.fps, sha256=hashlib.sha256(data).hexdigest(),
-                runner=self.runner_id, elapsed_s=round(elapsed_s, 3),
+                runner=self.runner_id, elapsed_s=round(elapsed_s, 3), plan_revision=j.plan_revision,
             )
             # the stored result (read by stitch) and the hand-off are independent: send both at once
             await asyncio.gather(
                 self.storage.put_bytes(segment_result_key(job_id, j.index), result.model_dump_json().encode(),
                                        "application/json"),
-                self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result, msg_id=f"done:{job_id}:{j.index}"),
+                self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result, msg_id=segment_done_msg_id(job_id, j.index, j.plan_revision)),
             )
             stopped = await self._job_stopped(job_id)
             if stopped is not None:
@@ -375,9 +404,42 @@ class RunnerIO:
         self.call(self._hand_back(active, delay_s), timeout=30)
 
     async def _hand_back(self, active: Active, delay_s: float) -> None:
+        md = active.msg.metadata
+        if int(md.num_delivered) >= runner_consumer(self.model).max_deliver:
+            # JetStream would not deliver it again: a nak now would strand the job in `running`;
+            # fail it (retryable) and dead-letter the segment so it can be replayed
+            await self._fail(active, Retryable(
+                f"segment {active.job.index} handed back on its last delivery ({md.num_delivered})",
+                code=ErrorCode.MAX_DELIVERIES))
+            return
         with contextlib.suppress(Exception):
             await active.msg.nak(delay=delay_s)
         self._release(active)
+
+    def replan(self, active: Active, max_window_frames: int, reason: str) -> None:
+        """The segment does not fit this GPU: ask the planner for shorter windows from here on,
+        then ack it (the planner also deletes it, should this runner die before the ack)."""
+        self.call(self._replan(active, max_window_frames, reason), timeout=60)
+
+    async def _replan(self, active: Active, max_window_frames: int, reason: str) -> None:
+        j = active.job
+        hint = ReplanHint(
+            index=j.index, plan_revision=j.plan_revision, failed_frames=j.frames, max_window_frames=max_window_frames,
+            reason=reason[:500], runner=self.runner_id, segment_seq=int(active.msg.metadata.sequence.stream),
+            condition=j.condition,
+        )
+        try:
+            await self.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=j.job, replan=hint),
+                                   msg_id=replan_msg_id(j.job.job_id, j.index, j.plan_revision))
+        except Exception as e:  # the bus is down: retry the segment later as it is
+            log.error("replan_request_failed", job_id=j.job.job_id, segment=j.index, error=str(e))
+            await self._hand_back(active, 10.0)
+            return
+        with contextlib.suppress(Exception):
+            await active.msg.ack()
+        self._release(active)
+        log.warning("segment_replan_requested", job_id=j.job.job_id, segment=j.index, frames=j.frames,
+                    max_window_frames=max_window_frames, revision=j.plan_revision, reason=reason)
 
     @staticmethod
     def _release(active: Active) -> None:

@@ -34,7 +34,7 @@ from runtime.logging import get_logger
 log = get_logger(component="runner-metrics")
 
 NAMESPACE = "videogen_runner"
-OUTCOMES = ("succeeded", "failed", "cancelled", "oom", "retried", "skipped")
+OUTCOMES = ("succeeded", "failed", "cancelled", "oom", "refused", "retried", "skipped")
 STEP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 SEGMENT_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 2400.0, 3600.0)
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0)

@@ -1,15 +1,21 @@
 """CUDA out-of-memory: recognise it, free what can be freed, propose a smaller window.
 
-Policy (wired by the runner): when rendering a segment raises and ``is_oom(exc)``:
+Policy (wired by ``gpu_runner.runner``): when rendering a segment raises and ``is_oom(exc)``:
 
 1. ``free_memory()`` (drop references first: the exception's traceback holds the activations, so
    call it after leaving the ``except`` block or after ``del``-ing the exception).
 2. ``plan_after_oom(frames, spec)``: while a valid smaller window exists (``smaller_window``: the
-   largest ``4k+1`` frame count with at most ~2/3 of the tokens, not below ``min_frames``), nak the
-   segment with a ``replan_max_window`` hint so the planner re-plans the rest of the job with that
-   window; when none is left, the segment fails with ``OUT_OF_MEMORY`` (it cannot fit this GPU).
-3. Several OOMs in a row on different segments mean the GPU itself is short (fragmentation, a
-   leak, a co-tenant): nak with a delay and let another runner take it.
+   largest ``4k+1`` frame count with at most ~2/3 of the tokens, not below ``min_frames``), the
+   runner sends the planner a ``ReplanHint`` with that window and acks the segment; the planner
+   re-plans the rest of the job (``functions/planner/replan.py``). When none is left, the segment
+   fails with ``OUT_OF_MEMORY`` (it cannot fit this GPU).
+3. ``OomStreak``: several OOMs in a row on different jobs mean the GPU itself is short
+   (fragmentation, a leak, a co-tenant), not the windows: hand the segment back with a delay (a
+   healthy runner renders it as planned) and restart the runner for a fresh CUDA context.
+
+A runner with ``runner_max_window_frames`` set (a smaller GPU than the planner's budget) refuses
+longer windows before computing anything (``WindowTooLong``): that is an out-of-memory known in
+advance, re-planned straight to the runner's limit (``plan_after_oom(..., device_cap=...)``).
 
 Nothing here touches the bus; these are pure helpers (torch only where CUDA is present).
 """
@@ -115,6 +121,27 @@ def smaller_window(frames: int, spec: ModelSpec, *, min_frames: int | None = Non
     return None
 
 
+class WindowTooLong(VideogenError):
+    """The window is longer than this runner accepts (``runner_max_window_frames``): an
+    out-of-memory known before computing, handled like one (re-planned)."""
+
+    code = ErrorCode.OUT_OF_MEMORY
+    retryable = True
+
+    def __init__(self, frames: int, cap: int) -> None:
+        super().__init__(f"window of {frames} frames is longer than this runner's limit of {cap} "
+                         "(runner_max_window_frames)")
+        self.frames = frames
+        self.cap = cap
+
+
+def largest_window_at_most(cap: int, spec: ModelSpec) -> int:
+    """The longest valid window (``frame_multiple·k + 1``) of at most ``cap`` frames (0 if none)."""
+    if cap < 1:
+        return 0
+    return cap - (cap - 1) % spec.frame_multiple
+
+
 @dataclass(frozen=True)
 class OomPlan:
     """What to do with a segment that ran out of memory."""
@@ -124,9 +151,43 @@ class OomPlan:
     reason: str = ""
 
 
-def plan_after_oom(frames: int, spec: ModelSpec, *, min_frames: int | None = None) -> OomPlan:
-    """``replan`` with a smaller window when one exists, else ``fail`` (the segment cannot fit)."""
-    window = smaller_window(frames, spec, min_frames=min_frames)
+def plan_after_oom(frames: int, spec: ModelSpec, *, min_frames: int | None = None,
+                   device_cap: int | None = None) -> OomPlan:
+    """``replan`` with a smaller window when one exists, else ``fail`` (the segment cannot fit).
+
+    ``device_cap``: the runner's known limit (``WindowTooLong``): re-plan straight to the longest
+    valid window within it instead of shrinking by a token fraction.
+    """
+    floor = default_min_frames(spec) if min_frames is None else min_frames
+    if device_cap is not None:
+        window: int | None = largest_window_at_most(min(device_cap, frames - 1), spec)
+        if window is not None and window < max(floor, 1):
+            window = None
+        what = f"window of {frames} frames over this runner's limit of {device_cap}"
+    else:
+        window = smaller_window(frames, spec, min_frames=min_frames)
+        what = f"out of memory at {frames} frames"
     if window is None:
-        return OomPlan("fail", None, f"out of memory at {frames} frames and no smaller window is allowed")
-    return OomPlan("replan", window, f"out of memory at {frames} frames: re-plan with windows of at most {window}")
+        return OomPlan("fail", None, f"{what} and no smaller window is allowed (min {floor})")
+    return OomPlan("replan", window, f"{what}: re-plan with windows of at most {window}")
+
+
+class OomStreak:
+    """Consecutive real out-of-memory errors of one runner.
+
+    ``limit`` OOMs in a row spanning at least two jobs say the GPU is short (fragmentation, a
+    leak, another tenant), not that these windows are too long: re-planning them would shrink
+    every job for nothing. Any segment rendered resets the streak.
+    """
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit = limit
+        self.jobs: list[str] = []
+
+    def succeeded(self) -> None:
+        self.jobs.clear()
+
+    def record(self, job_id: str) -> bool:
+        """Count an OOM of ``job_id``; True when the GPU should be considered short."""
+        self.jobs.append(job_id)
+        return len(self.jobs) >= self.limit and len(set(self.jobs[-self.limit:])) >= 2

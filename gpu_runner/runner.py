@@ -26,13 +26,16 @@ from gpu_runner.pipelines.base import GenerateParams, LoadContext, VideoPipeline
 from gpu_runner.registry import load_model
 from runtime.logging import bind_contextvars, get_logger
 from runtime.settings import Settings
-from schemas.errors import Cancelled
+from schemas.errors import Cancelled, ErrorCode, Permanent
 from schemas.messages import SegmentJob
+from schemas.registry import MODELS
 
 log = get_logger(component="runner")
 
-# CUDA OOM: hand the segment back for a retry once memory is freed (or on another runner).
+# CUDA OOM with the GPU itself short (an OOM streak): hand the segment back for another runner.
 OOM_RETRY_DELAY_S = 10.0
+# Exit status asking the orchestrator for a restart (a fresh CUDA context): EX_TEMPFAIL.
+EXIT_RESTART = 75
 # A pull waits this long for a segment (returns at once when one arrives); between pulls rank 0
 # checks for shutdown and tells the other ranks it is idle. Longer pulls expire less often, and
 # an expiry racing a new message is what delays that message to the next pull.
@@ -93,6 +96,9 @@ class Runner:
         self.pipe: VideoPipeline | None = None
         self.metrics = RunnerMetrics()
         self.warmed_up = False
+        self.exit_code = 0
+        self.oom_streak = oom.OomStreak()
+        self.spec = MODELS.get(model)
         self.health: HealthServer | None = None
         self.ready_file = ReadinessFile(settings.data_dir, self.ctx.rank)
         self.cache_config = CacheConfig(kind=settings.runner_cache)  # type: ignore[arg-type]
@@ -222,10 +228,14 @@ class Runner:
         outcome = "failed"
         out_of_memory = False
         try:
+            cap = self.settings.runner_max_window_frames
+            if cap is not None and seg.frames > cap:
+                raise oom.WindowTooLong(seg.frames, cap)  # before any compute, on every rank alike
             with applied_lora(self.pipe, loras or None, self.adapters), \
                     counted_cache(self.pipe, self.cache_config, steps=seg.job.steps):
                 frames = self.pipe.generate(params_for(seg, inputs), on_step=on_step)
             outcome = "succeeded"
+            self.oom_streak.succeeded()
         except Cancelled as e:
             outcome = "cancelled"
             log.info("segment_cancelled", reason=str(e))
@@ -234,26 +244,51 @@ class Runner:
             return
         except Exception as e:
             out_of_memory = oom.is_oom(e)
-            outcome = "oom" if out_of_memory else "failed"
+            refused = isinstance(e, oom.WindowTooLong)
+            outcome = "refused" if refused else "oom" if out_of_memory else "failed"
             log.error("segment_failed", error=str(e), oom=out_of_memory, exc_info=not out_of_memory)
-            if self.is_rank0:
-                if out_of_memory:
-                    self.io.hand_back(active, delay_s=OOM_RETRY_DELAY_S)
-                else:
-                    self.io.fail(active, e)
+            if out_of_memory:
+                self._after_oom(seg, active, e if refused else None)
+            elif self.is_rank0:
+                self.io.fail(active, e)
             return
         finally:
             elapsed = time.monotonic() - t0
             self.stats.compute_s += elapsed
             self.metrics.observe_segment(elapsed, outcome)
             self.metrics.update_gpu_memory()
-            if out_of_memory:
+            if out_of_memory and outcome == "oom":
                 oom.free_memory()  # outside the except block: the traceback no longer pins activations
                 if self.ctx.world_size > 1:
                     # another rank may be stuck in a collective: let torchrun restart the whole group
+                    self.exit_code = EXIT_RESTART
                     self.stop_requested.set()
         self.stats.segments += 1
         if self.is_rank0:
             self.io.submit_result(active, frames, elapsed)
         log.info("segment_rendered", frames=int(frames.shape[0]), elapsed_s=round(elapsed, 3))
+
+    def _after_oom(self, seg: SegmentJob, active: Any, refused: oom.WindowTooLong | None) -> None:
+        """Out of memory (or a window over this runner's limit): re-plan shorter windows, fail the
+        job when none is left, or, when the GPU itself looks short, hand back and restart."""
+        if refused is None and self.oom_streak.record(seg.job.job_id):
+            log.error("gpu_memory_short_restarting", oom_streak=len(self.oom_streak.jobs),
+                      jobs=sorted(set(self.oom_streak.jobs)))
+            if self.is_rank0:
+                self.io.hand_back(active, delay_s=OOM_RETRY_DELAY_S)
+            self.exit_code = EXIT_RESTART
+            self.stop_requested.set()
+            return
+        if self.spec is None:  # a model outside the registry: nothing to re-plan with
+            decision = oom.OomPlan("fail", None, f"out of memory at {seg.frames} frames (model not in registry)")
+        else:
+            decision = oom.plan_after_oom(seg.frames, self.spec, device_cap=refused.cap if refused else None)
+        log.warning("segment_out_of_memory", action=decision.action, frames=seg.frames,
+                    max_window_frames=decision.replan_max_window, reason=decision.reason)
+        if not self.is_rank0:
+            return
+        if decision.action == "replan" and decision.replan_max_window is not None:
+            self.io.replan(active, decision.replan_max_window, decision.reason)
+        else:
+            self.io.fail(active, Permanent(decision.reason, code=ErrorCode.OUT_OF_MEMORY))
 

@@ -126,7 +126,7 @@ def runner_command(model: str, nproc: int, max_segments: int | None = None) -> l
 @app.command()
 def functions(
     stages: Annotated[Optional[list[str]], typer.Argument(
-        help="preprocess planner chain stitch webhook webhook-replay cancel queue (default: all)")] = None,
+        help="preprocess planner chain stitch webhook webhook-replay cancel queue sweeper (default: all)")] = None,
 ) -> None:
     """Run CPU stage consumers in this process (all of them by default)."""
     from runtime.service import STAGES, serve

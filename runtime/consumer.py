@@ -82,20 +82,30 @@ def job_id_of(payload: bytes) -> str | None:
 
 
 async def send_to_dlq(bus: Bus, stage: str, msg: Msg, code: str, reason: str, num_delivered: int | None) -> None:
-    md = _metadata(msg)
+    seq, delivered = _metadata(msg)
+    await dead_letter(bus, stage, subject=msg.subject, data=msg.data, headers=msg.headers, stream_seq=seq,
+                      num_delivered=num_delivered, code=code, reason=reason, dedupe_delivery=delivered)
+
+
+async def dead_letter(bus: Bus, stage: str, *, subject: str, data: bytes, headers: dict[str, Any] | None,
+                      stream_seq: int | None, num_delivered: int | None, code: str, reason: str,
+                      dedupe_delivery: int | None = None) -> DLQEntry:
+    """Publish a DLQ entry for a message (de-duplicated per stage, stream sequence and delivery)."""
     entry = DLQEntry(
         stage=stage,
         code=code,
         reason=reason,
-        subject=msg.subject,
-        stream_seq=md[0],
+        subject=subject,
+        stream_seq=stream_seq,
         num_delivered=num_delivered,
-        job_id=job_id_of(msg.data),
-        headers={k: str(v) for k, v in (msg.headers or {}).items()},
-        payload_b64=base64.b64encode(msg.data).decode(),
+        job_id=job_id_of(data),
+        headers={k: str(v) for k, v in (headers or {}).items()},
+        payload_b64=base64.b64encode(data).decode(),
     )
-    await bus.publish(dlq_subject(stage), entry, msg_id=f"{stage}:{md[0]}:{md[1]}")
-    log.warning("dead_lettered", stage=stage, code=code, reason=reason, subject=msg.subject, job_id=entry.job_id)
+    delivery = num_delivered if dedupe_delivery is None else dedupe_delivery
+    await bus.publish(dlq_subject(stage), entry, msg_id=f"{stage}:{stream_seq}:{delivery}")
+    log.warning("dead_lettered", stage=stage, code=code, reason=reason, subject=subject, job_id=entry.job_id)
+    return entry
 
 
 def _metadata(msg: Msg) -> tuple[int | None, int]:

@@ -54,10 +54,14 @@ class SubjectIndex:
 
 
 def parse_msg_id(msg_id: str | None) -> tuple[str, int] | None:
-    """``seg:<job_id>:<index>`` -> (job_id, index); None for anything else."""
+    """``seg:<job_id>:<index>[:r<revision>]`` -> (job_id, index); None for anything else."""
     if not msg_id or not msg_id.startswith("seg:"):
         return None
-    job_id, _, index = msg_id[4:].rpartition(":")
+    body = msg_id[4:]
+    head, _, last = body.rpartition(":")
+    if head and last[:1] == "r" and last[1:].isdigit():  # a re-planned segment (schemas.names.segment_msg_id)
+        body = head
+    job_id, _, index = body.rpartition(":")
     if not job_id or not index.isdigit():
         return None
     return job_id, int(index)

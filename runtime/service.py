@@ -35,6 +35,7 @@ from schemas.names import (
     CONSUMER_PLANNER,
     CONSUMER_PREPROCESS,
     CONSUMER_STITCH,
+    CONSUMER_SWEEPER,
     CONSUMER_WEBHOOK,
     CONSUMER_WEBHOOK_REPLAY,
     ConsumerSpec,
@@ -82,6 +83,9 @@ def _handler(stage: str) -> StageHandler:
     if stage == "cancel":
         from functions.cancel.handler import handle_cancel
         return handle_cancel
+    if stage == "sweeper":
+        from functions.sweeper.handler import handle_advisory
+        return handle_advisory
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -103,6 +107,8 @@ STAGES: dict[str, StageDef] = {
     # a bad cancel request must not fail the job it names: failures only go to the DLQ
     "cancel": StageDef("cancel", CONSUMER_CANCEL, concurrency=4, records_failures=False),
     "queue": StageDef("queue", None, interval_s=1.0),
+    # records its own job.failed (the stranded message's stage decides); its own failures: DLQ only
+    "sweeper": StageDef("sweeper", CONSUMER_SWEEPER, concurrency=2, records_failures=False),
 }
 
 

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     runner_cache: str = Field("none", description="step cache: none | first_block | mag | taylorseer | pab "
                                                   "(verified at warm-up to really skip compute)")
     runner_memory_budget_bytes: int | None = Field(None, description="planner memory budget; default: device free memory")
+    runner_max_window_frames: int | None = Field(
+        None, ge=1, description="longest window this runner renders (a GPU smaller than the planner's budget): "
+                                "longer segments are re-planned before any compute, like after an out-of-memory")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
 
     def masked(self) -> dict[str, Any]:

@@ -157,6 +157,8 @@ class PlanInfo(_Frozen):
     overlap_frames: int
     total_frames: int
     reason: str = ""
+    revision: int = Field(0, ge=0, description="bumped each time the rest of the job is re-planned "
+                                               "(a runner ran out of memory at this window length)")
 
 
 class JobEvent(_Frozen):
@@ -282,8 +284,24 @@ class ResolvedJob(_Frozen):
     inputs: dict[str, ObjectRef] = Field(default_factory=dict, description="name -> stored input/preprocessed object")
 
 
+class ReplanHint(_Frozen):
+    """A runner could not render segment ``index`` of plan ``plan_revision`` at its window length
+    (CUDA out of memory, or longer than the runner's ``runner_max_window_frames``): re-plan the
+    job from that segment on with windows of at most ``max_window_frames``."""
+
+    index: int = Field(ge=0, description="the segment that did not fit")
+    plan_revision: int = Field(ge=0, description="revision of the plan the segment came from")
+    failed_frames: int = Field(ge=1, description="window length that did not fit")
+    max_window_frames: int = Field(ge=1, description="longest window to plan from that segment on")
+    reason: str = Field("", max_length=500)
+    runner: str = ""
+    segment_seq: int | None = Field(None, description="stream sequence of the segment message (deleted by the planner)")
+    condition: ObjectRef | None = Field(None, description="the segment's conditioning (previous tail), reused as is")
+
+
 class PlanRequest(_Frozen):
     job: ResolvedJob
+    replan: ReplanHint | None = Field(None, description="set: re-plan from a segment that did not fit (runner -> planner)")
 
 
 class WindowSpec(_Frozen):
@@ -300,6 +318,7 @@ class JobPlan(_Frozen):
     info: PlanInfo
     windows: list[WindowSpec]
     padding_frames: int = Field(0, ge=0, description="extra frames rendered at the end, trimmed by stitch")
+    replanned_from: int | None = Field(None, ge=0, description="segment this revision re-planned from (None: original)")
 
 
 class SegmentJob(_Frozen):
@@ -312,6 +331,7 @@ class SegmentJob(_Frozen):
     next_overlap_frames: int = Field(0, ge=0, description="trailing frames the next window is conditioned on")
     seed: int
     condition: ObjectRef | None = Field(None, description="previous segment's tail frames (uint8 .npy)")
+    plan_revision: int = Field(0, ge=0, description="revision of the plan this segment belongs to")
 
     @field_validator("count")
     @classmethod
@@ -336,6 +356,7 @@ class SegmentResult(_Frozen):
     sha256: str
     runner: str
     elapsed_s: float
+    plan_revision: int = Field(0, ge=0, description="revision of the plan the segment was rendered for")
 
 
 class StitchRequest(_Frozen):
@@ -369,6 +390,19 @@ class WebhookDisabled(_Frozen):
     event_id: str
     status_code: int = 410
     time: datetime = Field(default_factory=utcnow)
+
+
+class MaxDeliveriesAdvisory(BaseModel):
+    """JetStream's ``io.nats.jetstream.advisory.v1.max_deliver`` on
+    ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`` (the fields used here)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    type: str = ""
+    id: str = ""
+    stream: str
+    consumer: str
+    stream_seq: int = Field(ge=1)
+    deliveries: int = Field(ge=0)
 
 
 class DLQEntry(_Frozen):
@@ -405,6 +439,7 @@ PUBLIC_MODELS: dict[str, type[BaseModel]] = {
 INTERNAL_MODELS: dict[str, type[BaseModel]] = {
     "ResolvedJob": ResolvedJob,
     "PlanRequest": PlanRequest,
+    "ReplanHint": ReplanHint,
     "WindowSpec": WindowSpec,
     "JobPlan": JobPlan,
     "SegmentJob": SegmentJob,
@@ -412,5 +447,6 @@ INTERNAL_MODELS: dict[str, type[BaseModel]] = {
     "StitchRequest": StitchRequest,
     "WebhookAttempt": WebhookAttempt,
     "WebhookDisabled": WebhookDisabled,
+    "MaxDeliveriesAdvisory": MaxDeliveriesAdvisory,
 }
 

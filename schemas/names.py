@@ -17,7 +17,7 @@ SUBJECT_EVENTS_PREFIX = "videogen.events"
 SUBJECT_DLQ_PREFIX = "videogen.dlq"
 
 # ---- internal subjects (stage hand-offs) -------------------------------------------------
-SUBJECT_WORK_PLAN = "videogen.work.plan"  # preprocess -> planner: job ready to plan
+SUBJECT_WORK_PLAN = "videogen.work.plan"  # preprocess -> planner: job ready to plan; runner -> planner: re-plan
 SUBJECT_WORK_SEGMENT_DONE = "videogen.work.segment_done"  # runner -> planner: chain next
 SUBJECT_WORK_STITCH = "videogen.work.stitch"  # planner -> stitch: all segments rendered
 SUBJECT_SEGMENTS_PREFIX = "videogen.segments"  # planner -> runner, one subject per model
@@ -28,6 +28,16 @@ SUBJECT_WEBHOOK_ATTEMPTS_PREFIX = "videogen.webhooks.attempts"  # .<job_id>.<eve
 SUBJECT_WEBHOOK_DISABLED_PREFIX = "videogen.webhooks.disabled"  # .<job_id>: WebhookDisabled (410 Gone seen)
 SUBJECT_WEBHOOK_REPLAY_PREFIX = "videogen.webhooks.replay"  # .<job_id>: a JobEvent to deliver again
 
+# ---- server advisories (published by JetStream itself, captured in VIDEOGEN_ADVISORIES) ------
+# .<stream>.<consumer>: a message reached the consumer's max_deliver without being acked or
+# terminated -- its worker died, hung or was killed on the last delivery. Nothing redelivers it.
+ADVISORY_MAX_DELIVERIES_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+def max_deliveries_subject(stream: str, consumer: str = "*") -> str:
+    return f"{ADVISORY_MAX_DELIVERIES_PREFIX}.{stream}.{consumer}"
+
+
 # ---- streams ------------------------------------------------------------------------------
 STREAM_JOBS = "VIDEOGEN_JOBS"
 STREAM_EVENTS = "VIDEOGEN_EVENTS"
@@ -35,6 +45,9 @@ STREAM_DLQ = "VIDEOGEN_DLQ"
 STREAM_WORK = "VIDEOGEN_WORK"
 STREAM_SEGMENTS = "VIDEOGEN_SEGMENTS"
 STREAM_WEBHOOKS = "VIDEOGEN_WEBHOOKS"
+STREAM_ADVISORIES = "VIDEOGEN_ADVISORIES"
+# streams whose consumers' stranded messages the sweeper dead-letters
+SWEPT_STREAMS = (STREAM_JOBS, STREAM_WORK, STREAM_SEGMENTS, STREAM_EVENTS, STREAM_WEBHOOKS)
 
 # ---- key-value ----------------------------------------------------------------------------
 KV_JOBS = "videogen-jobs"
@@ -70,6 +83,27 @@ def webhook_replay_subject(job_id: str) -> str:
 def segments_subject(model: str) -> str:
     # NATS tokens may not contain '.', '*', '>' or whitespace; model names are [a-z0-9-_.]
     return f"{SUBJECT_SEGMENTS_PREFIX}.{model.replace('.', '_')}"
+
+
+# ---- message ids (Nats-Msg-Id: JetStream drops a repeat within the stream's duplicate window) ----
+def _revisioned(base: str, plan_revision: int) -> str:
+    # revision 0 keeps the original ids; a re-planned segment k is a different message from the old k
+    return base if plan_revision == 0 else f"{base}:r{plan_revision}"
+
+
+def segment_msg_id(job_id: str, index: int, plan_revision: int = 0) -> str:
+    """planner -> runner: segment ``index`` of plan revision ``plan_revision``."""
+    return _revisioned(f"seg:{job_id}:{index}", plan_revision)
+
+
+def segment_done_msg_id(job_id: str, index: int, plan_revision: int = 0) -> str:
+    """runner -> chain: segment ``index`` (of plan revision ``plan_revision``) rendered."""
+    return _revisioned(f"done:{job_id}:{index}", plan_revision)
+
+
+def replan_msg_id(job_id: str, index: int, plan_revision: int) -> str:
+    """runner -> planner: segment ``index`` of revision ``plan_revision`` did not fit; re-plan."""
+    return f"replan:{job_id}:{index}:r{plan_revision}"
 
 
 # ---- object keys --------------------------------------------------------------------------
@@ -204,6 +238,15 @@ STREAMS: tuple[StreamSpec, ...] = (
         max_msg_size_bytes=1 << 20,
         description="Webhook delivery records (one per attempt), disabled endpoints (410), replay requests.",
     ),
+    StreamSpec(
+        STREAM_ADVISORIES,
+        tuple(max_deliveries_subject(s) for s in SWEPT_STREAMS),
+        retention="limits",
+        max_age_s=7 * DAY_S,
+        duplicate_window_s=120,
+        max_msg_size_bytes=64 * 1024,
+        description="JetStream max-deliveries advisories of videogen's consumers (messages no worker finished).",
+    ),
 )
 
 CONSUMER_PREPROCESS = ConsumerSpec(
@@ -237,6 +280,11 @@ CONSUMER_CANCEL = ConsumerSpec(
     STREAM_JOBS, "cancel", SUBJECT_CANCEL, ack_wait_s=60, max_deliver=5,
     backoff_s=(60, 120, 300, 600), description="Cancels queued and running jobs; deletes their partial objects.",
 )
+CONSUMER_SWEEPER = ConsumerSpec(
+    STREAM_ADVISORIES, "sweeper", f"{ADVISORY_MAX_DELIVERIES_PREFIX}.>", ack_wait_s=30, max_deliver=5,
+    backoff_s=(30, 60, 120, 300),
+    description="Dead-letters messages whose worker died on the last delivery; fails their job.",
+)
 
 
 def runner_durable_for_subject(subject: str) -> str:
@@ -266,4 +314,5 @@ CPU_CONSUMERS: tuple[ConsumerSpec, ...] = (
     CONSUMER_WEBHOOK,
     CONSUMER_WEBHOOK_REPLAY,
     CONSUMER_CANCEL,
+    CONSUMER_SWEEPER,
 )

@@ -35,9 +35,11 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def start_runner(settings: Settings, log: Path, *, nproc: int = 1, model: str = "tiny-wan",
-                 env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                 env_extra: dict[str, str] | None = None, max_segments: int | None = None) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     cmd = [sys.executable, "-m", "runtime.cli", "runner", "--model", model, "--nproc-per-node", str(nproc)]
+    if max_segments is not None:
+        cmd += ["--max-segments", str(max_segments)]
     return subprocess.Popen(cmd, env=child_env(settings, **(env_extra or {})),
                             stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
 

@@ -23,6 +23,7 @@ webhook         inputs/request.json (the job's subscription)  -
 webhook-replay  inputs/request.json                           -
 cancel          - (lists jobs/<id>/)                          - ; deletes under jobs/ but never request.json
 queue           -                                             -  (reads the NATS stream only)
+sweeper         -                                             -  (NATS only: advisories, DLQ, job status)
 provision       bucket metadata                               bucket, lifecycle rule (``videogen up`` only)
 ==============  ============================================  ============================================
 
@@ -151,6 +152,7 @@ def stage_access() -> dict[str, StageAccess]:
         StageAccess("webhook-replay", read=cat("request"), list_prefixes=jobs, internet=True),
         StageAccess("cancel", delete=(names.job_prefix(ANY) + ANY,), keep=cat("request"), list_prefixes=jobs),
         StageAccess("queue"),
+        StageAccess("sweeper"),
         StageAccess(PROVISION, bucket_admin=True),
     )
     can_run = deployable()

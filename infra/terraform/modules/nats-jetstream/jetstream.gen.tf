@@ -79,6 +79,25 @@ resource "jetstream_stream" "VIDEOGEN_WEBHOOKS" {
   replicas         = var.replicas
 }
 
+resource "jetstream_stream" "VIDEOGEN_ADVISORIES" {
+  name        = "VIDEOGEN_ADVISORIES"
+  description = "JetStream max-deliveries advisories of videogen's consumers (messages no worker finished)."
+  subjects = [
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.VIDEOGEN_JOBS.*",
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.VIDEOGEN_WORK.*",
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.VIDEOGEN_SEGMENTS.*",
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.VIDEOGEN_EVENTS.*",
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.VIDEOGEN_WEBHOOKS.*",
+  ]
+  retention        = "limits"
+  storage          = "file"
+  discard          = "old"
+  max_age          = 604800
+  duplicate_window = 120
+  max_msg_size     = 65536
+  replicas         = var.replicas
+}
+
 resource "jetstream_consumer" "preprocess" {
   stream_id       = jetstream_stream.VIDEOGEN_JOBS.id
   durable_name    = "preprocess"
@@ -170,6 +189,20 @@ resource "jetstream_consumer" "cancel" {
   max_delivery    = 5
   max_ack_pending = 64
   backoff         = [60, 120, 300, 600]
+  deliver_all     = true
+  ack_policy      = "explicit"
+  max_waiting     = 512
+}
+
+resource "jetstream_consumer" "sweeper" {
+  stream_id       = jetstream_stream.VIDEOGEN_ADVISORIES.id
+  durable_name    = "sweeper"
+  description     = "Dead-letters messages whose worker died on the last delivery; fails their job."
+  filter_subject  = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"
+  ack_wait        = 30
+  max_delivery    = 5
+  max_ack_pending = 64
+  backoff         = [30, 60, 120, 300]
   deliver_all     = true
   ack_policy      = "explicit"
   max_waiting     = 512
@@ -296,6 +329,7 @@ output "streams" {
     jetstream_stream.VIDEOGEN_WORK.name,
     jetstream_stream.VIDEOGEN_SEGMENTS.name,
     jetstream_stream.VIDEOGEN_WEBHOOKS.name,
+    jetstream_stream.VIDEOGEN_ADVISORIES.name,
   ]
 }
 
@@ -330,6 +364,10 @@ output "cpu_consumers" {
       stream   = jetstream_stream.VIDEOGEN_JOBS.name
       consumer = jetstream_consumer.cancel.durable_name
     }
+    sweeper = {
+      stream   = jetstream_stream.VIDEOGEN_ADVISORIES.name
+      consumer = jetstream_consumer.sweeper.durable_name
+    }
   }
 }
 
@@ -345,5 +383,5 @@ output "kv_bucket" {
 
 output "ready" {
   description = "Depend on this to order workloads after the topology exists."
-  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_consumer.webhook_replay.id, jetstream_consumer.cancel.id, jetstream_kv_bucket.videogen_jobs.id])
+  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_consumer.webhook_replay.id, jetstream_consumer.cancel.id, jetstream_consumer.sweeper.id, jetstream_kv_bucket.videogen_jobs.id])
 }

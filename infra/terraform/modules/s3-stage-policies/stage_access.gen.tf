@@ -135,6 +135,16 @@ locals {
       internet      = false
       deployed      = true
     }
+    sweeper = {
+      read          = []
+      write         = []
+      delete        = []
+      keep          = []
+      list_prefixes = []
+      bucket_admin  = false
+      internet      = false
+      deployed      = true
+    }
     provision = {
       read          = []
       write         = []

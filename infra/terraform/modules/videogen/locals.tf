@@ -31,6 +31,7 @@ locals {
     "webhook-replay" = { max_replicas = 3, lag_threshold = 50, cpu_request = "100m", memory_request = "384Mi", cpu_limit = "500m", memory_limit = "768Mi", tmp_size = "1Gi" }
     cancel           = { max_replicas = 3, lag_threshold = 20, cpu_request = "100m", memory_request = "384Mi", cpu_limit = "500m", memory_limit = "768Mi", tmp_size = "1Gi" }
     queue            = { max_replicas = 1, lag_threshold = 1, cpu_request = "100m", memory_request = "256Mi", cpu_limit = "500m", memory_limit = "512Mi", tmp_size = "1Gi" }
+    sweeper          = { max_replicas = 2, lag_threshold = 20, cpu_request = "100m", memory_request = "256Mi", cpu_limit = "500m", memory_limit = "512Mi", tmp_size = "1Gi" }
   }
   # a stage added to runtime/service.py later gets these until it has its own line above
   generic_function = { max_replicas = 5, lag_threshold = 10, cpu_request = "250m", memory_request = "512Mi", cpu_limit = "1", memory_limit = "1Gi", tmp_size = "1Gi" }

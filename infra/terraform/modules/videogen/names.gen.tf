@@ -33,6 +33,12 @@ locals {
       ack_wait_s      = 120
       internet_egress = false
     }
+    sweeper = {
+      stream          = "VIDEOGEN_ADVISORIES"
+      consumer        = "sweeper"
+      ack_wait_s      = 30
+      internet_egress = false
+    }
     webhook = {
       stream          = "VIDEOGEN_EVENTS"
       consumer        = "webhook"

@@ -161,6 +161,13 @@ resource "kubernetes_deployment_v1" "runner" {
             name  = "VIDEOGEN_RUNNER_DEVICE"
             value = each.value.device
           }
+          dynamic "env" {
+            for_each = each.value.max_window_frames == null ? [] : [each.value.max_window_frames]
+            content {
+              name  = "VIDEOGEN_RUNNER_MAX_WINDOW_FRAMES"
+              value = tostring(env.value)
+            }
+          }
           env {
             name = "VIDEOGEN_NATS_USER"
             value_from {

@@ -159,6 +159,8 @@ variable "runners" {
     they share that model's durable consumer. gpus_per_pod = 0 runs on CPU (tiny models only).
     lag_threshold is pending segments per replica (KEDA target); min_replicas = 0 scales to zero.
     termination_grace_s must cover one denoising step plus encode/upload (see infra/README.md).
+    max_window_frames: the longest window this pool's GPU renders (VIDEOGEN_RUNNER_MAX_WINDOW_FRAMES);
+    for a pool with less memory than the planner's budget: longer segments are re-planned, not run.
   EOT
   type = map(object({
     model                    = string
@@ -186,6 +188,7 @@ variable "runners" {
     max_surge                = optional(string, "1")
     max_unavailable          = optional(string, "0")
     revision                 = optional(string)
+    max_window_frames        = optional(number)
   }))
 
   validation {

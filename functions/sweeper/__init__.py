@@ -1,0 +1,1 @@
+"""sweeper: dead-letter the messages no worker finished (JetStream max-deliveries advisories)."""
