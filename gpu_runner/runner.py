@@ -99,6 +99,11 @@ class Runner:
         self.exit_code = 0
         self.oom_streak = oom.OomStreak()
         self.spec = MODELS.get(model)
+        cap = settings.runner_max_window_frames
+        if cap is not None and self.spec is not None and cap < oom.default_min_frames(self.spec):
+            # every refused segment would have to fail: say so now, not on the first job
+            raise Permanent(f"runner_max_window_frames={cap} is below {oom.default_min_frames(self.spec)}, the "
+                            f"shortest window {model} is re-planned to", code=ErrorCode.OUT_OF_RANGE)
         self.health: HealthServer | None = None
         self.ready_file = ReadinessFile(settings.data_dir, self.ctx.rank)
         self.cache_config = CacheConfig(kind=settings.runner_cache)  # type: ignore[arg-type]

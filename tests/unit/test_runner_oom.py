@@ -107,6 +107,11 @@ def test_window_over_the_runner_limit_is_replanned_without_compute(runner: Calla
     assert io.sent[-1] == ("replan", 25) and r.exit_code == 0
 
 
+def test_a_runner_limit_below_the_replan_floor_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(VideogenError, match="below 17"):
+        Runner(load_settings(data_dir=tmp_path, runner_device="cpu", runner_max_window_frames=13), "tiny-wan")
+
+
 def test_oom_streak_across_jobs_hands_back_and_restarts(runner: Callable[..., tuple[Runner, Pipe, IO]]) -> None:
     r, pipe, io = runner()
     pipe.raise_ = RuntimeError("CUDA error: out of memory")

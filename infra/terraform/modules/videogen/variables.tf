@@ -208,6 +208,11 @@ variable "runners" {
     error_message = "Only tiny models may run without a GPU (gpus_per_pod = 0)."
   }
   validation {
+    # gpu_runner.oom.default_min_frames: the shortest window a job is re-planned to (4 latent frames + 1)
+    condition     = alltrue([for r in values(var.runners) : r.max_window_frames == null || try(r.max_window_frames >= 17, false)])
+    error_message = "max_window_frames must be unset or at least 17 (the shortest window a segment is re-planned to)."
+  }
+  validation {
     condition     = alltrue([for r in values(var.runners) : r.min_replicas >= 0 && r.max_replicas >= max(1, r.min_replicas)])
     error_message = "Need 0 <= min_replicas <= max_replicas and max_replicas >= 1."
   }
