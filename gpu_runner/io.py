@@ -346,7 +346,8 @@ class RunnerIO:
             await asyncio.gather(
                 self.storage.put_bytes(segment_result_key(job_id, j.index), result.model_dump_json().encode(),
                                        "application/json"),
-                self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result, msg_id=segment_done_msg_id(job_id, j.index, j.plan_revision)),
+                self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result,
+                                 msg_id=segment_done_msg_id(job_id, j.index, j.plan_revision)),
             )
             stopped = await self._job_stopped(job_id)
             if stopped is not None:

@@ -251,7 +251,11 @@ class Runner:
             out_of_memory = oom.is_oom(e)
             refused = isinstance(e, oom.WindowTooLong)
             outcome = "refused" if refused else "oom" if out_of_memory else "failed"
-            log.error("segment_failed", error=str(e), oom=out_of_memory, exc_info=not out_of_memory)
+            if refused:
+                log.warning("segment_window_refused", frames=seg.frames,
+                            max_window_frames=self.settings.runner_max_window_frames)
+            else:
+                log.error("segment_failed", error=str(e), oom=out_of_memory, exc_info=not out_of_memory)
             if out_of_memory:
                 self._after_oom(seg, active, e if refused else None)
             elif self.is_rank0:
