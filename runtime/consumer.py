@@ -40,6 +40,11 @@ MESSAGES = Counter("videogen_stage_messages_total", "messages handled, by stage 
                    ["stage", "outcome"])
 HANDLER_SECONDS = Histogram("videogen_stage_handler_seconds", "handler time per message", ["stage"],
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+QUEUE_WAIT_SECONDS = Histogram(
+    "videogen_stage_queue_wait_seconds", "first deliveries: stored in the stream -> handler started", ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600))
+# a first delivery waiting longer than this is logged (``slow_delivery``): lag, a cold start or a stall
+SLOW_DELIVERY_S = 2.0
 
 
 @dataclass
@@ -201,6 +206,8 @@ class ConsumerLoop:
         started = time.perf_counter()
         outcome = "ack"
         with bound_contextvars(stage=self.stage, job_id=job_id, delivery=num):
+            if num == 1:  # redeliveries wait on purpose (back-off)
+                self._observe_queue_wait(msg)
             hb = asyncio.create_task(self._heartbeat(delivery))
             try:
                 await self.handler(msg.data, delivery)
@@ -237,6 +244,18 @@ class ConsumerLoop:
                 self.busy = False
                 MESSAGES.labels(self.stage, outcome).inc()
                 HANDLER_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
+
+    def _observe_queue_wait(self, msg: Msg) -> None:
+        try:
+            stored = msg.metadata.timestamp
+        except Exception:  # not a JetStream message (tests)
+            return
+        if stored is None:
+            return
+        wait_s = max(0.0, time.time() - stored.timestamp())
+        QUEUE_WAIT_SECONDS.labels(self.stage).observe(wait_s)
+        if wait_s > SLOW_DELIVERY_S:
+            log.warning("slow_delivery", wait_ms=round(1000 * wait_s, 1))
 
     async def _fail(self, msg: Msg, err: VideogenError, delivery: Delivery, *, exhausted: bool) -> None:
         hook = self.on_exhausted if exhausted else self.on_permanent
