@@ -51,6 +51,7 @@ from schemas.names import (
     SUBJECT_WORK_PLAN,
     SUBJECT_WORK_SEGMENT_DONE,
     replan_msg_id,
+    revision_tag,
     runner_consumer,
     segment_done_msg_id,
     segment_key,
@@ -300,8 +301,7 @@ class RunnerIO:
         j = active.job
         pct = segment_progress(j, step, steps)
         data = ProgressData(progress=pct, segment=j.index, segments_total=j.count, step=step, steps=steps)
-        revision = () if j.plan_revision == 0 else (f"r{j.plan_revision}",)
-        event = JobEvent.build(j.job.job_id, EventType.PROGRESS, data, j.index, step, *revision)
+        event = JobEvent.build(j.job.job_id, EventType.PROGRESS, data, j.index, step, *revision_tag(j.plan_revision))
         assert self.tracker is not None
         self.spawn(self.tracker.record(event, progress=pct, segments_total=j.count))
 

@@ -112,8 +112,7 @@ def smaller_window(frames: int, spec: ModelSpec, *, min_frames: int | None = Non
         raise ValueError("token_fraction must be in (0, 1)")
     floor = default_min_frames(spec) if min_frames is None else min_frames
     budget = token_fraction * _latent_frames(frames, spec)
-    candidate = min(frames - 1, spec.max_window_frames)
-    candidate -= (candidate - 1) % spec.frame_multiple  # round down to a valid window
+    candidate = largest_window_at_most(min(frames - 1, spec.max_window_frames), spec)
     while candidate >= max(floor, 1):
         if spec.valid_window(candidate) and _latent_frames(candidate, spec) <= budget:
             return candidate
@@ -160,9 +159,8 @@ def plan_after_oom(frames: int, spec: ModelSpec, *, min_frames: int | None = Non
     """
     floor = default_min_frames(spec) if min_frames is None else min_frames
     if device_cap is not None:
-        window: int | None = largest_window_at_most(min(device_cap, frames - 1), spec)
-        if window is not None and window < max(floor, 1):
-            window = None
+        longest = largest_window_at_most(min(device_cap, frames - 1), spec)
+        window: int | None = longest if longest >= max(floor, 1) else None
         what = f"window of {frames} frames over this runner's limit of {device_cap}"
     else:
         window = smaller_window(frames, spec, min_frames=min_frames)

@@ -98,11 +98,10 @@ class Runner:
         self.warmed_up = False
         self.exit_code = 0
         self.oom_streak = oom.OomStreak()
-        self.spec = MODELS.get(model)
-        cap = settings.runner_max_window_frames
-        if cap is not None and self.spec is not None and cap < oom.default_min_frames(self.spec):
+        spec, cap = MODELS.get(model), settings.runner_max_window_frames
+        if cap is not None and spec is not None and cap < oom.default_min_frames(spec):
             # every refused segment would have to fail: say so now, not on the first job
-            raise Permanent(f"runner_max_window_frames={cap} is below {oom.default_min_frames(self.spec)}, the "
+            raise Permanent(f"runner_max_window_frames={cap} is below {oom.default_min_frames(spec)}, the "
                             f"shortest window {model} is re-planned to", code=ErrorCode.OUT_OF_RANGE)
         self.health: HealthServer | None = None
         self.ready_file = ReadinessFile(settings.data_dir, self.ctx.rank)
@@ -288,10 +287,8 @@ class Runner:
             self.exit_code = EXIT_RESTART
             self.stop_requested.set()
             return
-        if self.spec is None:  # a model outside the registry: nothing to re-plan with
-            decision = oom.OomPlan("fail", None, f"out of memory at {seg.frames} frames (model not in registry)")
-        else:
-            decision = oom.plan_after_oom(seg.frames, self.spec, device_cap=refused.cap if refused else None)
+        assert self.pipe is not None
+        decision = oom.plan_after_oom(seg.frames, self.pipe.spec, device_cap=refused.cap if refused else None)
         log.warning("segment_out_of_memory", action=decision.action, frames=seg.frames,
                     max_window_frames=decision.replan_max_window, reason=decision.reason)
         if not self.is_rank0:

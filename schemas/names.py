@@ -91,6 +91,11 @@ def _revisioned(base: str, plan_revision: int) -> str:
     return base if plan_revision == 0 else f"{base}:r{plan_revision}"
 
 
+def revision_tag(plan_revision: int) -> tuple[str, ...]:
+    """Extra event-id discriminator for a re-planned segment's events (none for revision 0)."""
+    return () if plan_revision == 0 else (f"r{plan_revision}",)
+
+
 def segment_msg_id(job_id: str, index: int, plan_revision: int = 0) -> str:
     """planner -> runner: segment ``index`` of plan revision ``plan_revision``."""
     return _revisioned(f"seg:{job_id}:{index}", plan_revision)

@@ -41,6 +41,7 @@ from schemas.names import (
     STREAM_SEGMENTS,
     SUBJECT_WORK_STITCH,
     plan_key,
+    revision_tag,
     segment_msg_id,
     segment_result_key,
     segments_subject,
@@ -82,10 +83,9 @@ def progress_after(plan: JobPlan, index: int) -> float:
 
 async def _discard_cancelled(ports: Ports, job_id: str, queued_seq: int | None = None) -> None:
     """Delete what a stage wrote for a cancelled job (the canceller may have cleaned up before it
-    existed) and the segment message it just queued."""
-    if queued_seq:
-        with contextlib.suppress(Exception):  # already taken by a runner: it skips cancelled jobs
-            await ports.bus.js.delete_msg(STREAM_SEGMENTS, queued_seq)
+    existed) and the segment message it just queued (already taken by a runner: it skips
+    cancelled jobs)."""
+    await _delete_segment_msg(ports, queued_seq)
     removed = await discard_partial_objects(ports.storage, job_id)
     log.info("cancelled_job_cleaned", job_id=job_id, objects_deleted=len(removed))
 
@@ -172,7 +172,7 @@ async def handle_replan(req: PlanRequest, hint: ReplanHint, ports: Ports) -> Non
 
 async def _delete_segment_msg(ports: Ports, seq: int | None) -> None:
     if seq:
-        with contextlib.suppress(Exception):  # usually already acked (work queue: gone)
+        with contextlib.suppress(Exception):  # already taken or acked (work queue: gone)
             await ports.bus.js.delete_msg(STREAM_SEGMENTS, seq)
 
 
@@ -218,9 +218,8 @@ async def handle_segment_done(payload: bytes, delivery: Delivery, ports: Ports) 
     data = SegmentCompletedData(segment=res.index, segments_total=res.count, object=res.segment,
                                 frames=res.frames, elapsed_s=res.elapsed_s)
     last = res.index + 1 >= res.count
-    revision = () if res.plan_revision == 0 else (f"r{res.plan_revision}",)
     stored = await ports.tracker.record(
-        JobEvent.build(job_id, EventType.SEGMENT_COMPLETED, data, res.index, *revision),
+        JobEvent.build(job_id, EventType.SEGMENT_COMPLETED, data, res.index, *revision_tag(res.plan_revision)),
         state=JobState.STITCHING if last else None,  # the last segment hands the job to stitch
         segments_done=res.index + 1, segments_total=res.count,
         progress=progress_after(plan, res.index) if plan is not None else round(98.0 * (res.index + 1) / res.count, 2),

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,6 @@ def _worker_holding(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[by
             return proc, int(text.split("holding", 1)[1].split()[0])
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited: {text}")
-        import time
-
         time.sleep(0.1)
     proc.kill()
     raise TimeoutError(f"worker never got the message: {log.read_text()}")
