@@ -4,19 +4,21 @@ Each ``functions/<stage>/__main__.py`` is one line calling ``main([stage])``; ``
 functions`` runs all CPU stages in one process (handy locally; in Kubernetes each stage is
 its own Deployment, scaled by KEDA on its consumer's lag).
 
-Most stages are durable pull consumers (``StageDef.spec``). A periodic stage (``spec=None``,
-``interval_s`` set; today only ``queue``) instead runs ``tick()`` every ``interval_s``.
+The stages are data (``schemas/stages.py``): each names the consumer it drains and its handler
+as a dotted path, loaded here with importlib when a process runs it. Most stages are durable
+pull consumers (``StageDef.spec``). A periodic stage (``spec=None``, ``interval_s`` set; today
+only ``queue``) instead names a ticker factory; its ``tick()`` runs every ``interval_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
-import contextlib
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from prometheus_client import REGISTRY, generate_latest
 
@@ -28,88 +30,35 @@ from runtime.jobs import JobTracker
 from runtime.logging import configure_logging, get_logger
 from runtime.ports import Ports
 from runtime.settings import Settings, load_settings
-from runtime.storage import Storage
-from schemas.names import (
-    CONSUMER_CANCEL,
-    CONSUMER_CHAIN,
-    CONSUMER_PLANNER,
-    CONSUMER_PREPROCESS,
-    CONSUMER_STITCH,
-    CONSUMER_SWEEPER,
-    CONSUMER_WEBHOOK,
-    CONSUMER_WEBHOOK_REPLAY,
-    ConsumerSpec,
-)
+from schemas.stages import STAGES, StageDef
 
 log = get_logger(component="service")
 
 StageHandler = Callable[[bytes, Delivery, Ports], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class StageDef:
-    name: str
-    spec: ConsumerSpec | None  # None: a periodic stage
-    rejects: bool = False  # permanent failures are job.rejected (door) rather than job.failed
-    concurrency: int = 1
-    records_failures: bool = True  # False: failures only go to the DLQ (webhook must not fail jobs)
-    interval_s: float = 0.0  # periodic stages: seconds between ticks
-
-
 class Ticker(Protocol):
     async def tick(self) -> Any: ...
 
 
-def _handler(stage: str) -> StageHandler:
-    # imported lazily so a process only loads the stages it runs
-    if stage == "preprocess":
-        from functions.preprocess.handler import handle_submit
-        return handle_submit
-    if stage == "planner":
-        from functions.planner.handler import handle_plan
-        return handle_plan
-    if stage == "chain":
-        from functions.planner.handler import handle_segment_done
-        return handle_segment_done
-    if stage == "stitch":
-        from functions.stitch.handler import handle_stitch
-        return handle_stitch
-    if stage == "webhook":
-        from functions.webhook.handler import handle_event
-        return handle_event
-    if stage == "webhook-replay":
-        from functions.webhook.handler import handle_replay
-        return handle_replay
-    if stage == "cancel":
-        from functions.cancel.handler import handle_cancel
-        return handle_cancel
-    if stage == "sweeper":
-        from functions.sweeper.handler import handle_advisory
-        return handle_advisory
-    raise ValueError(f"unknown stage {stage!r}")
+TickerFactory = Callable[[Ports], Ticker]
 
 
-def _ticker(stage: str, ports: Ports) -> Ticker:
-    if stage == "queue":
-        from functions.queue.handler import QueueTracker
-        return QueueTracker(ports)
-    raise ValueError(f"unknown periodic stage {stage!r}")
+def load_handler(stage: StageDef) -> Any:
+    """The object ``stage.handler`` names (``"package.module:attribute"``), imported now.
 
-
-STAGES: dict[str, StageDef] = {
-    "preprocess": StageDef("preprocess", CONSUMER_PREPROCESS, rejects=True, concurrency=2),
-    "planner": StageDef("planner", CONSUMER_PLANNER, rejects=False, concurrency=4),
-    "chain": StageDef("chain", CONSUMER_CHAIN, rejects=False, concurrency=4),
-    "stitch": StageDef("stitch", CONSUMER_STITCH, rejects=False, concurrency=2),
-    "webhook": StageDef("webhook", CONSUMER_WEBHOOK, rejects=False, concurrency=32,
-                        records_failures=False),
-    "webhook-replay": StageDef("webhook-replay", CONSUMER_WEBHOOK_REPLAY, concurrency=4, records_failures=False),
-    # a bad cancel request must not fail the job it names: failures only go to the DLQ
-    "cancel": StageDef("cancel", CONSUMER_CANCEL, concurrency=4, records_failures=False),
-    "queue": StageDef("queue", None, interval_s=1.0),
-    # records its own job.failed (the stranded message's stage decides); its own failures: DLQ only
-    "sweeper": StageDef("sweeper", CONSUMER_SWEEPER, concurrency=2, records_failures=False),
-}
+    Imported only when a process runs the stage, so a process loads only the stages it runs
+    and ``runtime`` never imports ``functions`` at module level.
+    """
+    module = importlib.import_module(stage.handler_module)
+    try:
+        target = getattr(module, stage.handler_attr)
+    except AttributeError:
+        raise ImportError(f"stage {stage.name}: {stage.handler_module} has no attribute {stage.handler_attr!r} "
+                          f"(schemas/stages.py names {stage.handler!r})") from None
+    if not callable(target):
+        raise TypeError(f"stage {stage.name}: {stage.handler} is not callable")
+    return target
 
 
 class PeriodicLoop:
@@ -163,9 +112,10 @@ class Service:
             for name in self.stages:
                 st = STAGES[name]
                 if st.spec is None:
-                    self.loops.append(PeriodicLoop(_ticker(name, ports), stage=name, interval_s=st.interval_s))
+                    make_ticker = cast(TickerFactory, load_handler(st))
+                    self.loops.append(PeriodicLoop(make_ticker(ports), stage=name, interval_s=st.interval_s))
                     continue
-                handler = _handler(name)
+                handler = cast(StageHandler, load_handler(st))
 
                 async def bound(payload: bytes, d: Delivery, _h: StageHandler = handler) -> None:
                     await _h(payload, d, ports)

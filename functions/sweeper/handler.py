@@ -21,10 +21,10 @@ from nats.js.errors import NotFoundError
 from runtime.consumer import Delivery, dead_letter, job_id_of
 from runtime.logging import get_logger
 from runtime.ports import Ports
-from runtime.service import STAGES
 from schemas.errors import ErrorCode
 from schemas.messages import EventType, FailedData, JobEvent, MaxDeliveriesAdvisory, valid_job_id
 from schemas.names import STREAMS, SWEPT_STREAMS
+from schemas.stages import STAGES
 
 log = get_logger(stage="sweeper")
 

@@ -33,7 +33,7 @@ webhook's "rejected before its request was stored") would turn into errors. Clie
 ``s3://`` inputs are readable by preprocess only under ``uploads/`` of the videogen bucket.
 
 Which stages are deployed is not decided here: a CPU function is whatever ``videogen functions
-<stage>`` can run (``runtime.service.STAGES``), plus the GPU runner. An entry for a stage the
+<stage>`` can run (``schemas.stages.STAGES``), plus the GPU runner. An entry for a stage the
 service does not (yet) have is inert; a stage without an entry fails ``tfcheck.py``, so adding a
 stage forces a deliberate access decision. ``internet`` marks the stages whose NetworkPolicy opens
 public-internet egress (https inputs, client webhook endpoints).
@@ -41,12 +41,11 @@ public-internet egress (https inputs, client webhook endpoints).
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from dataclasses import dataclass, replace
+from typing import Any
 
-from schemas import names
+from schemas import names, stages
 
 ANY = "*"
 # Objects a client uploads itself and references as s3://<bucket>/uploads/... in a JobRequest
@@ -106,22 +105,18 @@ class StageAccess:
         return bool(self.read or self.write or self.delete or self.list_prefixes or self.bucket_admin)
 
 
-RUNNER = "runner"
+RUNNER = stages.RUNNER_STAGE
 PROVISION = "provision"
 
 
 def function_stages() -> dict[str, names.ConsumerSpec]:
     """Consumer stages ``videogen functions <stage>`` can run, with the consumer each drains."""
-    from runtime.service import STAGES
-
-    return {name: st.spec for name, st in STAGES.items() if st.spec is not None}
+    return stages.consumer_stages()
 
 
 def periodic_stages() -> dict[str, float]:
     """Stages that tick on a timer instead of draining a consumer: name => interval (s)."""
-    from runtime.service import STAGES
-
-    return {name: float(st.interval_s) for name, st in STAGES.items() if st.spec is None}
+    return stages.periodic_stages()
 
 
 def deployable() -> set[str]:
@@ -136,7 +131,7 @@ def stage_access() -> dict[str, StageAccess]:
 
     jobs = (jobs_prefix(),)
     cleanup: dict[str, Any] = {"delete": (names.job_prefix(ANY) + ANY,), "keep": cat("request")}
-    stages = (
+    entries = (
         StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads"),
                     write=cat("inputs", "frames", "keypoints"),
                     list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,), internet=True),
@@ -156,8 +151,8 @@ def stage_access() -> dict[str, StageAccess]:
         StageAccess(PROVISION, bucket_admin=True),
     )
     can_run = deployable()
-    stages = tuple(replace(st, deployed=st.stage in can_run) for st in stages)
-    return {s.stage: s for s in stages}
+    entries = tuple(replace(st, deployed=st.stage in can_run) for st in entries)
+    return {s.stage: s for s in entries}
 
 
 # ---- IAM policy documents (the same JSON the Terraform module builds) -----------------------

@@ -281,12 +281,12 @@ def _check_names_module(parsed: dict[Path, dict], root: Path) -> list[str]:
     stages = sa.function_stages()
     periodic = sa.periodic_stages()
     for stage in sorted((set(stages) | set(periodic)) - set(acc)):
-        out.append(f"stage {stage} (runtime/service.py) has no S3/network entry in infra/tools/stage_access.py")
+        out.append(f"stage {stage} (schemas/stages.py) has no S3/network entry in infra/tools/stage_access.py")
     drained = {(c.stream, c.durable) for c in stages.values()}
     for c in names.CPU_CONSUMERS:
         if (c.stream, c.durable) not in drained:
             out.append(f"consumer {c.durable} on {c.stream} (schemas CPU_CONSUMERS) is drained by no stage of "
-                       f"runtime/service.py: no Deployment or scaler would serve it")
+                       f"schemas/stages.py: no Deployment or scaler would serve it")
     want_fc = {stage: {"stream": c.stream, "consumer": c.durable, "ack_wait_s": c.ack_wait_s,
                        "internet_egress": acc[stage].internet if stage in acc else None}
                for stage, c in stages.items()}

@@ -104,11 +104,11 @@ def test_changed_limits_fail_the_cross_check(parsed, monkeypatch) -> None:
     monkeypatch.setattr(names, "CPU_CONSUMERS", tuple(
         dataclasses.replace(c, ack_wait_s=7, backoff_s=(2, 4)) if c.durable == "stitch" else c
         for c in names.CPU_CONSUMERS))
-    import runtime.service as service
+    from schemas import stages as stage_table
 
     stitch = next(c for c in names.CPU_CONSUMERS if c.durable == "stitch")
-    monkeypatch.setattr(service, "STAGES", {k: dataclasses.replace(v, spec=stitch) if k == "stitch" else v
-                                            for k, v in service.STAGES.items()})
+    monkeypatch.setattr(stage_table, "STAGES", {k: dataclasses.replace(v, spec=stitch) if k == "stitch" else v
+                                                for k, v in stage_table.STAGES.items()})
     real_runner = names.runner_consumer
     monkeypatch.setattr(names, "runner_consumer", lambda m: dataclasses.replace(real_runner(m), max_deliver=9))
     problems = "\n".join(tfcheck.cross_check(parsed=parsed))
@@ -141,14 +141,14 @@ def test_new_registry_model_needs_a_runner_consumer(parsed, monkeypatch) -> None
 
 
 def test_new_stage_or_undrained_consumer_fails_the_cross_check(parsed, monkeypatch) -> None:
-    import runtime.service as service
+    from schemas import stages as stage_table
 
-    stages = dict(service.STAGES)
+    stages = dict(stage_table.STAGES)
     stages["thumbnail"] = dataclasses.replace(stages["stitch"], name="thumbnail")
     del stages["cancel"]
-    monkeypatch.setattr(service, "STAGES", stages)
+    monkeypatch.setattr(stage_table, "STAGES", stages)
     problems = "\n".join(tfcheck.cross_check(parsed=parsed))
-    assert "stage thumbnail (runtime/service.py) has no S3/network entry" in problems
+    assert "stage thumbnail (schemas/stages.py) has no S3/network entry" in problems
     assert "consumer cancel on VIDEOGEN_JOBS (schemas CPU_CONSUMERS) is drained by no stage" in problems
     assert "function_consumers['thumbnail']" in problems
 
