@@ -14,22 +14,27 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.live import Live
-from rich.table import Table
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from runtime.bus import Bus
+from runtime.console import (
+    attempt_line,
+    console,
+    err,
+    follow_with_bar,
+    print_outcome,
+    status_details,
+    status_table,
+)
 from runtime.logging import configure_logging
 from runtime.settings import Settings, load_settings
-from schemas.messages import EventType, JobEvent, JobRequest, JobStatus, WebhookAttempt, WebhookSpec
+from schemas.messages import EventType, JobRequest, JobStatus, WebhookSpec
+from schemas.stages import STAGES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="videogen: NATS in, MP4 in S3 out.")
-console = Console(stderr=False, soft_wrap=True)
-err = Console(stderr=True)
 
 
 def _settings(**overrides: object) -> Settings:
@@ -41,7 +46,8 @@ def _settings(**overrides: object) -> Settings:
 # --------------------------------------------------------------------------------------------
 @app.command()
 def up(
-    provision_only: Annotated[bool, typer.Option("--provision-only", help="start nothing; provision the configured NATS/S3")] = False,
+    provision_only: Annotated[bool, typer.Option(
+        "--provision-only", help="start nothing; provision the configured NATS/S3")] = False,
 ) -> None:
     """Start the embedded nats-server + S3 server (or only provision external ones) until Ctrl-C."""
     from runtime.stack import provision, start_stack
@@ -78,9 +84,9 @@ def up(
 
 @app.command()
 def runner(
-    model: Annotated[Optional[str], typer.Option(help="registry model name")] = None,
+    model: Annotated[str | None, typer.Option(help="registry model name")] = None,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="ranks (GPUs) in this runner")] = 1,
-    max_segments: Annotated[Optional[int], typer.Option(help="exit after N segments")] = None,
+    max_segments: Annotated[int | None, typer.Option(help="exit after N segments")] = None,
 ) -> None:
     """Run a GPU runner: ``torchrun --nproc_per_node N -m gpu_runner``."""
     settings = _settings()
@@ -125,68 +131,31 @@ def runner_command(model: str, nproc: int, max_segments: int | None = None) -> l
 
 @app.command()
 def functions(
-    stages: Annotated[Optional[list[str]], typer.Argument(
-        help="preprocess planner chain stitch webhook webhook-replay cancel queue sweeper (default: all)")] = None,
+    stages: Annotated[list[str] | None, typer.Argument(
+        help=f"{' '.join(STAGES)} (default: all)")] = None,
 ) -> None:
     """Run CPU stage consumers in this process (all of them by default)."""
-    from runtime.service import STAGES, serve
+    from runtime.service import serve
 
     settings = _settings()
     asyncio.run(serve(list(stages or STAGES), settings))
 
 
-# --------------------------------------------------------------------------------------------
-def _progress_line(event: JobEvent) -> str:
-    d = event.data
-    if event.type == EventType.PROGRESS:
-        return f"segment {d.get('segment', 0) + 1}/{d.get('segments_total', 1)} step {d.get('step')}/{d.get('steps')}"
-    return event.type.value
-
-
-async def _follow_with_bar(bus: Bus, job_id: str, timeout_s: float) -> JobEvent:
-    from runtime.client import follow
-
-    last: JobEvent | None = None
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, transient=False) as bar:
-        task = bar.add_task(job_id, total=100, detail="submitted")
-        async with asyncio.timeout(timeout_s):
-            async for event in follow(bus, job_id):
-                last = event
-                pct = event.data.get("progress")
-                if event.type == EventType.SUCCEEDED:
-                    pct = 100.0
-                bar.update(task, completed=pct if pct is not None else bar.tasks[0].completed,
-                           detail=_progress_line(event))
-    assert last is not None
-    return last
-
-
-def _print_outcome(event: JobEvent) -> None:
-    if event.type == EventType.SUCCEEDED:
-        out = event.data["output"]
-        console.print(f"[bold green]succeeded[/]: s3://{out['bucket']}/{out['key']} "
-                      f"({out['frames']} frames {out['width']}x{out['height']} @ {out['fps']} fps, {out['size']} bytes)")
-        console.print(f"download (expires {event.data['url_expires_at']}):\n{event.data['url']}")
-    else:
-        err.print(f"[bold red]{event.type.value}[/]: {event.data.get('code')}: {event.data.get('message')}")
-
-
 @app.command()
 def submit(
     prompt: Annotated[str, typer.Argument(help="text prompt")],
-    job_id: Annotated[Optional[str], typer.Option(help="default: random")] = None,
+    job_id: Annotated[str | None, typer.Option(help="default: random")] = None,
     model: Annotated[str, typer.Option()] = "tiny-wan",
     task: Annotated[str, typer.Option()] = "t2v",
-    width: Annotated[Optional[int], typer.Option()] = None,
-    height: Annotated[Optional[int], typer.Option()] = None,
-    num_frames: Annotated[Optional[int], typer.Option()] = None,
-    fps: Annotated[Optional[int], typer.Option()] = None,
-    steps: Annotated[Optional[int], typer.Option()] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    image: Annotated[Optional[str], typer.Option(help="s3://… or https://… (i2v, animate)")] = None,
-    video: Annotated[Optional[str], typer.Option(help="s3://… or https://… (animate)")] = None,
-    webhook: Annotated[Optional[str], typer.Option(help="URL for signed callbacks")] = None,
+    width: Annotated[int | None, typer.Option()] = None,
+    height: Annotated[int | None, typer.Option()] = None,
+    num_frames: Annotated[int | None, typer.Option()] = None,
+    fps: Annotated[int | None, typer.Option()] = None,
+    steps: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    image: Annotated[str | None, typer.Option(help="s3://… or https://… (i2v, animate)")] = None,
+    video: Annotated[str | None, typer.Option(help="s3://… or https://… (animate)")] = None,
+    webhook: Annotated[str | None, typer.Option(help="URL for signed callbacks")] = None,
     wait: Annotated[bool, typer.Option(help="follow progress until the job ends")] = True,
     timeout_s: Annotated[float, typer.Option()] = 3600.0,
 ) -> None:
@@ -206,41 +175,11 @@ def submit(
             console.print(f"submitted [bold]{req.job_id}[/] (stream seq {seq})")
             if not wait:
                 return 0
-            last = await _follow_with_bar(bus, req.job_id, timeout_s)
-            _print_outcome(last)
+            last = await follow_with_bar(bus, req.job_id, timeout_s)
+            print_outcome(last)
             return 0 if last.type == EventType.SUCCEEDED else 1
 
     raise typer.Exit(asyncio.run(_run()))
-
-
-def _status_table(statuses: list[JobStatus]) -> Table:
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("job", "state", "queue", "progress", "segments", "updated"):
-        table.add_column(col, no_wrap=True, overflow="fold" if col == "job" else "ellipsis")
-    colours = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
-               "stitching": "cyan", "queued": "magenta"}
-    for st in statuses:
-        filled = int(round(st.progress / 10))
-        bar = f"{'█' * filled}{'░' * (10 - filled)} {st.progress:5.1f}%"
-        queue = "-" if st.queue_position is None else (
-            "next" if st.queue_position == 0 else f"{st.queue_position} ahead")
-        segments = f"{st.segments_done}/{st.segments_total}" if st.segments_total else "-"
-        colour = colours.get(st.state.value, "white")
-        table.add_row(st.job_id, f"[{colour}]{st.state.value}[/]", queue, bar, segments,
-                      st.updated_at.strftime("%H:%M:%S"))
-    return table
-
-
-def _status_details(statuses: list[JobStatus]) -> list[str]:
-    """One line per job with an output or an error (too long for the table)."""
-    out = []
-    for st in statuses:
-        if st.error is not None:
-            out.append(f"{st.job_id}: [red]{st.error.code}[/]: {st.error.message}")
-        elif st.output is not None:
-            out.append(f"{st.job_id}: s3://{st.output.bucket}/{st.output.key} ({st.output.frames} frames "
-                       f"{st.output.width}x{st.output.height}, {st.output.size} bytes)")
-    return out
 
 
 @app.command()
@@ -271,16 +210,16 @@ def status(
                 for st in found:
                     console.print_json(st.model_dump_json(exclude_none=True))
             elif watch:
-                with Live(_status_table(found), console=console, refresh_per_second=4) as live:
+                with Live(status_table(found), console=console, refresh_per_second=4) as live:
                     while found and not all(st.state.terminal for st in found):
                         await asyncio.sleep(1.0)
                         found, missing = await _fetch(bus)
-                        live.update(_status_table(found))
-                for line in _status_details(found):
+                        live.update(status_table(found))
+                for line in status_details(found):
                     console.print(line, highlight=False, soft_wrap=True)
             elif found:
-                console.print(_status_table(found))
-                for line in _status_details(found):
+                console.print(status_table(found))
+                for line in status_details(found):
                     console.print(line, highlight=False, soft_wrap=True)
         for job_id in missing:
             err.print(f"no such job: {job_id}")
@@ -326,19 +265,10 @@ webhooks_app = typer.Typer(no_args_is_help=True, help="Inspect and replay webhoo
 app.add_typer(webhooks_app, name="webhooks")
 
 
-def _attempt_line(a: WebhookAttempt) -> str:
-    code = a.status_code if a.status_code is not None else "-"
-    retry = f", next in {a.next_retry_s:g}s" if a.next_retry_s is not None else ""
-    error = f" ({a.error})" if a.error and a.outcome != "delivered" else ""
-    kind = "replay " if a.replay else ""
-    return (f"{a.time:%Y-%m-%d %H:%M:%S} {a.event_type.value:<22} {kind}attempt {a.attempt} -> {a.outcome} "
-            f"[{code}] {a.latency_ms:.0f} ms{retry}{error}")
-
-
 @webhooks_app.command("attempts")
 def webhooks_attempts(
     job_id: str,
-    event_id: Annotated[Optional[str], typer.Option("--event", help="only this event id")] = None,
+    event_id: Annotated[str | None, typer.Option("--event", help="only this event id")] = None,
 ) -> None:
     """List every recorded delivery attempt of a job's webhooks (status code, latency, outcome)."""
     from runtime.client import webhook_attempts, webhook_disabled
@@ -350,7 +280,7 @@ def webhooks_attempts(
             attempts = await webhook_attempts(bus, job_id, event_id or "*")
             disabled = await webhook_disabled(bus, job_id)
         for a in attempts:
-            console.print(f"{a.event_id}  {_attempt_line(a)}", highlight=False)
+            console.print(f"{a.event_id}  {attempt_line(a)}", highlight=False)
         if disabled is not None:
             console.print(f"[yellow]endpoint disabled[/]: {disabled.url} answered {disabled.status_code} "
                           f"for {disabled.event_id} at {disabled.time:%Y-%m-%d %H:%M:%S}")
@@ -365,7 +295,7 @@ def webhooks_attempts(
 @webhooks_app.command("replay")
 def webhooks_replay(
     event_id: str,
-    job_id: Annotated[Optional[str], typer.Option("--job", help="the event's job (faster lookup)")] = None,
+    job_id: Annotated[str | None, typer.Option("--job", help="the event's job (faster lookup)")] = None,
     wait: Annotated[bool, typer.Option(help="wait for the delivery's outcome")] = True,
     timeout_s: Annotated[float, typer.Option()] = 30.0,
 ) -> None:
@@ -392,7 +322,7 @@ def webhooks_replay(
                 async with asyncio.timeout(timeout_s):
                     async for attempt in attempts:
                         if attempt.replay:
-                            console.print(_attempt_line(attempt), highlight=False)
+                            console.print(attempt_line(attempt), highlight=False)
                             if attempt.next_retry_s is None:
                                 return 0 if attempt.outcome == "delivered" else 1
                 return 1
@@ -411,13 +341,17 @@ def webhooks_replay(
 def demo(
     prompt: Annotated[str, typer.Option()] = "a red fox running through fresh snow, cinematic",
     num_frames: Annotated[int, typer.Option()] = 9,
-    keep: Annotated[bool, typer.Option(help="keep the data directory")] = True,
+    keep: Annotated[bool, typer.Option(
+        "--keep/--no-keep", help="after the demo, keep the stack (servers, functions, runner) running until Ctrl-C")
+    ] = False,
 ) -> None:
     """One command: start everything, submit a tiny t2v job, verify the webhook, print the URL."""
     from runtime.demo import run_demo
 
-    settings = _settings(log_level=os.environ.get("VIDEOGEN_LOG_LEVEL", "WARNING"))
-    raise typer.Exit(asyncio.run(run_demo(settings, console, prompt=prompt, num_frames=num_frames)))
+    configured = load_settings()
+    # quiet by default; VIDEOGEN_LOG_LEVEL (or stack.env) still wins
+    settings = _settings(log_level=configured.log_level if "log_level" in configured.model_fields_set else "WARNING")
+    raise typer.Exit(asyncio.run(run_demo(settings, console, prompt=prompt, num_frames=num_frames, keep=keep)))
 
 
 def main() -> None:

@@ -3,27 +3,35 @@
 Starts a real nats-server and S3 server (free ports, under ``<data_dir>/demo``), the CPU
 functions and a tiny-wan GPU runner as child processes, and a local webhook receiver; submits
 a t2v job, shows live progress, verifies the signed webhook and the downloaded MP4, prints the
-presigned URL, then shuts everything down.
+presigned URL, then shuts everything down (with ``keep``: after Ctrl-C, so the stack can take
+more jobs from ``videogen submit`` in another terminal).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.request import urlopen
 
 from rich.console import Console
 
 from runtime.bus import Bus
+from runtime.console import field_of, follow_with_bar, print_outcome
 from runtime.settings import Settings
-from schemas.messages import EventType, JobRequest, WebhookSpec
+from schemas.messages import EventType, JobEvent, JobRequest, WebhookSpec
+
+if TYPE_CHECKING:
+    from functions.webhook.receiver import WebhookReceiver
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -43,9 +51,28 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None
             p.kill()
 
 
-async def run_demo(settings: Settings, console: Console, *, prompt: str, num_frames: int) -> int:
+async def wait_until_stopped(procs: list[subprocess.Popen[bytes]], console: Console, poll_s: float = 0.5) -> None:
+    """Block until SIGINT/SIGTERM, or until one of ``procs`` exits (then say which)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            for p in procs:
+                if p.poll() is not None:
+                    console.print(f"[red]worker pid {p.pid} exited[/] ({p.returncode}); stopping")
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll_s)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def run_demo(settings: Settings, console: Console, *, prompt: str, num_frames: int, keep: bool = False) -> int:
     from functions.webhook.receiver import WebhookReceiver
-    from runtime.cli import _follow_with_bar, _print_outcome
     from runtime.client import submit
     from runtime.stack import provision, start_servers
 
@@ -77,31 +104,41 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
             await submit(bus, job)
             console.print(f"submitted [bold]{job.job_id}[/] to videogen.jobs.submit "
                           f"(model {job.model}, {num_frames} frames); waiting for the runner to warm up…")
-            last = await _follow_with_bar(bus, job.job_id, timeout_s=600)
-            _print_outcome(last)
-            if last.type != EventType.SUCCEEDED:
-                return 1
-            await receiver.wait_for(2, timeout=60)
-            console.print("webhooks received:")
-            ok = True
-            for d in receiver.deliveries:
-                body = json.loads(d.body)
-                mark = "[green]signature verified[/]" if d.verified else "[red]SIGNATURE INVALID[/]"
-                ok &= d.verified
-                console.print(f"  {body['type']:<16} webhook-id {d.headers.get('webhook-id')}  {mark}")
-            url = last.data["url"]
-            blob = await asyncio.to_thread(lambda: urlopen(url, timeout=30).read())
-            sha_ok = hashlib.sha256(blob).hexdigest() == last.data["output"]["sha256"]
-            frames = _count_frames(blob)
-            console.print(f"downloaded {len(blob)} bytes via the presigned URL (no credentials): "
-                          f"sha256 {'matches' if sha_ok else 'MISMATCH'}, {frames} frames decoded")
-            ok &= sha_ok and frames == last.data["output"]["frames"]
+            last = await follow_with_bar(bus, job.job_id, timeout_s=600, out=console)
+            print_outcome(last, out=console)
+            ok = last.type == EventType.SUCCEEDED
+            if ok:
+                ok = await _verify(console, receiver, last)
             console.print(f"[bold]{'demo OK' if ok else 'demo FAILED'}[/] in {time.monotonic() - t0:.1f}s")
-            return 0 if ok else 1
+        if keep:
+            console.print(f"stack kept running; in another terminal:\n  export VIDEOGEN_DATA_DIR={data}\n"
+                          "  videogen submit 'a paper boat on a pond' --num-frames 9\nCtrl-C to stop.")
+            await wait_until_stopped(procs, console)
+        return 0 if ok else 1
     finally:
         _stop(procs)
         s3.stop()
         nats.stop()
+
+
+async def _verify(console: Console, receiver: WebhookReceiver, last: JobEvent) -> bool:
+    """The signed webhooks arrived and verify; the presigned URL serves the MP4 the event describes."""
+    await receiver.wait_for(2, timeout=60)
+    console.print("webhooks received:")
+    ok = True
+    for d in receiver.deliveries:
+        body = json.loads(d.body)
+        mark = "[green]signature verified[/]" if d.verified else "[red]SIGNATURE INVALID[/]"
+        ok &= d.verified
+        console.print(f"  {body['type']:<16} webhook-id {d.headers.get('webhook-id')}  {mark}")
+    url = field_of(last.data, "url")
+    output = field_of(last.data, "output")
+    blob = await asyncio.to_thread(lambda: urlopen(url, timeout=30).read())
+    sha_ok = hashlib.sha256(blob).hexdigest() == field_of(output, "sha256")
+    frames = _count_frames(blob)
+    console.print(f"downloaded {len(blob)} bytes via the presigned URL (no credentials): "
+                  f"sha256 {'matches' if sha_ok else 'MISMATCH'}, {frames} frames decoded")
+    return ok and sha_ok and frames == field_of(output, "frames")
 
 
 def _count_frames(blob: bytes) -> int:

@@ -30,6 +30,7 @@ from runtime.jobs import JobTracker
 from runtime.logging import configure_logging, get_logger
 from runtime.ports import Ports
 from runtime.settings import Settings, load_settings
+from runtime.storage import Storage
 from schemas.stages import STAGES, StageDef
 
 log = get_logger(component="service")

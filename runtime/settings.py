@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     runner_warmup: bool = True
     runner_cache: str = Field("none", description="step cache: none | first_block | mag | taylorseer | pab "
                                                   "(verified at warm-up to really skip compute)")
-    runner_memory_budget_bytes: int | None = Field(None, description="planner memory budget; default: device free memory")
+    runner_memory_budget_bytes: int | None = Field(
+        None, description="planner memory budget; default: device free memory")
     runner_max_window_frames: int | None = Field(
         None, ge=1, description="longest window this runner renders (a GPU smaller than the planner's budget): "
                                 "longer segments are re-planned before any compute, like after an out-of-memory")

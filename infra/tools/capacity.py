@@ -176,11 +176,12 @@ def sizing_table() -> str:
 
 def recommendation_table() -> str:
     """GPUs per runner per workload: the fewest that fit, and the count for a latency target."""
-    rows = ["| workload | FLOPs/step | min GPUs/runner (H100 / L40S) | GPUs/runner for a segment < 5 min on H100 | termination grace ≥ |",
+    rows = ["| workload | FLOPs/step | min GPUs/runner (H100 / L40S) | GPUs/runner for a segment < 5 min on H100 "
+            "| termination grace ≥ |",
             "|---|---:|---|---:|---:|"]
     h100, l40s = GPUS["H100-SXM-80G"], GPUS["L40S-48G"]
     for w in WORKLOADS:
-        def first_fit(g: Gpu) -> str:
+        def first_fit(g: Gpu, w: Workload = w) -> str:
             ns = [n for n in (1, 2, 4, 8) if fits(w, g, n) and heads_ok(w, n)]
             return str(ns[0]) if ns else "does not fit (needs FSDP / fp8)"
         fast = [n for n in (1, 2, 4, 8) if fits(w, h100, n) and heads_ok(w, n) and segment_s(w, h100, n) < 300]
@@ -188,7 +189,8 @@ def recommendation_table() -> str:
         # one step at the slowest sensible size (min GPUs on H100) + decode + 60 s upload margin
         n_min = next(n for n in (1, 2, 4, 8) if fits(w, h100, n) and heads_ok(w, n))
         grace = math.ceil(min_grace_s(w, h100, n_min) / 30) * 30
-        rows.append(f"| {w.label} | {flops_per_step(w):.2e} | {first_fit(h100)} / {first_fit(l40s)} | {n_fast} | {grace} s |")
+        rows.append(f"| {w.label} | {flops_per_step(w):.2e} | {first_fit(h100)} / {first_fit(l40s)} | {n_fast} "
+                    f"| {grace} s |")
     return "\n".join(rows)
 
 

@@ -33,8 +33,9 @@ if str(TOOLS) not in sys.path:
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hcl_emit import Block, Raw, document  # noqa: E402
 import stage_access as sa  # noqa: E402
+from hcl_emit import Block, Raw, document  # noqa: E402
+
 from schemas import names, registry  # noqa: E402
 
 TF = REPO / "infra" / "terraform"

@@ -35,9 +35,9 @@ for p in (TOOLS, REPO):
         sys.path.insert(0, str(p))
 
 import hcl2  # noqa: E402
+import stage_access as sa  # noqa: E402
 from hcl2 import SerializationOptions  # noqa: E402
 
-import stage_access as sa  # noqa: E402
 from schemas import names, registry  # noqa: E402
 
 TF_ROOT = REPO / "infra" / "terraform"

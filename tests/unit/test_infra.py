@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO / "infra" / "tools"))
 import gen_infra  # noqa: E402
 import stage_access as sa  # noqa: E402
 import tfcheck  # noqa: E402
+
 from schemas import names, registry  # noqa: E402
 
 TF_FILES = tfcheck.tf_files()
@@ -74,7 +75,8 @@ def test_no_secret_has_a_default(parsed: dict[Path, dict]) -> None:
         default = body.get("default")
         if secretish.search(name) and default not in (None, ""):
             # a *name* of a Secret is fine (webhook_secret_name = "videogen-webhook")
-            assert name.endswith(("_name", "_secret")) and isinstance(default, str) and not default.startswith("whsec_"), \
+            assert name.endswith(("_name", "_secret")) and isinstance(default, str) \
+                and not default.startswith("whsec_"), \
                 f"{path.relative_to(REPO)}: variable {name} has a default that looks like a secret"
     text = "\n".join(p.read_text() for p in TF_FILES)
     assert "whsec_" not in text.replace("whsec_...", "").replace("`whsec_", ""), "a webhook secret in Terraform"
@@ -326,7 +328,9 @@ case "$1 $2 ${3:-}" in
   "ilm rule import") cat > "$MC_LOG.lifecycle.json" ;;
   "admin policy create") cp "$6" "$MC_LOG.policy.$5.json" ;;
   "admin policy attach")
-    if [ -n "${MC_ATTACH_ALREADY:-}" ]; then echo "mc: <ERROR> The specified policy change is already in effect." >&2; exit 1; fi ;;
+    if [ -n "${MC_ATTACH_ALREADY:-}" ]; then
+      echo "mc: <ERROR> The specified policy change is already in effect." >&2; exit 1
+    fi ;;
 esac
 exit 0
 """
@@ -372,7 +376,8 @@ def test_minio_init_creates_bucket_rule_policies_and_users(minio_env, tmp_path) 
     rule = json.loads(Path(f"{log}.lifecycle.json").read_text())["Rules"][0]
     assert rule == {"ID": sa.LIFECYCLE_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": sa.jobs_prefix()},
                     "Expiration": {"Days": 3}}
-    stages = [s.stage for s in sa.stage_access().values() if s.needs_credentials and (s.deployed or s.stage == "provision")]
+    stages = [s.stage for s in sa.stage_access().values()
+              if s.needs_credentials and (s.deployed or s.stage == "provision")]
     for stage in stages:
         assert any(c.startswith(f"admin policy create videogen videogen-{stage} ") for c in calls), stage
     deployed = [s for s in stages if s != "provision"]
@@ -420,7 +425,7 @@ def test_container_commands_match_the_cli(parsed) -> None:
 
     cli = typer.main.get_command(app)  # a click group of the `videogen` subcommands
     containers = {}
-    for path, _, lbl, body in tfcheck.blocks(parsed, "resource", "kubernetes_deployment_v1"):
+    for _path, _, lbl, body in tfcheck.blocks(parsed, "resource", "kubernetes_deployment_v1"):
         c = body["spec"][0]["template"][0]["spec"][0]["container"][0]
         containers[lbl] = (c["command"], c["args"])
     command, args = containers["function"]

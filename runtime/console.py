@@ -1,0 +1,115 @@
+"""Terminal rendering for the ``videogen`` commands (``runtime.cli``) and the demo (``runtime.demo``).
+
+Pure presentation: a live progress bar over a job's events, a job's outcome, the status table,
+webhook attempt lines. No command logic here and no broker work beyond following a job's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from runtime.bus import Bus
+from schemas.messages import EventType, JobEvent, JobStatus, WebhookAttempt
+
+console = Console(stderr=False, soft_wrap=True)
+err = Console(stderr=True)
+
+STATE_COLOURS = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
+                 "stitching": "cyan", "queued": "magenta"}
+
+
+def field_of(data: Any, name: str, default: Any = None) -> Any:
+    """``data[name]`` of an event payload (or a part of one), whether it is a dict or a typed model."""
+    if isinstance(data, dict):
+        return data.get(name, default)
+    return getattr(data, name, default)
+
+
+def progress_line(event: JobEvent) -> str:
+    """The bar's detail text for one event: ``segment 2/3 step 4/8`` or the event type."""
+    d = event.data
+    if event.type == EventType.PROGRESS:
+        return (f"segment {field_of(d, 'segment', 0) + 1}/{field_of(d, 'segments_total', 1)} "
+                f"step {field_of(d, 'step')}/{field_of(d, 'steps')}")
+    return event.type.value
+
+
+async def follow_with_bar(bus: Bus, job_id: str, timeout_s: float, out: Console | None = None) -> JobEvent:
+    """Follow ``job_id``'s events with a progress bar until the job ends; return its last event."""
+    from runtime.client import follow
+
+    last: JobEvent | None = None
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=out or console,
+                  transient=False) as bar:
+        task = bar.add_task(job_id, total=100, detail="submitted")
+        async with asyncio.timeout(timeout_s):
+            async for event in follow(bus, job_id):
+                last = event
+                pct = field_of(event.data, "progress")
+                if event.type == EventType.SUCCEEDED:
+                    pct = 100.0
+                bar.update(task, completed=pct if pct is not None else bar.tasks[0].completed,
+                           detail=progress_line(event))
+    if last is None:
+        raise RuntimeError(f"the events of {job_id} ended without a terminal event")
+    return last
+
+
+def print_outcome(event: JobEvent, out: Console | None = None) -> None:
+    """A terminal event: the output and its download URL, or the error code and message."""
+    d = event.data
+    if event.type == EventType.SUCCEEDED:
+        o = field_of(d, "output")
+        (out or console).print(
+            f"[bold green]succeeded[/]: s3://{field_of(o, 'bucket')}/{field_of(o, 'key')} "
+            f"({field_of(o, 'frames')} frames {field_of(o, 'width')}x{field_of(o, 'height')} "
+            f"@ {field_of(o, 'fps')} fps, "
+            f"{field_of(o, 'size')} bytes)")
+        (out or console).print(f"download (expires {field_of(d, 'url_expires_at')}):\n{field_of(d, 'url')}")
+    else:
+        err.print(f"[bold red]{event.type.value}[/]: {field_of(d, 'code')}: {field_of(d, 'message')}")
+
+
+def status_table(statuses: list[JobStatus]) -> Table:
+    """One row per job: state, queue position, a progress bar, segments, last update."""
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for col in ("job", "state", "queue", "progress", "segments", "updated"):
+        table.add_column(col, no_wrap=True, overflow="fold" if col == "job" else "ellipsis")
+    for st in statuses:
+        filled = int(round(st.progress / 10))
+        bar = f"{'█' * filled}{'░' * (10 - filled)} {st.progress:5.1f}%"
+        queue = "-" if st.queue_position is None else (
+            "next" if st.queue_position == 0 else f"{st.queue_position} ahead")
+        segments = f"{st.segments_done}/{st.segments_total}" if st.segments_total else "-"
+        colour = STATE_COLOURS.get(st.state.value, "white")
+        table.add_row(st.job_id, f"[{colour}]{st.state.value}[/]", queue, bar, segments,
+                      st.updated_at.strftime("%H:%M:%S"))
+    return table
+
+
+def status_details(statuses: list[JobStatus]) -> list[str]:
+    """One line per job with an output or an error (too long for the table)."""
+    out = []
+    for st in statuses:
+        if st.error is not None:
+            out.append(f"{st.job_id}: [red]{st.error.code}[/]: {st.error.message}")
+        elif st.output is not None:
+            out.append(f"{st.job_id}: s3://{st.output.bucket}/{st.output.key} ({st.output.frames} frames "
+                       f"{st.output.width}x{st.output.height}, {st.output.size} bytes)")
+    return out
+
+
+def attempt_line(a: WebhookAttempt) -> str:
+    """One webhook delivery attempt: time, event type, attempt, outcome, status code, latency."""
+    code = a.status_code if a.status_code is not None else "-"
+    retry = f", next in {a.next_retry_s:g}s" if a.next_retry_s is not None else ""
+    error = f" ({a.error})" if a.error and a.outcome != "delivered" else ""
+    kind = "replay " if a.replay else ""
+    return (f"{a.time:%Y-%m-%d %H:%M:%S} {a.event_type.value:<22} {kind}attempt {a.attempt} -> {a.outcome} "
+            f"[{code}] {a.latency_ms:.0f} ms{retry}{error}")
