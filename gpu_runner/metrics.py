@@ -1,8 +1,9 @@
 """Runner observability: Prometheus metrics, ``/healthz`` + ``/readyz`` + ``/metrics``, a readiness file.
 
 ``RunnerMetrics`` owns the metric objects (in its own ``CollectorRegistry`` unless one is given).
-``HealthServer`` serves them on ``settings.health_port`` from a daemon thread (stdlib
-``ThreadingHTTPServer``: nothing to do on the compute thread):
+``HealthServer`` (``runtime/health.py``, shared with the CPU functions) serves them on
+``settings.health_port`` from a daemon thread (stdlib ``ThreadingHTTPServer``: nothing to do on
+the compute thread):
 
 - ``/metrics``: Prometheus text format.
 - ``/healthz``: 200 while the process is alive and the runner loop's heartbeat is fresh
@@ -18,18 +19,19 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from runtime.health import HealthServer, ReadinessFile, evaluate
 from runtime.logging import get_logger
+
+# Health endpoints and readiness files are shared with the CPU functions (runtime/health.py);
+# re-exported here for the runner.
+__all__ = ["HealthServer", "ReadinessFile", "RunnerMetrics", "evaluate", "seconds_since"]
 
 log = get_logger(component="runner-metrics")
 
@@ -129,7 +131,3 @@ class RunnerMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-# Health endpoints and readiness files are shared with the CPU functions: see runtime/health.py.
-from runtime.health import HealthServer, ReadinessFile, evaluate  # noqa: E402,F401

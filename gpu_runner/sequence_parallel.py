@@ -25,7 +25,6 @@ below does the same three things (config + mesh, processors, hooks) and can undo
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from diffusers.models._modeling_parallel import ParallelConfig
 from gpu_runner import distributed
 from gpu_runner.distributed import DistContext
 from runtime.logging import get_logger
+from runtime.settings import load_settings
 from schemas.errors import ErrorCode, Permanent
 
 log = get_logger(component="sequence_parallel")
@@ -267,9 +267,9 @@ def apply_sequence_parallel(target: Any, ctx: DistContext, backend: str | None =
     """Shard the sequence of every Wan transformer in ``target`` (a pipeline or a transformer) over all ranks.
 
     Must be called identically on every rank, after ``distributed.init_from_env``. ``backend``
-    defaults to ``$VIDEOGEN_SP_BACKEND`` or ``native``. Undo with ``handle.remove()``.
+    defaults to ``Settings.sp_backend`` (``$VIDEOGEN_SP_BACKEND``, ``native``). Undo with ``handle.remove()``.
     """
-    backend = (backend or os.environ.get(SP_BACKEND_ENV) or "native").lower()
+    backend = (backend or load_settings().sp_backend or "native").lower()
     if backend not in BACKENDS:
         raise Permanent(f"{SP_BACKEND_ENV}={backend!r}: expected one of {', '.join(BACKENDS)}", code=ErrorCode.MODEL_ERROR)
     if not ctx.distributed or not distributed.is_initialized():

@@ -7,7 +7,6 @@ Sources, highest first: environment variables, ``<data_dir>/stack.env`` (written
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,6 @@ class Settings(BaseSettings):
     preprocess_workers: int | None = Field(None, ge=1, description="pose/frame worker threads (default: cores)")
     status_ttl_s: int = Field(7 * 86400, description="how long finished jobs stay in KV videogen-jobs")
     heartbeat_s: float = Field(10.0, description="in_progress interval while a stage works on a message")
-    fetch_batch: int = 1
     # --- GPU runner --------------------------------------------------------------------
     models_dir: Path = Field(Path("models"), description="local diffusers-format checkpoints: <dir>/<model>/")
     runner_model: str = "tiny-wan"
@@ -77,6 +75,8 @@ class Settings(BaseSettings):
     runner_max_window_frames: int | None = Field(
         None, ge=1, description="longest window this runner renders (a GPU smaller than the planner's budget): "
                                 "longer segments are re-planned before any compute, like after an out-of-memory")
+    sp_backend: str = Field("native", description="sequence-parallel attention of a multi-GPU runner: native | "
+                                                  "ulysses | xfuser (CUDA; see gpu_runner/sequence_parallel.py)")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
 
     def masked(self) -> dict[str, Any]:
@@ -101,8 +101,3 @@ def load_settings(**overrides: Any) -> Settings:
     if env_file.is_file():
         kwargs.setdefault("_env_file", str(env_file))
     return Settings(**kwargs)
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

@@ -11,7 +11,6 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -140,10 +139,6 @@ class Storage:
             raise _wrap(e, f"put {b}/{key}") from e
         return self.ref(key, etag=resp.get("ETag", ""), size=len(data), bucket=b)
 
-    async def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> ObjectRef:
-        data = Path(path).read_bytes()
-        return await self.put_bytes(key, data, content_type)
-
     async def put_atomic(self, key: str, data: bytes, content_type: str = "application/octet-stream",
                          metadata: dict[str, str] | None = None) -> ObjectRef:
         """Write ``key`` so readers see the whole object or nothing, byte-exact.
@@ -232,15 +227,6 @@ class Storage:
         except (ClientError, BotoCoreError) as e:
             raise _wrap(e, f"list {prefix}") from e
         return keys
-
-    async def delete_prefix(self, prefix: str) -> int:
-        keys = await self.list_keys(prefix)
-        for i in range(0, len(keys), 1000):
-            batch = keys[i : i + 1000]
-            await self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
-            )
-        return len(keys)
 
     async def presign_get(self, key: str, ttl_s: int, *, bucket: str | None = None) -> tuple[str, datetime]:
         url = await self._presigner.generate_presigned_url(

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from functions.preprocess.errors import InputRejected, InputTooLarge, InputUnreadable, InputUnsupported
+from functions.preprocess.errors import InputRejected, InputTooLarge, InputUnsupported
 from functions.preprocess.geometry import analysis_size, center_crop_box, fit_to_grid
 from functions.preprocess.limits import MediaLimits
 from functions.preprocess.media import decode_image, iter_frames, probe_image, probe_video, resample
