@@ -194,7 +194,8 @@ class Storage:
         except (ClientError, BotoCoreError) as e:
             raise _wrap(e, f"get {b}/{key}") from e
 
-    async def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20, *, bucket: str | None = None) -> AsyncIterator[bytes]:
+    async def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20, *,
+                          bucket: str | None = None) -> AsyncIterator[bytes]:
         b = bucket or self.bucket
         try:
             resp = await self.client.get_object(Bucket=b, Key=key)

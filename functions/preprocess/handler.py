@@ -59,7 +59,7 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     if job.task != Task.T2V:
         from functions.preprocess.pipeline import preprocess as run_preprocess
 
-        inputs = await run_preprocess(job, req, ports.storage, ports.settings, heartbeat=delivery.in_progress)
+        inputs = await run_preprocess(job, req, ports.storage, ports.settings)
         job = ResolvedJob.model_validate({**job.model_dump(), "inputs": inputs})
 
     await ports.tracker.record(

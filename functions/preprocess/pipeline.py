@@ -15,7 +15,8 @@ name               key                                                      task
 ``keypoints_meta`` ``jobs/<id>/keypoints/keypoints.json`` (schema)           animate
 =================  =======================================================  ===========
 
-Blocking work (decode, pose, encode) runs in threads; the event loop only uploads and beats.
+Blocking work (decode, pose, encode) runs in threads, so the event loop stays free for uploads and
+for ``runtime.consumer.ConsumerLoop``'s ``in_progress`` heartbeat, which keeps the message alive.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,6 @@ from schemas.names import frames_key, input_key, keypoints_key
 from schemas.registry import get_model
 
 log = get_logger(stage="preprocess")
-Heartbeat = Callable[[], Awaitable[None]]
 
 CHUNK_FRAMES = 32
 """Frames per stored chunk, and per ``AnimateRun.step``."""
@@ -67,26 +66,8 @@ def default_face_size(job: ResolvedJob) -> int:
     return spec.face_size if spec is not None else FACE_SIZE
 
 
-class _Beat:
-    """Call ``heartbeat`` at most every ``every_s`` seconds; never let it fail the job."""
-
-    def __init__(self, heartbeat: Heartbeat | None, every_s: float) -> None:
-        self._fn = heartbeat
-        self._every = max(0.5, every_s / 2)
-        self._last = time.monotonic()
-
-    async def __call__(self, *, force: bool = False) -> None:
-        if self._fn is None or (not force and time.monotonic() - self._last < self._every):
-            return
-        self._last = time.monotonic()
-        try:
-            await self._fn()
-        except Exception as e:  # a lost heartbeat must not turn into a job failure
-            log.warning("heartbeat_failed", error=str(e))
-
-
 async def preprocess(job: ResolvedJob, request: JobRequest, storage: ObjectStore, settings: Settings, *,
-                     workers: int | None = None, heartbeat: Heartbeat | None = None,
+                     workers: int | None = None,
                      limits: MediaLimits | None = None, face_size: int | None = None,
                      require_person: bool = True) -> dict[str, ObjectRef]:
     """Fetch and validate the job's inputs, store originals and derived objects; see module doc.
@@ -96,7 +77,6 @@ async def preprocess(job: ResolvedJob, request: JobRequest, storage: ObjectStore
     video shows nobody in any frame is rejected (``input_unsupported``).
     """
     limits = limits or DEFAULT_LIMITS
-    beat = _Beat(heartbeat, settings.heartbeat_s)
     refs: dict[str, ObjectRef] = {}
     if job.task == Task.T2V:
         return refs
@@ -112,7 +92,6 @@ async def preprocess(job: ResolvedJob, request: JobRequest, storage: ObjectStore
     reference, info = await asyncio.to_thread(reference_image, image, limits, job.width, job.height)
     video: bytes | None = None
     if job.task == Task.ANIMATE and request.video:
-        await beat()
         video = await fetch_input(request.video, storage, limits, allow, max_bytes=limits.max_video_bytes,
                                   allowed_buckets=buckets)
         vinfo = await asyncio.to_thread(probe_video, video, limits)
@@ -127,7 +106,7 @@ async def preprocess(job: ResolvedJob, request: JobRequest, storage: ObjectStore
         kind = sniff(video)
         refs["video"] = await storage.put_bytes(input_key(jid, f"video.{kind.extension}"), video, kind.mime)
         refs.update(await _animate(job, video, storage, limits, resolve_workers(settings, workers),
-                                   face_size or default_face_size(job), beat, require_person))
+                                   face_size or default_face_size(job), require_person))
     log.info("preprocess_done", job_id=jid, task=job.task.value, objects=len(refs),
              elapsed_s=round(time.perf_counter() - t0, 3))
     return refs
@@ -166,7 +145,7 @@ class _Uploader:
 
 
 async def _animate(job: ResolvedJob, video: bytes, storage: ObjectStore, limits: MediaLimits, workers: int,
-                   face_size: int, beat: _Beat, require_person: bool) -> dict[str, ObjectRef]:
+                   face_size: int, require_person: bool) -> dict[str, ObjectRef]:
     jid = job.job_id
     t0 = time.perf_counter()
     estimator = await asyncio.to_thread(shared_estimator, workers)
@@ -181,7 +160,6 @@ async def _animate(job: ResolvedJob, video: bytes, storage: ObjectStore, limits:
         while not run.done:
             batch = await asyncio.to_thread(run.step, CHUNK_FRAMES)
             await uploader.submit(batch)
-            await beat()
         await uploader.drain()
     finally:
         uploader.cancel()
@@ -212,6 +190,5 @@ async def _animate(job: ResolvedJob, video: bytes, storage: ObjectStore, limits:
                                                       "application/json")
     log.info("animate_preprocessed", job_id=jid, frames=len(keypoints),
              fps_processed=round(stats.source_frames / elapsed, 1) if elapsed else None, **meta)
-    await beat(force=True)
     return refs
 
