@@ -164,7 +164,7 @@ def submit(
 
     settings = _settings(log_level="WARNING")
     req = JobRequest(
-        job_id=job_id or f"job-{uuid.uuid4().hex[:12]}", model=model, task=task, prompt=prompt,  # type: ignore[arg-type]
+        job_id=job_id or f"job-{uuid.uuid4().hex[:12]}", model=model, task=task, prompt=prompt,
         width=width, height=height, num_frames=num_frames, fps=fps, steps=steps, seed=seed, image=image, video=video,
         webhook=WebhookSpec(url=webhook) if webhook else None,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -159,7 +159,8 @@ async def attempts_seq(bus: Bus) -> int:
     return int((await bus.js.stream_info(STREAM_WEBHOOKS)).state.last_seq or 0)
 
 
-async def follow_attempts(bus: Bus, job_id: str, event_id: str, from_seq: int) -> AsyncIterator[WebhookAttempt]:
+async def follow_attempts(bus: Bus, job_id: str, event_id: str,
+                          from_seq: int) -> AsyncGenerator[WebhookAttempt, None]:
     """Attempts of one event recorded at stream sequence ``from_seq`` or later, live."""
     queue: asyncio.Queue[WebhookAttempt] = asyncio.Queue()
 

@@ -146,5 +146,5 @@ def _count_frames(blob: bytes) -> int:
 
     import av
 
-    with av.open(io.BytesIO(blob)) as c:
+    with av.open(io.BytesIO(blob), "r") as c:
         return sum(1 for _ in c.decode(video=0))

@@ -71,14 +71,18 @@ class PeriodicLoop:
         self.interval_s = interval_s
         self._stopping = asyncio.Event()
         self.ticks = 0
+        self.started = False  # readiness, as ConsumerLoop.started
+        self.last_tick = time.monotonic()  # liveness, as ConsumerLoop.last_tick
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
         log.info("periodic_started", stage=self.stage, interval_s=self.interval_s)
+        self.started = True
         failures = 0
         while not self._stopping.is_set():
+            self.last_tick = time.monotonic()
             try:
                 await self.ticker.tick()
                 failures = 0

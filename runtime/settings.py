@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: float = 10.0
     webhook_retry_schedule_s: list[float] = Field(
-        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
         description="delay before each delivery attempt (first = immediately)",
     )
     input_allow_hosts: list[str] = Field(default_factory=list, description="SSRF allow-list for input URLs")

@@ -46,7 +46,7 @@ def open_source(src: Source) -> av.container.InputContainer:
     if isinstance(src, bytes | bytearray):
         src = io.BytesIO(src)
     elif hasattr(src, "seek"):
-        src.seek(0)  # type: ignore[union-attr]
+        src.seek(0)
     return av.open(src if not isinstance(src, Path) else str(src), "r")
 
 

@@ -24,22 +24,16 @@ from runtime.ports import Ports
 from schemas.errors import ErrorCode
 from schemas.messages import EventType, FailedData, JobEvent, MaxDeliveriesAdvisory, valid_job_id
 from schemas.names import STREAMS, SWEPT_STREAMS
-from schemas.stages import STAGES
+from schemas.stages import RUNNER_STAGE, STAGES, stage_of_consumer
 
 log = get_logger(stage="sweeper")
 
-RUNNER_STAGE = "runner"
 _WORK_QUEUES = frozenset(s.name for s in STREAMS if s.retention == "workqueue")
 
 
 def stage_of(consumer: str) -> str:
     """The stage a durable consumer belongs to (``runner-<model>`` -> ``runner``)."""
-    if consumer.startswith("runner-"):
-        return RUNNER_STAGE
-    for name, st in STAGES.items():
-        if st.spec is not None and st.spec.durable == consumer:
-            return name
-    return consumer
+    return stage_of_consumer(consumer) or consumer
 
 
 def fails_job(stage: str) -> bool:
