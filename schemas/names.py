@@ -1,6 +1,6 @@
 """Every NATS subject, stream, consumer, KV bucket and S3 key layout — defined once.
 
-Public names (see CONTRACT.md) must not change without a version bump. Internal names live
+Public names (see docs/CONTRACT.md) must not change without a version bump. Internal names live
 under ``videogen.`` too and may change freely between releases.
 """
 
