@@ -69,7 +69,7 @@ def _handler(stage: str) -> StageHandler:
         from functions.planner.handler import handle_plan
         return handle_plan
     if stage == "chain":
-        from functions.planner.handler import handle_segment_done
+        from functions.chain.handler import handle_segment_done
         return handle_segment_done
     if stage == "stitch":
         from functions.stitch.handler import handle_stitch
