@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runtime.work import FailureHook, WorkItem, job_id_of
 from runtime.jobs import JobTracker
+from runtime.work import FailureHook, WorkItem, job_id_of
 from schemas.errors import ErrorCode, VideogenError
 from schemas.messages import EventType, FailedData, JobEvent, RejectedData, valid_job_id
 

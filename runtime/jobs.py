@@ -17,7 +17,6 @@ Every stage that writes on a job's behalf follows one protocol (``JobGuard``):
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import Awaitable, Callable
 from typing import Any
 

@@ -14,10 +14,10 @@ forever (counted as lag, keeping a scaled-to-zero pool awake) and its job would 
 
 from __future__ import annotations
 
-from runtime.work import WorkItem, dead_letter, job_id_of
 from runtime.logging import get_logger
 from runtime.ports import Ports
 from runtime.service import STAGES
+from runtime.work import WorkItem, dead_letter, job_id_of
 from schemas.errors import ErrorCode
 from schemas.messages import EventType, FailedData, JobEvent, MaxDeliveriesAdvisory, valid_job_id
 from schemas.names import STREAMS, SWEPT_STREAMS
