@@ -42,7 +42,6 @@ from schemas.messages import (
     FailedData,
     JobEvent,
     JobState,
-    JobStatus,
     ObjectRef,
     PlanRequest,
     ProgressData,
@@ -201,42 +200,14 @@ class RunnerIO:
         return active
 
     async def _watch_cancel(self, active: Active) -> None:
-        """Set ``active.cancelled`` as soon as the job's status turns cancelled/failed.
-
-        A KV watch on the job's key pushes every status write here (no polling delay), so the
-        step callback stops at the first step boundary after the cancel; polling every 0.5 s is
-        the fallback when the watch cannot be set up or breaks.
-        """
-        assert self.tracker is not None
+        """Set ``active.cancelled`` as soon as the job's status turns cancelled/failed (pushed by a
+        KV watch, ``runtime.jobs.JobGuard.wait_stopped``), so the step callback stops at the first
+        step boundary after the cancel."""
+        assert self.guard is not None
         job_id = active.job.job.job_id
-        watcher = None
-        try:
-            watcher = await (await self.bus.kv()).watch(job_id)
-            while True:
-                entry = await watcher.updates(timeout=None)
-                if entry is None or not entry.value:
-                    continue  # end of the initial values, or a delete marker
-                state = JobStatus.model_validate_json(entry.value).state
-                if state in STOPPED:
-                    active.cancelled = True
-                    log.info("job_stop_observed", job_id=job_id, segment=active.job.index, state=state.value,
-                             step=active.step)
-                    return
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.warning("cancel_watch_failed_polling", job_id=job_id, error=str(e))
-        finally:
-            if watcher is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(watcher.stop())
-        while True:
-            await asyncio.sleep(0.5)
-            with contextlib.suppress(Exception):
-                assert self.guard is not None
-                if await self.guard.stopped(job_id, among=STOPPED, clean_up=False) is not None:
-                    active.cancelled = True
-                    return
+        state = await self.guard.wait_stopped(job_id, among=STOPPED)
+        active.cancelled = True
+        log.info("job_stop_observed", job_id=job_id, segment=active.job.index, state=state.value, step=active.step)
 
     async def _discard(self, active: Active, state: JobState, why: str) -> None:
         """The job stopped while this segment was finishing: ack without hand-off."""

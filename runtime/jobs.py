@@ -17,6 +17,7 @@ Every stage that writes on a job's behalf follows one protocol (``JobGuard``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -251,6 +252,39 @@ class JobGuard:
             removed = await self.discard(job_id, queued_seq=queued_seq, queue=queue)
             log.info("cancelled_job_cleaned", job_id=job_id, objects_deleted=len(removed))
         return status.state
+
+    async def wait_stopped(self, job_id: str, *, among: frozenset[JobState] = STOPPED,
+                           poll_s: float = 0.5) -> JobState:
+        """Return as soon as the job's state is one of ``among`` (a long-running writer's stop signal).
+
+        A KV watch on the job's key pushes every status write here (no polling delay); polling every
+        ``poll_s`` is the fallback when the watch cannot be set up or breaks. No clean-up: the
+        writer is still working and cleans up when it settles.
+        """
+        watcher = None
+        try:
+            watcher = await (await self.tracker.bus.kv()).watch(job_id)
+            while True:
+                entry = await watcher.updates(timeout=None)
+                if entry is None or not entry.value:
+                    continue  # end of the initial values, or a delete marker
+                state = JobStatus.model_validate_json(entry.value).state
+                if state in among:
+                    return state
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("cancel_watch_failed_polling", job_id=job_id, error=str(e))
+        finally:
+            if watcher is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(watcher.stop())
+        while True:
+            await asyncio.sleep(poll_s)
+            with contextlib.suppress(Exception):
+                state = await self.stopped(job_id, among=among, clean_up=False)
+                if state is not None:
+                    return state
 
     async def discard(self, job_id: str, *, queued_seq: int | None = None, queue: str = STREAM_SEGMENTS) -> list[str]:
         """Delete what a cancelled job left: the message ``queued_seq`` (if still waiting; one a
