@@ -1,8 +1,13 @@
 """Rank 0's I/O: an asyncio loop on its own thread owning the bus and S3 clients.
 
 The compute thread never waits on the network except to take the next segment:
-progress events, in_progress heartbeats, cancellation polling, and encode+upload of a
+progress events, in_progress heartbeats, cancellation watching, and encode+upload of a
 finished segment all run here, so segment k's upload overlaps segment k+1's denoising.
+
+What this module does itself: fetch a segment's inputs, encode and upload its frames, report
+progress. Broker actions (pull, ack, nak, term, heartbeats, fail + DLQ, hand-back) are the
+segment message's ``runtime.work.WorkItem``'s; "has the job ended under me" checks and the
+clean-up after a cancel are ``runtime.jobs.JobGuard``'s.
 """
 
 from __future__ import annotations
@@ -21,25 +26,23 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from nats.aio.msg import Msg
-from nats.js.errors import FetchTimeoutError
 
 from gpu_runner.inputs import SegmentInputs
 from runtime.bus import Bus
-from runtime.consumer import send_to_dlq
 from runtime.frames_store import load_index, read_frames
-from runtime.jobs import JobTracker, discard_partial_objects
+from runtime.jobs import STOPPED, TERMINAL, JobGuard, JobTracker, window_progress
 from runtime.logging import get_logger
 from runtime.settings import Settings
 from runtime.storage import Storage
 from runtime.video import encode_mp4, remux_keyframes
-from schemas.errors import ErrorCode, Retryable, VideogenError
+from runtime.work import Puller, WorkItem
+from schemas.errors import ErrorCode, Permanent, Retryable, VideogenError
 from schemas.messages import (
     EventType,
     FailedData,
     JobEvent,
     JobState,
-    JobStatus,
+    ObjectRef,
     PlanRequest,
     ProgressData,
     ReplanHint,
@@ -61,6 +64,7 @@ from schemas.names import (
 
 T = TypeVar("T")
 log = get_logger(component="runner-io")
+STAGE = "runner"
 
 
 def encode_segment(frames: np.ndarray, job: SegmentJob) -> bytes:
@@ -93,30 +97,19 @@ async def _window(storage: Storage, index_ref: ObjectRef, j: SegmentJob) -> np.n
 
 
 def segment_progress(j: SegmentJob, step: int, steps: int) -> float:
-    """Job progress (0-98) at ``step`` of ``steps`` of segment ``j``: the share of output frames
-    covered, counting this window's new frames (past its overlap) pro rata. In frames rather
-    than segments, so it never moves back when the job is re-planned into more segments."""
-    new = j.frames - j.overlap_frames
-    covered = j.start_frame + j.overlap_frames + new * min(step, steps) / max(steps, 1)
-    return round(98.0 * min(1.0, covered / max(j.job.num_frames, 1)), 2)
-
-
-def _stopped_state(status: JobStatus | None) -> JobState | None:
-    if status is not None and status.state in (JobState.CANCELLED, JobState.FAILED):
-        return status.state
-    return None
+    """Job progress at ``step`` of ``steps`` of segment ``j`` (``runtime.jobs.window_progress``)."""
+    return window_progress(j.start_frame, j.frames, j.overlap_frames, j.job.num_frames, step, steps)
 
 
 @dataclass
 class Active:
-    """A segment message this runner holds: heartbeated until acked."""
+    """A segment message this runner holds: heartbeated until settled."""
 
     job: SegmentJob
-    msg: Msg
+    item: WorkItem
     started: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     step: int = 0  # last denoising step reported (every step, before the progress throttle)
-    heartbeat: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
     last_progress: float = 0.0
 
@@ -133,7 +126,8 @@ class RunnerIO:
         self.bus = Bus(settings, f"videogen-runner-{model}")
         self.storage = Storage(settings)
         self.tracker: JobTracker | None = None
-        self._sub: Any = None
+        self.guard: JobGuard | None = None
+        self.puller: Puller | None = None
         self._uploads: set[Future[Any]] = set()
         self.busy_s = 0.0
 
@@ -155,9 +149,11 @@ class RunnerIO:
         await self.bus.connect()
         await self.storage.open()
         self.tracker = JobTracker(self.bus)
+        self.guard = JobGuard(self.tracker, self.storage)
         spec = runner_consumer(self.model)
-        await self.bus.ensure_consumer(spec)
-        self._sub = await self.bus.js.pull_subscribe_bind(spec.durable, stream=spec.stream)
+        self.puller = Puller(self.bus, spec, stage=STAGE, on_permanent=self._record_failure,
+                             on_exhausted=self._record_failure)
+        await self.puller.open()
         log.info("runner_io_ready", model=self.model, consumer=spec.durable, runner=self.runner_id)
 
     def close(self, timeout_s: float = 120.0) -> None:
@@ -172,9 +168,8 @@ class RunnerIO:
         self._thread.join(timeout=10)
 
     async def _close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._sub is not None:
-                await self._sub.unsubscribe()
+        if self.puller is not None:
+            await self.puller.close()
         await self.storage.close()
         await self.bus.close()
 
@@ -183,93 +178,42 @@ class RunnerIO:
         return self.call(self._next(timeout_s), timeout=timeout_s + 30)
 
     async def _next(self, timeout_s: float) -> Active | None:
+        assert self.puller is not None and self.tracker is not None and self.guard is not None
+        item = await self.puller.next(timeout_s)
+        if item is None:
+            return None
         try:
-            msgs = await self._sub.fetch(batch=1, timeout=timeout_s)
-        except (FetchTimeoutError, asyncio.TimeoutError):
+            job = SegmentJob.model_validate_json(item.payload)
+        except ValueError as e:  # no job to fail: dead-lettered (the hook declines) and terminated
+            await item.fail(Permanent(f"bad segment job: {e}", code=ErrorCode.INVALID_REQUEST))
             return None
-        except Exception as e:
-            log.warning("fetch_failed", error=str(e))
-            await asyncio.sleep(0.5)
+        if (state := await self.guard.stopped(job.job.job_id, among=TERMINAL)) is not None:
+            log.info("segment_skipped_job_finished", job_id=job.job.job_id, segment=job.index, state=state.value)
+            await item.ack()
             return None
-        msg = msgs[0]
-        try:
-            job = SegmentJob.model_validate_json(msg.data)
-        except Exception as e:
-            await send_to_dlq(self.bus, "runner", msg, ErrorCode.INVALID_REQUEST.value, f"bad segment job: {e}", None)
-            await msg.term()
-            return None
-        assert self.tracker is not None
-        status, _ = await self.tracker.status.get(job.job.job_id)
-        if status is not None and status.state.terminal:
-            log.info("segment_skipped_job_finished", job_id=job.job.job_id, segment=job.index, state=status.state.value)
-            await msg.ack()
-            return None
-        active = Active(job, msg)
-        active.heartbeat = asyncio.create_task(self._heartbeat(active))
+        active = Active(job, item)
+        item.start_heartbeat(self.settings.heartbeat_s)
         active.watcher = asyncio.create_task(self._watch_cancel(active))
         if job.index == 0:  # off the critical path: compute starts now
             self.spawn(self.tracker.record(
                 JobEvent.build(job.job.job_id, EventType.STARTED, StartedData(segment=0, runner=self.runner_id))))
         return active
 
-    async def _heartbeat(self, active: Active) -> None:
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
-            with contextlib.suppress(Exception):
-                await active.msg.in_progress()
-
     async def _watch_cancel(self, active: Active) -> None:
-        """Set ``active.cancelled`` as soon as the job's status turns cancelled/failed.
-
-        A KV watch on the job's key pushes every status write here (no polling delay), so the
-        step callback stops at the first step boundary after the cancel; polling every 0.5 s is
-        the fallback when the watch cannot be set up or breaks.
-        """
-        assert self.tracker is not None
+        """Set ``active.cancelled`` as soon as the job's status turns cancelled/failed (pushed by a
+        KV watch, ``runtime.jobs.JobGuard.wait_stopped``), so the step callback stops at the first
+        step boundary after the cancel."""
+        assert self.guard is not None
         job_id = active.job.job.job_id
-        watcher = None
-        try:
-            watcher = await (await self.bus.kv()).watch(job_id)
-            while True:
-                entry = await watcher.updates(timeout=None)
-                if entry is None or not entry.value:
-                    continue  # end of the initial values, or a delete marker
-                state = JobStatus.model_validate_json(entry.value).state
-                if state in (JobState.CANCELLED, JobState.FAILED):
-                    active.cancelled = True
-                    log.info("job_stop_observed", job_id=job_id, segment=active.job.index, state=state.value,
-                             step=active.step)
-                    return
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.warning("cancel_watch_failed_polling", job_id=job_id, error=str(e))
-        finally:
-            if watcher is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(watcher.stop())
-        while True:
-            await asyncio.sleep(0.5)
-            with contextlib.suppress(Exception):
-                if await self._job_stopped(job_id):
-                    active.cancelled = True
-                    return
-
-    async def _job_stopped(self, job_id: str) -> JobState | None:
-        """The job's state when it is cancelled or failed (its segment's work must be dropped), else None."""
-        assert self.tracker is not None
-        status, _ = await self.tracker.status.get(job_id)
-        return _stopped_state(status)
+        state = await self.guard.wait_stopped(job_id, among=STOPPED)
+        active.cancelled = True
+        log.info("job_stop_observed", job_id=job_id, segment=active.job.index, state=state.value, step=active.step)
 
     async def _discard(self, active: Active, state: JobState, why: str) -> None:
-        """The job stopped while this segment was finishing: ack without hand-off; a cancelled
-        job's partial objects are deleted (a failed job's are kept for inspection)."""
-        job_id = active.job.job.job_id
-        removed = await discard_partial_objects(self.storage, job_id) if state == JobState.CANCELLED else []
-        with contextlib.suppress(Exception):
-            await active.msg.ack()
-        log.info("segment_discarded_job_stopped", job_id=job_id, segment=active.job.index, state=state.value,
-                 why=why, objects_deleted=len(removed))
+        """The job stopped while this segment was finishing: ack without hand-off."""
+        await active.item.ack()
+        log.info("segment_discarded_job_stopped", job_id=active.job.job.job_id, segment=active.job.index,
+                 state=state.value, why=why)
 
     def fetch_inputs(self, active: Active) -> SegmentInputs:
         """Everything the window needs from S3, as arrays (broadcast to the other ranks)."""
@@ -315,16 +259,18 @@ class RunnerIO:
         job_id = j.job.job_id
         try:
             assert self.tracker is not None
+            assert self.guard is not None
             status, _ = await self.tracker.status.get(job_id)
-            stopped = _stopped_state(status)
+            # cancelled or failed: drop the work; a cancelled job's partial objects are deleted on
+            # the way (a failed job's are kept for inspection)
+            stopped = await self.guard.stopped(job_id, among=STOPPED, status=status)
             if stopped is not None:
                 await self._discard(active, stopped, "before upload")
                 return
             if status is not None and status.plan is not None and status.plan.revision > j.plan_revision:
                 # the job was re-planned after this segment was handed out (its runner died before
                 # acking it): the new revision renders this part of the video; keep out of its keys
-                with contextlib.suppress(Exception):
-                    await active.msg.ack()
+                await active.item.ack()
                 log.info("segment_superseded", job_id=job_id, segment=j.index, revision=j.plan_revision,
                          plan_revision=status.plan.revision)
                 return
@@ -349,20 +295,19 @@ class RunnerIO:
                 self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result,
                                  msg_id=segment_done_msg_id(job_id, j.index, j.plan_revision)),
             )
-            stopped = await self._job_stopped(job_id)
+            stopped = await self.guard.stopped(job_id, among=STOPPED)
             if stopped is not None:
                 # cancelled during the upload: the canceller may have listed jobs/<id>/ before these
                 # objects existed, so the last writer deletes (the chain ignores the hand-off of a
                 # cancelled job); see functions/cancel/README.md
                 await self._discard(active, stopped, "during upload")
                 return
-            await active.msg.ack()
+            await active.item.ack()
             log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=result.frames,
                      bytes=len(data), elapsed_s=result.elapsed_s)
         except Exception as e:
             log.error("segment_upload_failed", job_id=job_id, segment=j.index, error=str(e))
-            with contextlib.suppress(Exception):
-                await active.msg.nak(delay=5)
+            await active.item.nak(5)
         finally:
             self._release(active)
 
@@ -370,52 +315,44 @@ class RunnerIO:
         self.call(self._fail(active, err), timeout=60)
 
     async def _fail(self, active: Active, err: BaseException) -> None:
-        """A model error: retry on another delivery unless permanent or out of attempts."""
-        j = active.job
-        md = active.msg.metadata
-        permanent = isinstance(err, VideogenError) and not err.retryable
-        final = int(md.num_delivered) >= runner_consumer(self.model).max_deliver
+        """A model error: retry on another delivery unless permanent or out of attempts (then
+        job.failed; out of attempts also dead-letters the segment so it can be replayed)."""
+        verr = err if isinstance(err, VideogenError) else Retryable(str(err), code=ErrorCode.MODEL_ERROR)
         try:
-            if permanent or final:
-                code = err.code.value if isinstance(err, VideogenError) else ErrorCode.MODEL_ERROR.value
-                assert self.tracker is not None
-                await self.tracker.record(JobEvent.build(
-                    j.job.job_id, EventType.FAILED,
-                    FailedData(code=code, message=f"runner: {err}", retryable=not permanent), "runner", j.index))
-                if final and not permanent:
-                    await send_to_dlq(self.bus, "runner", active.msg, ErrorCode.MAX_DELIVERIES.value, str(err),
-                                      int(md.num_delivered))
-                await active.msg.term()
-            else:
-                await active.msg.nak(delay=5 * int(md.num_delivered))
+            await active.item.fail(verr, retry_delay_s=5 * active.item.num_delivered)
         finally:
             self._release(active)
+
+    async def _record_failure(self, payload: bytes, err: VideogenError, item: WorkItem) -> bool:
+        """The runner's failure hook (permanent or exhausted): ``job.failed`` for the segment's job."""
+        assert self.tracker is not None
+        try:
+            j = SegmentJob.model_validate_json(payload)
+        except ValueError:
+            return False  # not a segment job: nothing to attach the failure to (DLQ only)
+        await self.tracker.record(JobEvent.build(
+            j.job.job_id, EventType.FAILED,
+            FailedData(code=err.code.value, message=f"runner: {err}", retryable=err.retryable), STAGE, j.index))
+        return True
 
     def abandon(self, active: Active) -> None:
         """The job was cancelled mid-segment: ack (nothing to redo) and stop watching."""
         self.call(self._abandon(active), timeout=60)
 
     async def _abandon(self, active: Active) -> None:
-        with contextlib.suppress(Exception):
-            await active.msg.ack()
+        await active.item.ack()
         self._release(active)
 
     def hand_back(self, active: Active, delay_s: float = 0.0) -> None:
-        """Give the segment back unfinished (shutdown, out of memory): redelivered after ``delay_s``."""
+        """Give the segment back unfinished (shutdown, out of memory): redelivered after ``delay_s``;
+        on its last delivery the job fails (retryable) and the segment is dead-lettered instead."""
         self.call(self._hand_back(active, delay_s), timeout=30)
 
     async def _hand_back(self, active: Active, delay_s: float) -> None:
-        md = active.msg.metadata
-        if int(md.num_delivered) >= runner_consumer(self.model).max_deliver:
-            # JetStream would not deliver it again: a nak now would strand the job in `running`;
-            # fail it (retryable) and dead-letter the segment so it can be replayed
-            await self._fail(active, Retryable(
-                f"segment {active.job.index} handed back on its last delivery ({md.num_delivered})",
-                code=ErrorCode.MAX_DELIVERIES))
-            return
-        with contextlib.suppress(Exception):
-            await active.msg.nak(delay=delay_s)
-        self._release(active)
+        try:
+            await active.item.hand_back(delay_s, reason=f"segment {active.job.index} handed back")
+        finally:
+            self._release(active)
 
     def replan(self, active: Active, max_window_frames: int, reason: str) -> None:
         """The segment does not fit this GPU: ask the planner for shorter windows from here on,
@@ -426,7 +363,7 @@ class RunnerIO:
         j = active.job
         hint = ReplanHint(
             index=j.index, plan_revision=j.plan_revision, failed_frames=j.frames, max_window_frames=max_window_frames,
-            reason=reason[:500], runner=self.runner_id, segment_seq=int(active.msg.metadata.sequence.stream),
+            reason=reason[:500], runner=self.runner_id, segment_seq=active.item.stream_seq,
             condition=j.condition,
         )
         try:
@@ -436,17 +373,16 @@ class RunnerIO:
             log.error("replan_request_failed", job_id=j.job.job_id, segment=j.index, error=str(e))
             await self._hand_back(active, 10.0)
             return
-        with contextlib.suppress(Exception):
-            await active.msg.ack()
+        await active.item.ack()
         self._release(active)
         log.warning("segment_replan_requested", job_id=j.job.job_id, segment=j.index, frames=j.frames,
                     max_window_frames=max_window_frames, revision=j.plan_revision, reason=reason)
 
     @staticmethod
     def _release(active: Active) -> None:
-        for task in (active.heartbeat, active.watcher):
-            if task is not None:
-                task.cancel()
+        active.item.stop_heartbeat()
+        if active.watcher is not None:
+            active.watcher.cancel()
 
     def pending_uploads(self) -> int:
         return len(self._uploads)

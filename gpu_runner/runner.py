@@ -180,8 +180,8 @@ class Runner:
                     command: Any = _STOP
                 else:
                     active = self.io.next_segment(timeout_s=FETCH_TIMEOUT_S)
-                    if active is not None:
-                        self.metrics.observe_queue_wait_since(active.msg.metadata.timestamp)
+                    if active is not None and active.item.stored_at is not None:
+                        self.metrics.observe_queue_wait_since(active.item.stored_at)
                     command = _IDLE if active is None else self._job_command(active)
             else:
                 command = None

@@ -1,11 +1,14 @@
-"""NATS / JetStream access: connect, provision the topology from ``schemas.names``, publish.
+"""NATS / JetStream access: connect, provision the topology from ``schemas.names``, publish, and
+the few stored-message operations stages need (get / next / last / delete by stream sequence).
 
-The only module (with ``runtime.consumer`` and ``runtime.jobs``) that touches nats-py.
+With ``runtime.work`` (pulling and acking) and ``runtime.jobs`` (the status KV) the only code
+that touches nats-py: no module outside ``runtime/`` imports ``nats``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
@@ -30,6 +33,22 @@ from schemas.names import (
 )
 
 log = get_logger(component="bus")
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as stored in a stream (read back by sequence or subject)."""
+
+    stream: str
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _stored(stream: str, raw: Any) -> StoredMessage:
+    return StoredMessage(stream=stream, seq=int(raw.seq or 0), subject=raw.subject or "", data=raw.data or b"",
+                         headers={k: str(v) for k, v in (raw.headers or {}).items()})
 
 
 def stream_config(spec: StreamSpec) -> js_api.StreamConfig:
@@ -188,3 +207,49 @@ class Bus:
         """(messages not yet delivered, delivered but not acked) for a consumer."""
         info = await self.js.consumer_info(stream, durable)
         return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+
+    # ---- stored messages ----------------------------------------------------------------
+    async def get_message(self, stream: str, seq: int) -> StoredMessage | None:
+        """The message at ``seq`` of ``stream``; None when there is none (acked off a work queue,
+        deleted, expired)."""
+        try:
+            return _stored(stream, await self.js.get_msg(stream, seq))
+        except NotFoundError:
+            return None
+
+    async def next_message(self, stream: str, seq: int, subject: str) -> StoredMessage | None:
+        """The first message on ``subject`` at sequence ``seq`` or later; None when there is none."""
+        try:
+            return _stored(stream, await self.js.get_msg(stream, seq=seq, subject=subject, next=True))
+        except NotFoundError:
+            return None
+
+    async def last_message(self, stream: str, subject: str) -> StoredMessage | None:
+        """The latest message on ``subject``; None when the subject has none."""
+        try:
+            return _stored(stream, await self.js.get_last_msg(stream, subject))
+        except NotFoundError:
+            return None
+
+    async def delete_message(self, stream: str, seq: int) -> bool:
+        """Delete one message; False when it was already gone (taken and acked, deleted before)."""
+        try:
+            await self.js.delete_msg(stream, seq)
+        except NotFoundError:
+            return False
+        return True
+
+    async def subject_counts(self, stream: str, subjects_filter: str) -> tuple[int, dict[str, int]]:
+        """(the stream's last sequence, messages stored per subject matching ``subjects_filter``)."""
+        info = await self.js.stream_info(stream, subjects_filter=subjects_filter)
+        return int(info.state.last_seq or 0), {k: int(v) for k, v in (info.state.subjects or {}).items()}
+
+    async def consumer_position(self, stream: str, durable: str) -> tuple[int, int] | None:
+        """(highest stream sequence delivered, messages not yet delivered) of a consumer; None if
+        it does not exist."""
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except NotFoundError:
+            return None
+        delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
+        return delivered, int(info.num_pending or 0)

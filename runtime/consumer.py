@@ -1,4 +1,7 @@
-"""The one place that turns a handler's outcome into a broker action.
+"""The CPU stages' consumer loop: turns a handler's outcome into a broker action.
+
+The actions themselves (and the failure policy shared with the GPU runner) are
+``runtime.work.WorkItem``'s; this loop maps outcomes onto them:
 
 handler returns        -> ack
 raises Retryable       -> nak(delay)   (after max deliveries: DLQ entry + on_exhausted + term)
@@ -14,25 +17,16 @@ period), and returns.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
-
-import nats.errors
-from nats.aio.msg import Msg
-from nats.js.errors import FetchTimeoutError
 
 from prometheus_client import Counter, Histogram
 
 from runtime.bus import Bus
 from runtime.logging import bound_contextvars, get_logger
+from runtime.work import BusClosed, FailureHook, Puller, WorkItem, dead_letter, job_id_of
 from schemas.errors import Cancelled, ErrorCode, Permanent, Retryable, VideogenError
-from schemas.messages import DLQEntry
-from schemas.names import ConsumerSpec, dlq_subject
+from schemas.names import ConsumerSpec
 
 log = get_logger(component="consumer")
 
@@ -46,79 +40,11 @@ QUEUE_WAIT_SECONDS = Histogram(
 # a first delivery waiting longer than this is logged (``slow_delivery``): lag, a cold start or a stall
 SLOW_DELIVERY_S = 2.0
 
+# What a handler gets besides the payload: the message's delivery facts, heartbeat and broker actions.
+Delivery = WorkItem
+Handler = Callable[[bytes, WorkItem], Awaitable[None]]
 
-@dataclass
-class Delivery:
-    """What a handler gets besides the payload: the message's delivery facts and a heartbeat."""
-
-    msg: Msg
-    stage: str
-    num_delivered: int
-    max_deliver: int
-    stream_seq: int | None
-
-    @property
-    def final_attempt(self) -> bool:
-        return self.num_delivered >= self.max_deliver
-
-    async def in_progress(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.msg.in_progress()
-
-
-Handler = Callable[[bytes, Delivery], Awaitable[None]]
-# Returns True when the failure was recorded against a job (event + status); False sends the
-# message to the DLQ as well (e.g. no job_id could be read).
-FailureHook = Callable[[bytes, VideogenError, Delivery], Awaitable[bool]]
-
-
-def job_id_of(payload: bytes) -> str | None:
-    """Best-effort job_id from a JSON payload (top level or nested under ``job``)."""
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(obj, dict):
-        return None
-    for candidate in (obj.get("job_id"), (obj.get("job") or {}).get("job_id") if isinstance(obj.get("job"), dict) else None):
-        if isinstance(candidate, str):
-            return candidate
-    return None
-
-
-async def send_to_dlq(bus: Bus, stage: str, msg: Msg, code: str, reason: str, num_delivered: int | None) -> None:
-    seq, delivered = _metadata(msg)
-    await dead_letter(bus, stage, subject=msg.subject, data=msg.data, headers=msg.headers, stream_seq=seq,
-                      num_delivered=num_delivered, code=code, reason=reason, dedupe_delivery=delivered)
-
-
-async def dead_letter(bus: Bus, stage: str, *, subject: str, data: bytes, headers: dict[str, Any] | None,
-                      stream_seq: int | None, num_delivered: int | None, code: str, reason: str,
-                      dedupe_delivery: int | None = None) -> DLQEntry:
-    """Publish a DLQ entry for a message (de-duplicated per stage, stream sequence and delivery)."""
-    entry = DLQEntry(
-        stage=stage,
-        code=code,
-        reason=reason,
-        subject=subject,
-        stream_seq=stream_seq,
-        num_delivered=num_delivered,
-        job_id=job_id_of(data),
-        headers={k: str(v) for k, v in (headers or {}).items()},
-        payload_b64=base64.b64encode(data).decode(),
-    )
-    delivery = num_delivered if dedupe_delivery is None else dedupe_delivery
-    await bus.publish(dlq_subject(stage), entry, msg_id=f"{stage}:{stream_seq}:{delivery}")
-    log.warning("dead_lettered", stage=stage, code=code, reason=reason, subject=subject, job_id=entry.job_id)
-    return entry
-
-
-def _metadata(msg: Msg) -> tuple[int | None, int]:
-    try:
-        md = msg.metadata
-        return md.sequence.stream, int(md.num_delivered)
-    except Exception:  # not a JetStream message (tests)
-        return None, 1
+__all__ = ["ConsumerLoop", "Delivery", "FailureHook", "Handler", "WorkItem", "dead_letter", "job_id_of"]
 
 
 class ConsumerLoop:
@@ -158,8 +84,9 @@ class ConsumerLoop:
         self._stopping.set()
 
     async def run(self) -> None:
-        await self.bus.ensure_consumer(self.spec)
-        sub = await self.bus.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
+        puller = Puller(self.bus, self.spec, stage=self.stage, on_permanent=self.on_permanent,
+                        on_exhausted=self.on_exhausted)
+        await puller.open()
         log.info("consumer_started", stage=self.stage, consumer=self.spec.durable, stream=self.spec.stream)
         self.started = True
         inflight: set[asyncio.Task[None]] = set()
@@ -171,17 +98,15 @@ class ConsumerLoop:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    msgs = await sub.fetch(batch=free, timeout=self.fetch_timeout_s)
-                except (FetchTimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except nats.errors.ConnectionClosedError:
+                    items = await puller.fetch(free, self.fetch_timeout_s)
+                except BusClosed:
                     break
                 except Exception as e:  # reconnecting etc.: back off briefly
                     log.warning("fetch_failed", stage=self.stage, error=str(e))
                     await asyncio.sleep(0.5)
                     continue
-                for msg in msgs:
-                    task = asyncio.create_task(self._process(msg))
+                for item in items:
+                    task = asyncio.create_task(self._process(item))
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
         finally:
@@ -189,90 +114,56 @@ class ConsumerLoop:
                 done, pending = await asyncio.wait(inflight, timeout=self.shutdown_grace_s)
                 for t in pending:
                     t.cancel()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await puller.close()
             log.info("consumer_stopped", stage=self.stage, processed=self.processed)
 
-    async def _heartbeat(self, delivery: Delivery) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            await delivery.in_progress()
-
-    async def _process(self, msg: Msg) -> None:
-        seq, num = _metadata(msg)
-        delivery = Delivery(msg, self.stage, num, self.spec.max_deliver, seq)
-        job_id = job_id_of(msg.data)
+    async def _process(self, item: WorkItem) -> None:
+        num = item.num_delivered
         self.busy = True
         started = time.perf_counter()
         outcome = "ack"
-        with bound_contextvars(stage=self.stage, job_id=job_id, delivery=num):
+        with bound_contextvars(stage=self.stage, job_id=item.job_id, delivery=num):
             if num == 1:  # redeliveries wait on purpose (back-off)
-                self._observe_queue_wait(msg)
-            hb = asyncio.create_task(self._heartbeat(delivery))
+                self._observe_queue_wait(item)
+            item.start_heartbeat(self.heartbeat_s)
             try:
-                await self.handler(msg.data, delivery)
+                await self.handler(item.payload, item)
             except Cancelled as e:
                 log.info("handler_cancelled", reason=str(e))
                 outcome = "cancelled"
-                await self._safe(msg.ack())
+                await item.ack()
             except Permanent as e:
                 log.warning("handler_permanent_failure", code=e.code.value, error=str(e))
-                outcome = "term"
-                await self._fail(msg, e, delivery, exhausted=False)
+                outcome = await item.fail(e)
             except asyncio.CancelledError:
                 # shutdown while working: hand the message back for another worker right away
-                await self._safe(msg.nak(delay=0))
+                await item.nak(0)
                 raise
             except Exception as e:
                 err = e if isinstance(e, Retryable) else Retryable(
                     f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL, delay_s=5.0
                 )
-                outcome = "dead_letter" if delivery.final_attempt else "nak"
-                if delivery.final_attempt:
-                    log.error("handler_exhausted", code=err.code.value, error=str(e), exc_info=not isinstance(e, VideogenError))
-                    await self._fail(msg, err, delivery, exhausted=True)
+                if item.final_attempt:
+                    log.error("handler_exhausted", code=err.code.value, error=str(e),
+                              exc_info=not isinstance(e, VideogenError))
                 else:
-                    delay = err.delay_s * (min(2 ** (num - 1), 16) if err.backoff else 1)
-                    log.warning("handler_retry", code=err.code.value, error=str(e), delay_s=delay,
+                    log.warning("handler_retry", code=err.code.value, error=str(e), delay_s=item.retry_delay_s(err),
                                 exc_info=not isinstance(e, VideogenError))
-                    await self._safe(msg.nak(delay=delay))
+                outcome = await item.fail(err)
             else:
-                await self._safe(msg.ack())
+                await item.ack()
             finally:
-                hb.cancel()
+                item.stop_heartbeat()
                 self.processed += 1
                 self.busy = False
                 MESSAGES.labels(self.stage, outcome).inc()
                 HANDLER_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
 
-    def _observe_queue_wait(self, msg: Msg) -> None:
-        try:
-            stored = msg.metadata.timestamp
-        except Exception:  # not a JetStream message (tests)
-            return
+    def _observe_queue_wait(self, item: WorkItem) -> None:
+        stored = item.stored_at
         if stored is None:
             return
         wait_s = max(0.0, time.time() - stored.timestamp())
         QUEUE_WAIT_SECONDS.labels(self.stage).observe(wait_s)
         if wait_s > SLOW_DELIVERY_S:
             log.warning("slow_delivery", wait_ms=round(1000 * wait_s, 1))
-
-    async def _fail(self, msg: Msg, err: VideogenError, delivery: Delivery, *, exhausted: bool) -> None:
-        hook = self.on_exhausted if exhausted else self.on_permanent
-        code = ErrorCode.MAX_DELIVERIES.value if exhausted else err.code.value
-        try:
-            handled = await hook(msg.data, err, delivery) if hook is not None else False
-            if exhausted or not handled:
-                await send_to_dlq(self.bus, self.stage, msg, code, str(err), delivery.num_delivered)
-        except Exception as e:  # could not record the failure: retry the whole message later
-            log.error("failure_recording_failed", error=str(e))
-            await self._safe(msg.nak(delay=5.0))
-            return
-        await self._safe(msg.term())
-
-    @staticmethod
-    async def _safe(coro: Awaitable[Any]) -> None:
-        try:
-            await coro
-        except Exception as e:
-            log.warning("ack_failed", error=str(e))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runtime.consumer import Delivery, FailureHook, job_id_of
 from runtime.jobs import JobTracker
+from runtime.work import FailureHook, WorkItem, job_id_of
 from schemas.errors import ErrorCode, VideogenError
 from schemas.messages import EventType, FailedData, JobEvent, RejectedData, valid_job_id
 
@@ -11,7 +11,7 @@ from schemas.messages import EventType, FailedData, JobEvent, RejectedData, vali
 def failure_hooks(tracker: JobTracker, stage: str, *, rejects: bool = False) -> tuple[FailureHook, FailureHook]:
     """(on_permanent, on_exhausted). ``rejects``: permanent failures here are ``job.rejected``."""
 
-    async def on_permanent(payload: bytes, err: VideogenError, d: Delivery) -> bool:
+    async def on_permanent(payload: bytes, err: VideogenError, d: WorkItem) -> bool:
         job_id = getattr(err, "job_id", None) or job_id_of(payload)
         if not valid_job_id(job_id):
             return False  # nothing to attach it to: DLQ
@@ -25,7 +25,7 @@ def failure_hooks(tracker: JobTracker, stage: str, *, rejects: bool = False) -> 
         await tracker.record(event)
         return True
 
-    async def on_exhausted(payload: bytes, err: VideogenError, d: Delivery) -> bool:
+    async def on_exhausted(payload: bytes, err: VideogenError, d: WorkItem) -> bool:
         job_id = job_id_of(payload)
         if not valid_job_id(job_id):
             return False

@@ -1,13 +1,23 @@
-"""Job state: events on ``videogen.events.<job_id>`` and the latest JobStatus in KV.
+"""The job lifecycle, in one place: events on ``videogen.events.<job_id>``, the latest JobStatus
+in KV, the progress formula, and the guard every writer uses against a job that ended under it.
 
 Status writes are compare-and-set on the KV revision: a stale writer re-reads and re-applies
 its change, and a terminal state is never overwritten (no "succeeded" flipping back).
+
+Every stage that writes on a job's behalf follows one protocol (``JobGuard``):
+
+1. before working: ``guard.stopped(job_id, among=TERMINAL)`` -- a message for a job that already
+   ended is skipped (acked); a cancelled job's leftovers are removed again on the way;
+2. write (objects, the next message, the status);
+3. after writing: ``guard.stopped(job_id, queued_seq=...)`` -- a cancel that landed meanwhile may
+   have listed ``jobs/<id>/`` before this write existed, so the last writer deletes: the message it
+   just queued and the job's partial objects (see functions/cancel/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +34,7 @@ from schemas.messages import (
     JobStatus,
     utcnow,
 )
-from schemas.names import events_subject, job_prefix, request_key
+from schemas.names import STREAM_SEGMENTS, events_subject, job_prefix, request_key
 
 log = get_logger(component="jobs")
 
@@ -42,6 +52,30 @@ _STATE_FOR_EVENT: dict[EventType, JobState] = {
 }
 
 Mutator = Callable[[JobStatus | None], JobStatus | None]
+
+# ---- progress ------------------------------------------------------------------------------
+# Job progress runs 0..PROGRESS_RENDERED while segments render (in output frames covered, so a
+# re-plan into more, shorter segments never moves it back); stitching takes it to 100.
+PROGRESS_RENDERED = 98.0
+
+
+def progress_pct(done: float, total: float) -> float:
+    """``done`` of ``total`` (frames, or segments) as job progress in 0..PROGRESS_RENDERED."""
+    return round(PROGRESS_RENDERED * min(1.0, done / max(total, 1)), 2)
+
+
+def window_progress(start_frame: int, frames: int, overlap_frames: int, total_frames: int,
+                    step: int = 1, steps: int = 1) -> float:
+    """Job progress at denoising ``step`` of ``steps`` of the window ``[start_frame, start_frame+frames)``:
+    the output frames covered, counting this window's new frames (past its overlap) pro rata.
+    At ``step == steps`` (the default) it is the progress once the window is rendered."""
+    new = frames - overlap_frames
+    covered = start_frame + overlap_frames + new * min(step, steps) / max(steps, 1)
+    return progress_pct(covered, total_frames)
+
+
+class StaleRevision(Exception):
+    """A compare-and-set status write lost: the key moved past the revision it was based on."""
 
 
 class StatusStore:
@@ -62,7 +96,6 @@ class StatusStore:
 
     async def update(self, job_id: str, mutate: Mutator, *, attempts: int = 20) -> JobStatus | None:
         """Apply ``mutate`` with optimistic concurrency; returns the stored status (or None if unchanged)."""
-        kv = await self.bus.kv()
         for _ in range(attempts):
             current, rev = await self.get(job_id)
             if current is not None and current.state.terminal:
@@ -70,21 +103,30 @@ class StatusStore:
             new = mutate(current)
             if new is None:
                 return current
-            data = new.model_dump_json().encode()
             try:
-                if rev == 0:
-                    await kv.create(job_id, data)
-                else:
-                    await kv.update(job_id, data, last=rev)
+                await self.write(job_id, new, last=rev)
                 return new
-            except KeyWrongLastSequenceError:
+            except StaleRevision:
                 continue  # someone wrote in between: re-read, re-apply
-            except Exception as e:  # create() on an existing key raises a wrong-sequence API error too
-                if "wrong last sequence" in str(e).lower() or "10071" in str(e):
-                    continue
-                raise
         log.error("status_update_gave_up", job_id=job_id)
         return None
+
+    async def write(self, job_id: str, status: JobStatus, *, last: int) -> None:
+        """Store ``status`` if the key is still at revision ``last`` (0: not there yet); else raise
+        :class:`StaleRevision`. Prefer :meth:`update`, which re-reads and re-applies."""
+        kv = await self.bus.kv()
+        data = status.model_dump_json().encode()
+        try:
+            if last == 0:
+                await kv.create(job_id, data)
+            else:
+                await kv.update(job_id, data, last=last)
+        except KeyWrongLastSequenceError as e:
+            raise StaleRevision(job_id) from e
+        except Exception as e:  # create() on an existing key raises a wrong-sequence API error too
+            if "wrong last sequence" in str(e).lower() or "10071" in str(e):
+                raise StaleRevision(job_id) from e
+            raise
 
 
     async def set_queue_position(self, job_id: str, position: int) -> JobStatus | None:
@@ -174,3 +216,89 @@ async def discard_partial_objects(storage: Storage, job_id: str) -> list[str]:
     for key in keys:
         await storage.delete(key)
     return keys
+
+
+TERMINAL: frozenset[JobState] = frozenset(s for s in JobState if s.terminal)
+CANCELLED: frozenset[JobState] = frozenset({JobState.CANCELLED})
+# a runner drops a segment of a job in these states (a failed job's other segments are moot)
+STOPPED: frozenset[JobState] = frozenset({JobState.CANCELLED, JobState.FAILED})
+
+_READ: Any = object()  # sentinel: read the status
+
+
+class JobGuard:
+    """The "has the job ended under me?" checks and the clean-up after a cancel, for every writer."""
+
+    def __init__(self, tracker: JobTracker, storage: Storage) -> None:
+        self.tracker = tracker
+        self.storage = storage
+
+    async def stopped(self, job_id: str, *, among: frozenset[JobState] = CANCELLED, status: Any = _READ,
+                      queued_seq: int | None = None, queue: str = STREAM_SEGMENTS,
+                      clean_up: bool = True) -> JobState | None:
+        """The job's state when it is one of ``among`` (the caller drops its work), else None.
+
+        ``status``: the status already at hand (e.g. what ``tracker.record`` stored); read when
+        not given. A cancelled job is cleaned up on the way (:meth:`discard`, with the message the
+        caller just queued as ``queued_seq`` on stream ``queue``): idempotent, so every writer that
+        finds the job cancelled after writing does it again. ``clean_up=False``: only look (a
+        watcher polling while the work is still running).
+        """
+        if status is _READ:
+            status, _ = await self.tracker.status.get(job_id)
+        if status is None or status.state not in among:
+            return None
+        if status.state == JobState.CANCELLED and clean_up:
+            removed = await self.discard(job_id, queued_seq=queued_seq, queue=queue)
+            log.info("cancelled_job_cleaned", job_id=job_id, objects_deleted=len(removed))
+        return status.state
+
+    async def wait_stopped(self, job_id: str, *, among: frozenset[JobState] = STOPPED,
+                           poll_s: float = 0.5) -> JobState:
+        """Return as soon as the job's state is one of ``among`` (a long-running writer's stop signal).
+
+        A KV watch on the job's key pushes every status write here (no polling delay); polling every
+        ``poll_s`` is the fallback when the watch cannot be set up or breaks. No clean-up: the
+        writer is still working and cleans up when it settles.
+        """
+        watcher = None
+        try:
+            watcher = await (await self.tracker.bus.kv()).watch(job_id)
+            while True:
+                entry = await watcher.updates(timeout=None)
+                if entry is None or not entry.value:
+                    continue  # end of the initial values, or a delete marker
+                state = JobStatus.model_validate_json(entry.value).state
+                if state in among:
+                    return state
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("cancel_watch_failed_polling", job_id=job_id, error=str(e))
+        finally:
+            if watcher is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(watcher.stop())
+        while True:
+            await asyncio.sleep(poll_s)
+            with contextlib.suppress(Exception):
+                state = await self.stopped(job_id, among=among, clean_up=False)
+                if state is not None:
+                    return state
+
+    async def discard(self, job_id: str, *, queued_seq: int | None = None, queue: str = STREAM_SEGMENTS) -> list[str]:
+        """Delete what a cancelled job left: the message ``queued_seq`` (if still waiting; one a
+        runner took is skipped by the runner) and the job's partial objects."""
+        if queued_seq:
+            await self.drop_message(queued_seq, queue=queue)
+        return await discard_partial_objects(self.storage, job_id)
+
+    async def drop_message(self, seq: int | None, *, queue: str = STREAM_SEGMENTS) -> bool:
+        """Best effort: delete one queued message (already taken or acked: gone, nothing to do)."""
+        if not seq:
+            return False
+        try:
+            return await self.tracker.bus.delete_message(queue, seq)
+        except Exception as e:
+            log.debug("queued_message_not_deleted", seq=seq, error=str(e))
+            return False

@@ -1,11 +1,11 @@
-"""The ports a stage handler gets: settings, bus, storage and the job tracker."""
+"""The ports a stage handler gets: settings, bus, storage and the job tracker (+ its guard)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runtime.bus import Bus
-from runtime.jobs import JobTracker
+from runtime.jobs import JobGuard, JobTracker
 from runtime.settings import Settings
 from runtime.storage import Storage
 
@@ -16,3 +16,7 @@ class Ports:
     bus: Bus
     storage: Storage
     tracker: JobTracker
+    guard: JobGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = JobGuard(self.tracker, self.storage)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nats.js.errors import NotFoundError
-
 from runtime.bus import Bus
 from runtime.logging import get_logger
 from schemas.messages import SegmentJob
@@ -78,9 +76,7 @@ class WorkQueueView:
 
         ``only``: one ``videogen.segments.<model>`` subject (the others are left as they are).
         """
-        info = await self.bus.js.stream_info(self.stream, subjects_filter=f"{SUBJECT_SEGMENTS_PREFIX}.>")
-        last_seq = int(info.state.last_seq or 0)
-        counts: dict[str, int] = dict(info.state.subjects or {})
+        last_seq, counts = await self.bus.subject_counts(self.stream, f"{SUBJECT_SEGMENTS_PREFIX}.>")
         for subject in list(self.subjects):
             if not counts.get(subject):
                 del self.subjects[subject]  # queue empty
@@ -94,14 +90,12 @@ class WorkQueueView:
         return out
 
     async def _refresh_subject(self, idx: SubjectIndex, last_seq: int) -> None:
-        try:
-            ci = await self.bus.js.consumer_info(self.stream, runner_durable_for_subject(idx.subject))
-        except NotFoundError:
+        position = await self.bus.consumer_position(self.stream, runner_durable_for_subject(idx.subject))
+        if position is None:
             idx.delivered_seq = 0  # no runner consumer yet: nothing delivered
             num_pending = None
         else:
-            idx.delivered_seq = int(ci.delivered.stream_seq or 0) if ci.delivered else 0
-            num_pending = int(ci.num_pending or 0)
+            idx.delivered_seq, num_pending = position
         for seq in [s for s in idx.waiting if s <= idx.delivered_seq]:
             del idx.waiting[seq]
         start = max(idx.scanned_seq, idx.delivered_seq) + 1
@@ -116,13 +110,10 @@ class WorkQueueView:
     async def _scan(self, idx: SubjectIndex, start: int, last_seq: int) -> None:
         seq = start
         while seq <= last_seq:
-            try:
-                msg = await self.bus.js.get_msg(self.stream, seq=seq, subject=idx.subject, next=True)
-            except NotFoundError:
+            msg = await self.bus.next_message(self.stream, seq, idx.subject)
+            if msg is None or not msg.seq or msg.seq > last_seq:
                 break
-            if msg.seq is None or msg.seq > last_seq:
-                break
-            ident = parse_msg_id((msg.headers or {}).get(HEADER_MSG_ID))
+            ident = parse_msg_id(msg.headers.get(HEADER_MSG_ID))
             if ident is None and msg.data:  # published without the planner's msg id: read the body
                 try:
                     job = SegmentJob.model_validate_json(msg.data)

@@ -12,14 +12,13 @@ themselves (see README.md).
 
 from __future__ import annotations
 
-from runtime.consumer import Delivery
-from runtime.jobs import discard_partial_objects
 from runtime.logging import get_logger
 from runtime.ports import Ports
 from runtime.queue import WorkQueueView
+from runtime.work import WorkItem
 from schemas.errors import ErrorCode, Permanent
 from schemas.messages import CancelledData, CancelRequest, EventType, JobEvent, JobState
-from schemas.names import STREAM_SEGMENTS, segments_subject
+from schemas.names import segments_subject
 
 log = get_logger(stage="cancel")
 
@@ -31,7 +30,7 @@ def parse_cancel(payload: bytes) -> CancelRequest:
         raise Permanent(f"bad cancel request: {e}", code=ErrorCode.INVALID_REQUEST) from e
 
 
-async def handle_cancel(payload: bytes, delivery: Delivery, ports: Ports) -> None:
+async def handle_cancel(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     req = parse_cancel(payload)
     job_id = req.job_id
     status, _ = await ports.tracker.status.get(job_id)
@@ -54,7 +53,7 @@ async def handle_cancel(payload: bytes, delivery: Delivery, ports: Ports) -> Non
                      state=stored.state.value if stored else None)
             return
     await _drop_waiting_segments(ports, job_id, status.model)
-    removed = await discard_partial_objects(ports.storage, job_id)
+    removed = await ports.guard.discard(job_id)
     log.info("job_cancelled", job_id=job_id, previous_state=status.state.value, reason=req.reason,
              objects_deleted=len(removed))
 
@@ -67,11 +66,8 @@ async def _drop_waiting_segments(ports: Ports, job_id: str, model: str | None) -
     try:
         subject = segments_subject(model) if model else None
         waiting = await WorkQueueView(ports.bus).waiting_for(job_id, subject)
-        for w in waiting:
-            try:
-                await ports.bus.js.delete_msg(STREAM_SEGMENTS, w.seq)
-            except Exception as e:  # already delivered and acked, or gone
-                log.debug("queued_segment_not_deleted", job_id=job_id, seq=w.seq, error=str(e))
+        for w in waiting:  # one already delivered and acked, or gone, is skipped
+            await ports.guard.drop_message(w.seq)
         if waiting:
             log.info("queued_segments_deleted", job_id=job_id, segments=[w.segment for w in waiting])
     except Exception as e:

@@ -1,1 +1,1 @@
-"""chain: publish segment k+1 when segment k is done (placeholder; the stage moves here from functions/planner)."""
+"""chain: hands a job from one rendered segment to the next, and the last one to stitch."""

@@ -3,4 +3,4 @@
 from runtime.service import main
 
 if __name__ == "__main__":
-    main(["planner", "chain"])
+    main(["planner"])

@@ -11,14 +11,13 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from runtime.consumer import Delivery
-from runtime.jobs import discard_partial_objects
+from runtime.jobs import CANCELLED, TERMINAL
 from runtime.logging import get_logger
 from runtime.ports import Ports
+from runtime.work import WorkItem
 from schemas.messages import (
     EventType,
     JobEvent,
-    JobState,
     OutputInfo,
     StitchRequest,
     SucceededData,
@@ -51,12 +50,11 @@ async def _assemble_multi(req: StitchRequest, ports: Ports, workdir: Path) -> tu
     return out.read_bytes(), report.frames
 
 
-async def handle_stitch(payload: bytes, delivery: Delivery, ports: Ports) -> None:
+async def handle_stitch(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     req = StitchRequest.model_validate_json(payload)
     job = req.job
-    status, _ = await ports.tracker.status.get(job.job_id)
-    if status is not None and status.state.terminal:
-        log.info("job_already_finished", job_id=job.job_id, state=status.state.value)
+    if (state := await ports.guard.stopped(job.job_id, among=TERMINAL)) is not None:
+        log.info("job_already_finished", job_id=job.job_id, state=state.value)
         return
     key = output_key(job.job_id)
     segs = sorted(req.segments, key=lambda s: s.index)
@@ -81,10 +79,9 @@ async def handle_stitch(payload: bytes, delivery: Delivery, ports: Ports) -> Non
         JobEvent.build(job.job_id, EventType.SUCCEEDED, data_s),
         output=output, url=url, url_expires_at=expires, segments_done=len(segs),
     )
-    if stored is not None and stored.state == JobState.CANCELLED:
+    if await ports.guard.stopped(job.job_id, among=CANCELLED, status=stored) is not None:
         # cancelled while stitching: the cancel won the compare-and-set, so no job.succeeded was
-        # published; the canceller may have cleaned up before output.mp4 existed: delete it now
-        removed = await discard_partial_objects(ports.storage, job.job_id)
-        log.info("output_discarded_job_cancelled", job_id=job.job_id, objects_deleted=len(removed))
+        # published; the canceller may have cleaned up before output.mp4 existed: the guard deleted it
+        log.info("output_discarded_job_cancelled", job_id=job.job_id)
         return
     log.info("job_succeeded", job_id=job.job_id, key=key, frames=frames, size=size)

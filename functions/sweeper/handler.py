@@ -14,13 +14,9 @@ forever (counted as lag, keeping a scaled-to-zero pool awake) and its job would 
 
 from __future__ import annotations
 
-import contextlib
-
-from nats.js.errors import NotFoundError
-
-from runtime.consumer import Delivery, dead_letter, job_id_of
 from runtime.logging import get_logger
 from runtime.ports import Ports
+from runtime.work import WorkItem, dead_letter, job_id_of
 from schemas.errors import ErrorCode
 from schemas.messages import EventType, FailedData, JobEvent, MaxDeliveriesAdvisory, valid_job_id
 from schemas.names import STREAMS, SWEPT_STREAMS
@@ -44,24 +40,23 @@ def fails_job(stage: str) -> bool:
     return st is not None and st.records_failures
 
 
-async def handle_advisory(payload: bytes, delivery: Delivery, ports: Ports) -> None:
+async def handle_advisory(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     adv = MaxDeliveriesAdvisory.model_validate_json(payload)
     if adv.stream not in SWEPT_STREAMS:
         log.info("advisory_ignored", stream=adv.stream, consumer=adv.consumer)
         return
-    try:
-        raw = await ports.bus.js.get_msg(adv.stream, adv.stream_seq)
-    except NotFoundError:
+    raw = await ports.bus.get_message(adv.stream, adv.stream_seq)
+    if raw is None:
         # acked at the last moment, deleted by a canceller, or swept before: nothing is stranded
         log.info("stranded_message_gone", stream=adv.stream, consumer=adv.consumer, stream_seq=adv.stream_seq)
         return
-    data = raw.data or b""
+    data = raw.data
     stage = stage_of(adv.consumer)
     reason = (f"{adv.consumer}: no worker finished it in {adv.deliveries} deliveries "
               "(the worker crashed, was killed or timed out on each)")
     job_id = job_id_of(data)
     # the DLQ entry first: once the job is failed or the message deleted, this is the only copy
-    await dead_letter(ports.bus, stage, subject=raw.subject or "", data=data, headers=raw.headers,
+    await dead_letter(ports.bus, stage, subject=raw.subject, data=data, headers=raw.headers,
                       stream_seq=adv.stream_seq, num_delivered=adv.deliveries,
                       code=ErrorCode.MAX_DELIVERIES.value, reason=reason)
     if job_id is not None and valid_job_id(job_id) and fails_job(stage):
@@ -69,7 +64,6 @@ async def handle_advisory(payload: bytes, delivery: Delivery, ports: Ports) -> N
         # same event id as a handler's own exhaustion (runtime.failures): one job.failed either way
         await ports.tracker.record(JobEvent.build(job_id, EventType.FAILED, failed, stage, "exhausted"))
     if adv.stream in _WORK_QUEUES:
-        with contextlib.suppress(NotFoundError):
-            await ports.bus.js.delete_msg(adv.stream, adv.stream_seq)
+        await ports.bus.delete_message(adv.stream, adv.stream_seq)  # False: gone meanwhile
     log.warning("stranded_message_swept", stream=adv.stream, consumer=adv.consumer, stream_seq=adv.stream_seq,
                 deliveries=adv.deliveries, stage=stage, job_id=job_id)

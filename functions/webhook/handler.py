@@ -13,15 +13,14 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import aiohttp
-from nats.js.errors import NotFoundError
 
 from functions.webhook.delivery import DeliveryResult, Outcome, deliver, next_delay_s
 from functions.webhook.signing import parse_secrets
-from runtime.consumer import Delivery
 from runtime.logging import get_logger
 from runtime.netguard import guarded_connector
 from runtime.ports import Ports
 from runtime.storage import ObjectNotFound
+from runtime.work import WorkItem
 from schemas.errors import ErrorCode, Permanent, Retryable
 from schemas.messages import JobEvent, JobRequest, WebhookAttempt, WebhookDisabled, WebhookSpec
 from schemas.names import STREAM_WEBHOOKS, request_key, webhook_attempts_subject, webhook_disabled_subject
@@ -60,11 +59,7 @@ async def is_disabled(job_id: str, ports: Ports) -> bool:
     if job_id in _disabled:
         _disabled.move_to_end(job_id)
         return _disabled[job_id]
-    try:
-        await ports.bus.js.get_last_msg(STREAM_WEBHOOKS, webhook_disabled_subject(job_id))
-        disabled = True
-    except NotFoundError:
-        disabled = False
+    disabled = await ports.bus.last_message(STREAM_WEBHOOKS, webhook_disabled_subject(job_id)) is not None
     _remember(_disabled, job_id, disabled)
     return disabled
 
@@ -78,7 +73,7 @@ async def disable(event: JobEvent, result: DeliveryResult, ports: Ports) -> None
     log.warning("webhook_gone_disabled", job_id=event.job_id, url=result.url, event_id=event.id)
 
 
-async def record_attempt(event: JobEvent, result: DeliveryResult, delivery: Delivery, ports: Ports, *,
+async def record_attempt(event: JobEvent, result: DeliveryResult, delivery: WorkItem, ports: Ports, *,
                          replay: bool, next_retry_s: float | None) -> None:
     """One record per attempt. Best effort: a failure to record never causes a second POST."""
     attempt = WebhookAttempt(
@@ -105,7 +100,7 @@ def _http(ports: Ports) -> aiohttp.ClientSession:
     return sess
 
 
-async def handle_event(payload: bytes, delivery: Delivery, ports: Ports) -> None:
+async def handle_event(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     event = JobEvent.model_validate_json(payload)
     spec = await webhook_for(event.job_id, ports)
     if spec is None or event.type not in spec.events:
@@ -116,7 +111,7 @@ async def handle_event(payload: bytes, delivery: Delivery, ports: Ports) -> None
     await _attempt(event, payload, spec, delivery, ports, replay=False)
 
 
-async def handle_replay(payload: bytes, delivery: Delivery, ports: Ports) -> None:
+async def handle_replay(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     """Deliver one event again (``videogen webhooks replay``): same body, same ``webhook-id``.
 
     An explicit operator request: it is sent even if the endpoint was disabled by a 410 (that
@@ -131,7 +126,7 @@ async def handle_replay(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     await _attempt(event, payload, spec, delivery, ports, replay=True)
 
 
-async def _attempt(event: JobEvent, payload: bytes, spec: WebhookSpec, delivery: Delivery, ports: Ports, *,
+async def _attempt(event: JobEvent, payload: bytes, spec: WebhookSpec, delivery: WorkItem, ports: Ports, *,
                    replay: bool) -> None:
     secrets = parse_secrets(ports.settings.webhook_secret.get_secret_value())
     result = await deliver(

@@ -16,7 +16,7 @@ stage           reads (plus everything it writes)             writes (Put + Dele
 ==============  ============================================  ============================================
 preprocess      inputs, frames, keypoints, client uploads     inputs (request.json, media), frames, keypoints
 planner         plan.json (idempotent re-plan)                plan.json
-chain           plan.json, segment results (<k>.json)         -
+chain           plan.json, segment results (<k>.json)         - ; cleans up a job cancelled meanwhile
 runner          inputs, frames, keypoints, segment tails      segments: <k>.mp4, <k>.tail.npy, <k>.json
 stitch          segment videos, output.mp4 (server copy)      output.mp4
 webhook         inputs/request.json (the job's subscription)  -
@@ -135,10 +135,10 @@ def stage_access() -> dict[str, StageAccess]:
         StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads"),
                     write=cat("inputs", "frames", "keypoints"),
                     list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,), internet=True),
-        # planner, runner and stitch also clean up a job cancelled while they wrote (write, then
+        # planner, chain, runner and stitch also clean up a job cancelled while they wrote (write, then
         # check status, then delete: runtime.jobs.discard_partial_objects), never request.json
         StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs, **cleanup),
-        StageAccess("chain", read=cat("plan", "segment_result"), list_prefixes=jobs),
+        StageAccess("chain", read=cat("plan", "segment_result"), list_prefixes=jobs, **cleanup),
         StageAccess(RUNNER, read=cat("inputs", "frames", "keypoints", "segment_tail"),
                     write=cat("segment_video", "segment_tail", "segment_result"), list_prefixes=jobs, **cleanup),
         StageAccess("stitch", read=cat("segment_video", "output"), write=cat("output"), list_prefixes=jobs,

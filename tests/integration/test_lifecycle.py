@@ -13,11 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from nats.js.errors import KeyWrongLastSequenceError
 
 from runtime.bus import Bus
 from runtime.client import follow, status, stream_messages, submit
-from runtime.jobs import JobTracker, StatusStore
+from runtime.jobs import JobTracker, StaleRevision, StatusStore
 from runtime.settings import Settings, load_settings
 from runtime.stack import provision, start_servers
 from runtime.storage import Storage
@@ -93,9 +92,8 @@ async def test_two_writers_race_terminal_state_wins(stack: Settings) -> None:
         await runner.record(JobEvent.build(job2, EventType.STARTED, {"segment": 0, "runner": "r"}))
         stale, stale_rev = await StatusStore(b1).get(job2)
         await stitch.record(JobEvent.build(job2, EventType.FAILED, {"code": "model_error", "message": "boom"}))
-        kv = await b1.kv()
-        with pytest.raises(KeyWrongLastSequenceError):
-            await kv.update(job2, stale.model_copy(update={"progress": 50.0}).model_dump_json().encode(), last=stale_rev)
+        with pytest.raises(StaleRevision):
+            await StatusStore(b1).write(job2, stale.model_copy(update={"progress": 50.0}), last=stale_rev)
         kept = await StatusStore(b1).update(job2, lambda cur: cur and cur.model_copy(update={"state": JobState.RUNNING}))
         assert kept is not None and kept.state == JobState.FAILED and kept.error and kept.error.code == "model_error"
 

@@ -31,7 +31,7 @@ def test_hand_back_on_the_last_delivery_fails_the_job_and_dead_letters(stack: Se
         for n in range(1, max_deliver + 1):
             active = io.next_segment(timeout_s=10)
             assert active is not None, f"delivery {n} never came"
-            assert int(active.msg.metadata.num_delivered) == n
+            assert active.item.num_delivered == n
             io.hand_back(active, delay_s=0)  # e.g. SIGTERM mid-segment, every time
         assert io.next_segment(timeout_s=2) is None  # terminated: not delivered again
 

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from nats.js.errors import NotFoundError
 
 from functions.sweeper.handler import fails_job, stage_of
 from runtime.bus import Bus
@@ -36,19 +35,22 @@ SPEC = ConsumerSpec(STREAM_SEGMENTS, DURABLE, segments_subject(MODEL), ack_wait_
                     description="test: a runner that dies on every delivery")
 
 WORKER = """
-import asyncio, os, sys
-import nats
+import asyncio, sys
+from runtime.bus import Bus
+from runtime.settings import load_settings
+from runtime.work import Puller
+from schemas.names import ConsumerSpec
 
 async def main():
-    nc = await nats.connect(os.environ["VIDEOGEN_NATS_URL"])
-    sub = await nc.jetstream().pull_subscribe_bind(sys.argv[1], stream=sys.argv[2])
-    while True:
-        try:
-            msgs = await sub.fetch(1, timeout=2)
-        except Exception:
-            continue
-        print("holding", msgs[0].metadata.num_delivered, flush=True)  # and never acks: killed here
-        await asyncio.sleep(3600)
+    async with Bus(load_settings(), "strand-worker") as bus:
+        puller = Puller(bus, ConsumerSpec(sys.argv[2], sys.argv[1], "", ack_wait_s=1, max_deliver=2), stage="t")
+        await puller.open(ensure=False)  # the test made the consumer
+        while True:
+            item = await puller.next(timeout_s=2)
+            if item is None:
+                continue
+            print("holding", item.num_delivered, flush=True)  # and never acks: killed here
+            await asyncio.sleep(3600)
 
 asyncio.run(main())
 """
@@ -110,8 +112,8 @@ async def test_message_killing_every_worker_is_dead_lettered_and_fails_the_job(s
         while (st := await status(bus, job.job_id)) is None or st.state != JobState.FAILED:
             await asyncio.sleep(0.2)
     assert st.error is not None and st.error.code == "max_deliveries" and st.error.retryable
-    with pytest.raises(NotFoundError):  # gone from the work queue: no lag left behind
-        await bus.js.get_msg(STREAM_SEGMENTS, ack.seq)
+    # gone from the work queue: no lag left behind
+    assert await bus.get_message(STREAM_SEGMENTS, ack.seq) is None
     swept = [json.loads(line) for line in (data / "functions.log").read_text().splitlines()
              if '"stranded_message_swept"' in line and job.job_id in line]
     assert len(swept) == 1 and swept[0]["consumer"] == DURABLE

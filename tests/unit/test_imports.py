@@ -202,8 +202,6 @@ def test_runtime_does_not_import_functions_at_module_level() -> None:
     assert not bad, f"runtime/ imports functions/ at module level (load handlers by path instead): {bad}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 1 (arch-broker) moves the remaining nats imports of "
-                                       "functions/ and gpu_runner/ behind runtime/; flip this when merged")
 def test_only_runtime_imports_nats() -> None:
     bad = {m: "nats" for m, tops in external_imports(("schemas", "functions", "gpu_runner"),
                                                     module_level_only=False).items() if "nats" in tops}

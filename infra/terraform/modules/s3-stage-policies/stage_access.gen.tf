@@ -46,8 +46,8 @@ locals {
         "jobs/*/segments/*.json.tmp-*",
       ]
       write         = []
-      delete        = []
-      keep          = []
+      delete        = ["jobs/*/*"]
+      keep          = ["jobs/*/inputs/request.json"]
       list_prefixes = ["jobs/"]
       bucket_admin  = false
       internet      = false

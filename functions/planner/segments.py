@@ -1,0 +1,39 @@
+"""A plan as messages (pure): the job's ``JobPlan`` and the ``SegmentJob`` of each of its windows.
+
+Shared by the planner (segment 0, a re-planned segment k) and the chain (segment k+1).
+"""
+
+from __future__ import annotations
+
+from functions.planner.plan import plan_segments
+from runtime.jobs import window_progress
+from schemas.messages import JobPlan, ObjectRef, PlanRequest, SegmentJob, WindowSpec
+from schemas.registry import MODELS
+
+
+def make_plan(req: PlanRequest, budget_bytes: int | None) -> JobPlan:
+    job = req.job
+    spec = MODELS[job.model]
+    plan = plan_segments(
+        job.num_frames, spec, job.width, job.height,
+        budget_bytes=budget_bytes, max_window=job.max_segment_frames, steps=job.steps,
+    )
+    windows = [WindowSpec(index=w.index, start_frame=w.start_frame, frames=w.frames,
+                          overlap_frames=w.overlap_frames) for w in plan.windows]
+    return JobPlan(job=job, info=plan.to_info(), windows=windows, padding_frames=plan.padding_frames)
+
+
+def segment_job(plan: JobPlan, index: int, condition: ObjectRef | None) -> SegmentJob:
+    w = plan.windows[index]
+    return SegmentJob(
+        job=plan.job, index=index, count=len(plan.windows), start_frame=w.start_frame, frames=w.frames,
+        overlap_frames=w.overlap_frames,
+        next_overlap_frames=plan.windows[index + 1].overlap_frames if index + 1 < len(plan.windows) else 0,
+        seed=(plan.job.seed + index) % 2**32, condition=condition, plan_revision=plan.info.revision,
+    )
+
+
+def progress_after(plan: JobPlan, index: int) -> float:
+    """Job progress once segment ``index`` is rendered (``runtime.jobs.window_progress``)."""
+    w = plan.windows[index]
+    return window_progress(w.start_frame, w.frames, w.overlap_frames, plan.job.num_frames)
