@@ -98,7 +98,12 @@ class ConsumerLoop:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    items = await puller.fetch(free, self.fetch_timeout_s)
+                    # one message per pull, even with free slots: nats-py's batch fetch (``_fetch_n``)
+                    # holds a message that arrives during its lingering pull until the whole batch
+                    # is full or the pull expires -- up to ``fetch_timeout_s`` of stall per hop (the
+                    # "start-up stall" of bench/README.md). A single-message pull returns at once;
+                    # the loop comes straight back for the next free slot.
+                    items = await puller.fetch(1, self.fetch_timeout_s)
                 except BusClosed:
                     break
                 except Exception as e:  # reconnecting etc.: back off briefly
