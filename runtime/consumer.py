@@ -76,7 +76,7 @@ def job_id_of(payload: bytes) -> str | None:
     """Best-effort job_id from a JSON payload (top level or nested under ``job``)."""
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested JSON
         return None
     if not isinstance(obj, dict):
         return None

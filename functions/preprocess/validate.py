@@ -53,6 +53,8 @@ def parse_request(payload: bytes) -> JobRequest:
         raw = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestRejected(f"body is not valid JSON: {e}", code=ErrorCode.INVALID_JSON) from e
+    except RecursionError as e:  # "[[[[..." thousands deep: refused, never a crash loop
+        raise RequestRejected("body is nested too deeply", code=ErrorCode.INVALID_JSON) from e
     if not isinstance(raw, dict):
         raise RequestRejected("body must be a JSON object", code=ErrorCode.INVALID_REQUEST)
     job_id = raw.get("job_id") if valid_job_id(raw.get("job_id")) else None
