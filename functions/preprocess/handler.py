@@ -6,7 +6,7 @@ out: ``job.accepted`` / ``job.rejected``, ``job.preprocessed``; ``videogen.work.
 
 from __future__ import annotations
 
-from functions.preprocess.validate import RequestRejected, parse_request, resolve
+from functions.preprocess.validate import RequestRejected, check_loras, parse_request, resolve
 from runtime.consumer import Delivery, send_to_dlq
 from runtime.logging import get_logger
 from runtime.ports import Ports
@@ -101,6 +101,8 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     if not await claim(req.job_id, payload, delivery, ports):
         return
     job, spec = resolve(req)
+    settings = ports.settings
+    check_loras(req, settings.bucket, settings.lora_allow_prefixes, settings.input_buckets)
     await check_webhook(req, ports)
 
     accepted = AcceptedData(model=job.model, task=job.task, width=job.width, height=job.height,

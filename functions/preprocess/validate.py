@@ -65,6 +65,28 @@ def parse_request(payload: bytes) -> JobRequest:
         raise RequestRejected(_describe(errors), code=_code_for(errors), job_id=job_id, details=errors) from e
 
 
+def check_loras(req: JobRequest, bucket: str, allow_prefixes: list[str], input_buckets: list[str]) -> None:
+    """A LoRA is code-like input: it must be pinned (``sha256``) or come from an allowed prefix.
+
+    Without a sha256 the source must be ``s3://<bucket>/<allowed prefix>...``; with one, any key
+    in ``bucket`` or ``input_buckets``. ``..`` segments are always refused. The runner caps the
+    bytes it fetches (``lora_max_bytes``) and checks the digest before loading.
+    """
+    for i, lora in enumerate(req.loras):
+        src_bucket, _, key = lora.source.removeprefix("s3://").partition("/")
+        where = f"loras.{i}.source"
+        if ".." in key.split("/") or key.startswith("/"):
+            raise RequestRejected(f"{where}: '..' and absolute keys are not allowed",
+                                  code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
+        if src_bucket != bucket and src_bucket not in input_buckets:
+            raise RequestRejected(f"{where}: bucket {src_bucket!r} is not allowed",
+                                  code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
+        if lora.sha256 is None and not (src_bucket == bucket and any(key.startswith(p) for p in allow_prefixes)):
+            allowed = ", ".join(f"s3://{bucket}/{p}" for p in allow_prefixes) or "(none)"
+            raise RequestRejected(f"{where}: needs a sha256 unless it is under {allowed}",
+                                  code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
+
+
 def _check_range(name: str, value: int, lo: int, hi: int, job_id: str) -> None:
     if not lo <= value <= hi:
         raise RequestRejected(f"{name}={value} is out of range [{lo}, {hi}] for this model",

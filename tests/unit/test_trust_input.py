@@ -72,3 +72,65 @@ def test_deeply_nested_json_is_a_rejection_not_a_crash() -> None:
 def test_job_id_of_survives_deep_nesting() -> None:
     assert job_id_of(NESTED) is None
     assert job_id_of(b'{"job_id": "ok"}') == "ok"
+
+
+# --- LoRA sources: pinned or from an allowed prefix, and a byte cap on the fetch -------------
+from functions.preprocess.validate import check_loras  # noqa: E402
+
+SHA = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("lora", "ok"),
+    [
+        ({"source": "s3://videogen/loras/style.safetensors"}, True),
+        ({"source": "s3://videogen/uploads/me/style.safetensors"}, True),
+        ({"source": "s3://videogen/jobs/other/out/x.safetensors"}, False),  # another job's objects
+        ({"source": "s3://videogen/jobs/other/out/x.safetensors", "sha256": SHA}, True),  # pinned
+        ({"source": "s3://elsewhere/loras/style.safetensors"}, False),
+        ({"source": "s3://elsewhere/loras/style.safetensors", "sha256": SHA}, False),  # bucket not configured
+        ({"source": "s3://extra/x.safetensors", "sha256": SHA}, True),  # configured input bucket
+        ({"source": "s3://videogen/loras/../jobs/x.safetensors"}, False),
+        ({"source": "s3://videogen/loras/../jobs/x.safetensors", "sha256": SHA}, False),
+    ],
+)
+def test_lora_source_policy(lora: dict, ok: bool) -> None:
+    req = parse_request(json.dumps({"job_id": "j1", "loras": [lora]}).encode())
+    if ok:
+        check_loras(req, "videogen", ["loras/", "uploads/"], ["extra"])
+    else:
+        with pytest.raises(RequestRejected) as e:
+            check_loras(req, "videogen", ["loras/", "uploads/"], ["extra"])
+        assert e.value.code == ErrorCode.INPUT_FORBIDDEN and "loras.0.source" in str(e.value)
+
+
+async def test_lora_fetch_has_a_byte_cap() -> None:
+    from gpu_runner.lora import storage_fetch
+    from runtime.storage import ObjectTooLarge
+
+    class FakeStorage:  # stands in for Storage.get_bytes' contract: refuse past max_bytes
+        seen: list[int | None] = []
+
+        async def get_bytes(self, key: str, *, bucket: str | None = None, max_bytes: int | None = None) -> bytes:
+            self.seen.append(max_bytes)
+            data = b"x" * 100
+            if max_bytes is not None and len(data) > max_bytes:
+                raise ObjectTooLarge("too big")
+            return data
+
+    store = FakeStorage()
+    assert await storage_fetch(store, max_bytes=100)("s3://b/k.safetensors") == b"x" * 100
+    with pytest.raises(ObjectTooLarge):
+        await storage_fetch(store, max_bytes=99)("s3://b/k.safetensors")
+    assert store.seen == [100, 99]
+
+
+def test_lora_digest_checked_before_the_file_is_cached(tmp_path) -> None:
+    from gpu_runner.lora import AdapterCache, LoraSpec
+    from schemas.errors import Permanent
+
+    cache = AdapterCache(dir=tmp_path, fetch=lambda uri: b"not the pinned bytes")
+    spec = LoraSpec(source="s3://b/k.safetensors", sha256="0" * 64)
+    with pytest.raises(Permanent, match="sha256 mismatch"):
+        cache.resolve(spec)
+    assert not list(tmp_path.glob("*.safetensors"))  # nothing unverified left in the cache
