@@ -35,6 +35,9 @@ err = Console(stderr=True)
 def _settings(**overrides: object) -> Settings:
     s = load_settings(**overrides)
     configure_logging(s.log_level if "log_level" not in overrides else str(overrides["log_level"]), s.log_format)
+    from runtime.trust import require_production_secrets
+
+    require_production_secrets(s)  # embedded=false: no dev secrets, one clear line
     return s
 
 

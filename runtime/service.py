@@ -28,6 +28,7 @@ from runtime.jobs import JobTracker
 from runtime.logging import configure_logging, get_logger
 from runtime.ports import Ports
 from runtime.settings import Settings, load_settings
+from runtime.trust import require_production_secrets
 from runtime.storage import Storage
 from schemas.names import (
     CONSUMER_CANCEL,
@@ -206,6 +207,7 @@ class Service:
 
 async def serve(stages: list[str], settings: Settings | None = None) -> None:
     settings = settings or load_settings()
+    require_production_secrets(settings)  # embedded=false: no dev secrets, one clear line
     service = Service(settings, stages)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -95,10 +95,16 @@ class Settings(BaseSettings):
     submit_rate_per_minute: int = Field(120, ge=1, description="submissions per tenant per minute")
 
     def masked(self) -> dict[str, Any]:
+        from runtime.trust import strip_credentials
+
         out: dict[str, Any] = {}
         for name, value in self.model_dump().items():
             if isinstance(getattr(self, name), SecretStr):
                 out[name] = "***" if getattr(self, name).get_secret_value() else ""
+            elif name in ("nats_url", "s3_endpoint", "s3_public_endpoint"):
+                out[name] = strip_credentials(value)  # user:pass@ never reaches a log
+            elif name == "webhook_tenant_secrets":
+                out[name] = {tenant: "***" for tenant in value}
             elif isinstance(value, Path):
                 out[name] = str(value)
             else:

@@ -6,7 +6,12 @@ out: ``job.accepted`` / ``job.rejected``, ``job.preprocessed``; ``videogen.work.
 
 from __future__ import annotations
 
-from functions.preprocess.validate import RequestRejected, check_loras, parse_request, resolve
+from functions.preprocess.validate import (
+    RequestRejected,
+    check_loras,
+    parse_request,
+    resolve,
+)
 from runtime.consumer import Delivery, send_to_dlq
 from runtime.logging import get_logger
 from runtime.ports import Ports
@@ -100,7 +105,7 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
         raise
     if not await claim(req.job_id, payload, delivery, ports):
         return
-    job, spec = resolve(req)
+    job, _spec = resolve(req)
     settings = ports.settings
     check_loras(req, settings.bucket, settings.lora_allow_prefixes, settings.input_buckets)
     await check_webhook(req, ports)

@@ -75,7 +75,7 @@ def test_job_id_of_survives_deep_nesting() -> None:
 
 
 # --- LoRA sources: pinned or from an allowed prefix, and a byte cap on the fetch -------------
-from functions.preprocess.validate import check_loras  # noqa: E402
+from functions.preprocess.validate import check_loras
 
 SHA = "a" * 64
 
@@ -109,7 +109,8 @@ async def test_lora_fetch_has_a_byte_cap() -> None:
     from runtime.storage import ObjectTooLarge
 
     class FakeStorage:  # stands in for Storage.get_bytes' contract: refuse past max_bytes
-        seen: list[int | None] = []
+        def __init__(self) -> None:
+            self.seen: list[int | None] = []
 
         async def get_bytes(self, key: str, *, bucket: str | None = None, max_bytes: int | None = None) -> bytes:
             self.seen.append(max_bytes)
