@@ -38,10 +38,11 @@ log = get_logger(stage="preprocess")
 async def check_webhook(req: JobRequest, ports: Ports) -> None:
     if req.webhook is None:
         return
-    from runtime.netguard import ForbiddenTarget, check_url
+    from runtime.netguard import ForbiddenTarget, check_url, require_https
 
     try:
         await check_url(req.webhook.url, ports.settings.webhook_allow_hosts)
+        require_https(req.webhook.url, ports.settings.webhook_allow_hosts)
     except ForbiddenTarget as e:
         raise RequestRejected(f"webhook.url refused: {e}", code=ErrorCode.WEBHOOK_URL_FORBIDDEN,
                               job_id=req.job_id) from e

@@ -24,7 +24,15 @@ from pydantic import SecretStr
 
 from functions.webhook.signing import headers as signed_headers
 from runtime.logging import get_logger
-from runtime.netguard import AllowList, ForbiddenTarget, HostResolver, TargetUnresolvable, check_url, redact_url
+from runtime.netguard import (
+    AllowList,
+    ForbiddenTarget,
+    HostResolver,
+    TargetUnresolvable,
+    check_url,
+    redact_url,
+    require_https,
+)
 from schemas.errors import ErrorCode
 
 DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -203,6 +211,7 @@ async def deliver(
 
     try:
         await check_url(url, allow, resolver=resolver, code=ErrorCode.WEBHOOK_URL_FORBIDDEN)
+        require_https(url, allow)  # after the SSRF check: its reason is the more specific one
     except ForbiddenTarget as e:
         return done(Outcome.FORBIDDEN, error=str(e))
     except TargetUnresolvable as e:
