@@ -42,7 +42,8 @@ def stream_config(spec: StreamSpec) -> js_api.StreamConfig:
         max_age=float(spec.max_age_s) if spec.max_age_s else None,
         duplicate_window=float(spec.duplicate_window_s),
         max_msg_size=spec.max_msg_size_bytes,
-        discard=js_api.DiscardPolicy.OLD,
+        max_bytes=spec.max_bytes,
+        discard=js_api.DiscardPolicy.NEW if spec.discard == "new" else js_api.DiscardPolicy.OLD,
     )
 
 

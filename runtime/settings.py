@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         description="key prefixes in `bucket` a LoRA may come from without a sha256; others need one")
     max_job_gpu_seconds: float = Field(6 * 3600.0, gt=0, description="admission: planner-modelled GPU "
                                                                     "seconds one job may cost")
-    max_job_frame_pixels: int = Field(81 * 1280 * 720 * 4, gt=0, description="admission: frames x width x "
+    max_job_frame_pixels: int = Field(81 * 1280 * 720 * 8, gt=0, description="admission: frames x width x "
                                                                             "height of one job")
     max_stitch_bytes: int = Field(8 << 30, gt=0, description="admission: stitch's modelled peak memory")
     max_queued_jobs_per_tenant: int = Field(100, ge=1, description="queued + preprocessing jobs per tenant")

@@ -6,6 +6,7 @@ out: ``job.accepted`` / ``job.rejected``, ``job.preprocessed``; ``videogen.work.
 
 from __future__ import annotations
 
+from functions.preprocess.admission import Limits, admit
 from functions.preprocess.validate import (
     RequestRejected,
     check_loras,
@@ -109,6 +110,8 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     job, _spec = resolve(req)
     settings = ports.settings
     check_loras(req, settings.bucket, settings.lora_allow_prefixes, settings.input_buckets)
+    admit(job, Limits(max_frame_pixels=settings.max_job_frame_pixels, max_gpu_seconds=settings.max_job_gpu_seconds,
+                      max_stitch_bytes=settings.max_stitch_bytes, budget_bytes=settings.runner_memory_budget_bytes))
     await check_webhook(req, ports)
 
     accepted = AcceptedData(model=job.model, task=job.task, width=job.width, height=job.height,

@@ -104,3 +104,13 @@ async def test_public_contract_is_strict(stack, preprocess, bus: Bus, field: str
     status, _ = await StatusStore(bus).get(job_id)
     assert status is not None and status.error is not None
     assert status.error.code == "invalid_request" and field in status.error.message
+
+
+async def test_over_cost_job_rejected_over_limit(stack, preprocess, bus: Bus) -> None:
+    job_id = "twenty-gpu-days"
+    await _submit(bus, {"job_id": job_id, "prompt": "x", "model": "wan2.1-t2v-14b", "num_frames": 5000,
+                        "width": 1920, "height": 1920, "steps": 100}, job_id)
+    await _state(bus, job_id, JobState.FAILED)
+    status, _ = await StatusStore(bus).get(job_id)
+    assert status is not None and status.error is not None
+    assert status.error.code == "over_limit" and "18,432,000,000" in status.error.message

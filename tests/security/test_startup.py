@@ -17,7 +17,7 @@ def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedPro
     base.update({"VIDEOGEN_EMBEDDED": "false", "VIDEOGEN_DATA_DIR": str(tmp_path),
                  # nothing listens here: a process that got past the check would hang or fail differently
                  "VIDEOGEN_NATS_URL": "nats://127.0.0.1:9", "PYTHONPATH": str(REPO), **env})
-    return subprocess.run([sys.executable, *args], env=base, capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, *args], env=base, capture_output=True, text=True, timeout=120, check=False,
                           cwd=str(REPO))
 
 

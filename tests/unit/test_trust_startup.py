@@ -95,7 +95,7 @@ def test_private_file_is_0600_from_the_first_byte(tmp_path: Path) -> None:
 
 
 def test_private_file_never_follows_a_planted_temp_symlink(tmp_path: Path, monkeypatch) -> None:
-    import runtime.trust as trust
+    from runtime import trust
 
     monkeypatch.setattr(trust._secrets, "token_hex", lambda n: "fixed")
     victim = tmp_path / "victim"

@@ -8,7 +8,14 @@ import pytest
 from pydantic import SecretStr
 
 from functions.webhook.replay import replay_reference
-from functions.webhook.signing import DEFAULT_TENANT, InvalidSecret, generate_secret, parse_secrets, secret_for, verify
+from functions.webhook.signing import (
+    DEFAULT_TENANT,
+    InvalidSecret,
+    generate_secret,
+    parse_secrets,
+    secret_for,
+    verify,
+)
 from functions.webhook.signing import headers as signed_headers
 from runtime.netguard import ForbiddenTarget, require_https
 from runtime.settings import Settings
