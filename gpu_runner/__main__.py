@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    from runtime.trust import require_production_secrets
+
+    require_production_secrets(settings)  # embedded=false: no dev secrets, one clear line
     model = args.model or settings.runner_model
     from gpu_runner.runner import Runner
 

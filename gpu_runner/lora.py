@@ -56,12 +56,20 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def storage_fetch(storage: Any) -> Callable[[str], Awaitable[bytes]]:
-    """An async ``fetch(uri)`` over ``runtime.storage.Storage.get_bytes`` (run it on the storage's loop)."""
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+def storage_fetch(storage: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Callable[[str], Awaitable[bytes]]:
+    """An async ``fetch(uri)`` over ``runtime.storage.Storage.get_bytes`` (run it on the storage's loop).
+
+    Objects larger than ``max_bytes`` are refused before they are read (``input_too_large``).
+    """
 
     async def fetch(uri: str) -> bytes:
         bucket, key = parse_s3_uri(uri)
-        data: bytes = await storage.get_bytes(key, bucket=bucket)
+        data: bytes = await storage.get_bytes(key, bucket=bucket, max_bytes=max_bytes)
+        if len(data) > max_bytes:  # a server that lied about Content-Length
+            raise Permanent(f"LoRA {uri} is over {max_bytes} bytes", code=ErrorCode.INPUT_TOO_LARGE)
         return data
 
     return fetch
@@ -182,6 +190,8 @@ class AdapterCache:
             raise Retryable(f"fetching LoRA {spec.source} failed: {e}", code=ErrorCode.STORAGE_ERROR) from e
         if not isinstance(data, bytes | bytearray):
             raise Permanent(f"fetch({spec.source}) returned {type(data).__name__}, not bytes", code=ErrorCode.INTERNAL)
+        if spec.sha256 is not None and hashlib.sha256(data).hexdigest() != spec.sha256:
+            raise Permanent(f"LoRA {spec.source}: sha256 mismatch", code=ErrorCode.INPUT_UNREADABLE)
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".part-")
         try:

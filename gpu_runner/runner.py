@@ -144,7 +144,7 @@ class Runner:
 
             self.io = RunnerIO(self.settings, self.model)
             self.io.start()
-            self.adapters.fetch = storage_fetch(self.io.storage)
+            self.adapters.fetch = storage_fetch(self.io.storage, max_bytes=self.settings.lora_max_bytes)
             self.adapters.run_coroutine = self.io.call
             if self.settings.health_port is not None:
                 self.health = HealthServer(self.settings.health_port, self.metrics, {

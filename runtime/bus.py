@@ -7,7 +7,6 @@ that touches nats-py: no module outside ``runtime/`` imports ``nats``.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +60,8 @@ def stream_config(spec: StreamSpec) -> js_api.StreamConfig:
         max_age=float(spec.max_age_s) if spec.max_age_s else None,
         duplicate_window=float(spec.duplicate_window_s),
         max_msg_size=spec.max_msg_size_bytes,
-        discard=js_api.DiscardPolicy.OLD,
+        max_bytes=spec.max_bytes,
+        discard=js_api.DiscardPolicy.NEW if spec.discard == "new" else js_api.DiscardPolicy.OLD,
     )
 
 
@@ -200,7 +200,7 @@ class Bus:
             hdrs[HEADER_MSG_ID] = msg_id
         try:
             return await self.js.publish(subject, data, headers=hdrs or None, timeout=timeout_s)
-        except (asyncio.TimeoutError, nats.errors.Error) as e:
+        except (TimeoutError, nats.errors.Error) as e:
             raise Retryable(f"publish to {subject} failed: {e}", code=ErrorCode.BUS_ERROR, delay_s=2.0) from e
 
     async def pending(self, stream: str, durable: str) -> tuple[int, int]:

@@ -40,6 +40,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="videogen: NA
 def _settings(**overrides: object) -> Settings:
     s = load_settings(**overrides)
     configure_logging(s.log_level if "log_level" not in overrides else str(overrides["log_level"]), s.log_format)
+    from runtime.trust import require_production_secrets
+
+    require_production_secrets(s)  # embedded=false: no dev secrets, one clear line
     return s
 
 

@@ -8,7 +8,7 @@ MinIO/AWS S3 needs no code change: then nothing is started.
 from __future__ import annotations
 
 import json
-import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from urllib.request import urlopen
 
 from runtime.logging import get_logger
+from runtime.trust import private_dir, require_loopback, write_private_file
 
 log = get_logger(component="embedded")
 
@@ -98,12 +99,14 @@ class NatsServer:
         return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> NatsServer:
+        require_loopback(self.host, "nats-server")
         self.port = self.port or free_port(self.host)
         self.monitor_port = self.monitor_port or free_port(self.host)
-        store = self.data_dir / "nats"
-        store.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        store = private_dir(self.data_dir / "nats")
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(
+        write_private_file(
+            conf,
             "\n".join(
                 [
                     "server_name: videogen_embedded",
@@ -143,6 +146,15 @@ class NatsServer:
             self.process.stop()
 
 
+def security_toml() -> str:
+    """SeaweedFS security.toml: random JWT keys for volume and filer reads and writes, no UI."""
+    keys = {name: secrets.token_urlsafe(32) for name in
+            ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")}
+    parts = [f'[{name}]\nkey = "{key}"\nexpires_after_seconds = 60\n' for name, key in keys.items()]
+    parts.append("[access]\nui = false\n")
+    return "\n".join(parts)
+
+
 @dataclass
 class S3Server:
     """SeaweedFS ``weed mini``: a real S3 API (SigV4, presigned URLs validated), persistent."""
@@ -160,16 +172,19 @@ class S3Server:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> S3Server:
+        require_loopback(self.host, "S3 server")
         self.port = self.port or free_port(self.host)
-        root = self.data_dir / "s3"
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        root = private_dir(self.data_dir / "s3")
         cfg = self.data_dir / "s3-identities.json"
-        cfg.write_text(json.dumps({"identities": [{
+        write_private_file(cfg, json.dumps({"identities": [{
             "name": "videogen",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
-        os.chmod(cfg, 0o600)
+        # weed reads security.toml from its working directory (data_dir): fresh JWT keys each start
+        # make the volume server refuse reads and writes that do not come through the S3 API
+        write_private_file(self.data_dir / "security.toml", security_toml())
         names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                  "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc"]
         self.extra_ports = {n: free_port(self.host) for n in names}
@@ -177,6 +192,9 @@ class S3Server:
             _binary("weed"), "mini", f"-dir={root}", f"-ip={self.host}", f"-ip.bind={self.host}",
             f"-s3.port={self.port}", f"-s3.config={cfg}", "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # only the S3 API serves objects: no filer/master HTTP API (gRPC between the parts),
+            # and nothing is reported to SeaweedFS' telemetry service
+            "-disableHttp", "-master.telemetry=false",
             *[f"-{n}={p}" for n, p in self.extra_ports.items()],
         ]
         logfile = self.data_dir / "weed.log"

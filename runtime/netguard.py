@@ -254,6 +254,21 @@ def parse_target(url: str | URL, *, code: ErrorCode = ErrorCode.WEBHOOK_URL_FORB
     return u, host, port
 
 
+def require_https(url: str | URL, allow: Iterable[str] | AllowList | None = None, *,
+                  code: ErrorCode = ErrorCode.WEBHOOK_URL_FORBIDDEN) -> None:
+    """Webhooks carry a presigned URL (a bearer credential): ``https`` only, unless the host is
+    allow-listed (``webhook_allow_hosts``: the local receivers of the embedded demo and tests)."""
+    u, host, _port = parse_target(url, code=code)
+    if u.scheme == "https":
+        return
+    allow_list = AllowList.parse(allow)
+    ip = _parse_ip(host.strip("[]"))
+    if allow_list.match_host(host) or (ip is not None and allow_list.match_ip(ip)):
+        return
+    raise ForbiddenTarget(f"{redact_url(url)}: plain http is refused (https only; allow-list the host "
+                          "in VIDEOGEN_WEBHOOK_ALLOW_HOSTS for a local receiver)", code=code)
+
+
 async def check_url(
     url: str | URL,
     allow: Iterable[str] | AllowList | None = None,

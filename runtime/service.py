@@ -31,6 +31,7 @@ from runtime.logging import configure_logging, get_logger
 from runtime.ports import Ports
 from runtime.settings import Settings, load_settings
 from runtime.storage import Storage
+from runtime.trust import require_production_secrets
 from schemas.stages import STAGES, StageDef
 
 log = get_logger(component="service")
@@ -161,6 +162,7 @@ class Service:
 
 async def serve(stages: list[str], settings: Settings | None = None) -> None:
     settings = settings or load_settings()
+    require_production_secrets(settings)  # embedded=false: no dev secrets, one clear line
     service = Service(settings, stages)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

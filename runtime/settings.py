@@ -78,12 +78,34 @@ class Settings(BaseSettings):
     sp_backend: str = Field("native", description="sequence-parallel attention of a multi-GPU runner: native | "
                                                   "ulysses | xfuser (CUDA; see gpu_runner/sequence_parallel.py)")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
+    # --- trust boundary (issue 13; docs in README "Security model") ------------------------
+    webhook_tenant_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict, description="per-tenant signing secret(s), space separated for rotation; "
+                                          "tenant 'default' falls back to webhook_secret")
+    lora_max_bytes: int = Field(1 << 30, ge=1, description="largest LoRA file a runner fetches")
+    lora_allow_prefixes: list[str] = Field(
+        default_factory=lambda: ["loras/", "uploads/"],
+        description="key prefixes in `bucket` a LoRA may come from without a sha256; others need one")
+    max_job_gpu_seconds: float = Field(6 * 3600.0, gt=0, description="admission: planner-modelled GPU "
+                                                                    "seconds one job may cost")
+    max_job_frame_pixels: int = Field(81 * 1280 * 720 * 8, gt=0, description="admission: frames x width x "
+                                                                            "height of one job")
+    max_stitch_bytes: int = Field(8 << 30, gt=0, description="admission: stitch's modelled peak memory")
+    max_queued_jobs_per_tenant: int = Field(100, ge=1, description="queued + preprocessing jobs per tenant")
+    max_running_jobs_per_tenant: int = Field(20, ge=1, description="running + stitching jobs per tenant")
+    submit_rate_per_minute: int = Field(120, ge=1, description="submissions per tenant per minute")
 
     def masked(self) -> dict[str, Any]:
+        from runtime.trust import strip_credentials
+
         out: dict[str, Any] = {}
         for name, value in self.model_dump().items():
             if isinstance(getattr(self, name), SecretStr):
                 out[name] = "***" if getattr(self, name).get_secret_value() else ""
+            elif name in ("nats_url", "s3_endpoint", "s3_public_endpoint"):
+                out[name] = strip_credentials(value)  # user:pass@ never reaches a log
+            elif name == "webhook_tenant_secrets":
+                out[name] = {tenant: "***" for tenant in value}
             elif isinstance(value, Path):
                 out[name] = str(value)
             else:

@@ -14,6 +14,7 @@ from runtime.embedded import NatsServer, S3Server, port_of
 from runtime.logging import get_logger
 from runtime.settings import Settings, load_settings
 from runtime.storage import Storage
+from runtime.trust import private_dir, require_loopback, write_private_file
 from schemas.registry import MODELS
 
 log = get_logger(component="stack")
@@ -52,17 +53,16 @@ def write_stack_env(settings: Settings, path: Path) -> None:
         f"VIDEOGEN_S3_ACCESS_KEY={settings.s3_access_key.get_secret_value()}",
         f"VIDEOGEN_S3_SECRET_KEY={settings.s3_secret_key.get_secret_value()}",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
+    write_private_file(path, "\n".join(lines) + "\n")  # 0600 from its first byte, renamed into place
 
 
 def start_servers(settings: Settings, *, fixed_ports: bool = True) -> tuple[Settings, NatsServer, S3Server]:
     """Start nats-server + weed mini under ``settings.data_dir``; return settings pointing at them."""
-    data = Path(settings.data_dir).resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    data = private_dir(Path(settings.data_dir).resolve())
     nhost, nport = port_of(settings.nats_url, 4222)
     shost, sport = port_of(settings.s3_endpoint or "http://127.0.0.1:8333", 8333)
+    require_loopback(nhost, "nats-server")
+    require_loopback(shost, "S3 server")
     nats = NatsServer(data, host=nhost, port=nport if fixed_ports else 0).start()
     s3 = S3Server(data, settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value(),
                   host=shost, port=sport if fixed_ports else 0).start()

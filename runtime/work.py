@@ -54,7 +54,7 @@ def job_id_of(payload: bytes) -> str | None:
     """Best-effort job_id from a JSON payload (top level or nested under ``job``)."""
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested JSON
         return None
     if not isinstance(obj, dict):
         return None
@@ -253,7 +253,7 @@ class Puller:
             raise RuntimeError("Puller is not open")
         try:
             msgs = await self._sub.fetch(batch=batch, timeout=timeout_s)
-        except (FetchTimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError):
+        except (TimeoutError, FetchTimeoutError, nats.errors.TimeoutError):
             return []
         except nats.errors.ConnectionClosedError as e:
             raise BusClosed(str(e)) from e

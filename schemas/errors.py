@@ -24,7 +24,9 @@ class ErrorCode(StrEnum):
     INPUT_UNSUPPORTED = "input_unsupported"
     INPUT_FORBIDDEN = "input_forbidden"
     WEBHOOK_URL_FORBIDDEN = "webhook_url_forbidden"
-    DUPLICATE_JOB = "duplicate_job"
+    DUPLICATE_JOB = "duplicate_job"  # a submission naming an existing job: DLQ entry, the job untouched
+    OVER_LIMIT = "over_limit"  # admission: modelled GPU seconds, frames x pixels or stitch memory too high
+    QUOTA_EXCEEDED = "quota_exceeded"  # per-tenant queued/running/rate limits (retryable)
     # failures while running
     STORAGE_ERROR = "storage_error"
     BUS_ERROR = "bus_error"

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
@@ -25,7 +25,8 @@ def utcnow() -> datetime:
 
 
 def valid_job_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_JOB_ID_RE.match(value))
+    # fullmatch: ``$`` alone would accept a trailing newline ("j1\n")
+    return isinstance(value, str) and bool(_JOB_ID_RE.fullmatch(value))
 
 
 class _Frozen(BaseModel):
@@ -85,12 +86,15 @@ class LoraRef(_Frozen):
 
     source: str = Field(max_length=2048, pattern=r"^s3://[^/\s]+/\S+\.safetensors$",
                         description="s3://bucket/key of a .safetensors LoRA (no pickles)")
-    scale: float = Field(1.0, ge=-4.0, le=4.0, description="adapter weight")
+    scale: StrictFloat = Field(1.0, ge=-4.0, le=4.0, description="adapter weight")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="expected file digest")
 
 
 class JobRequest(_Frozen):
     """A video-generation job. Unset size/frames/steps/guidance/fps take the model's defaults."""
+
+    # Numbers are strict, as the published JSON Schema says: "9" or true for an integer is
+    # rejected, never coerced (contract 1.1).
 
     job_id: str = Field(pattern=JOB_ID_PATTERN, description="1-64 chars of [A-Za-z0-9_-]; idempotency key.")
     task: Task = Task.T2V
@@ -99,16 +103,16 @@ class JobRequest(_Frozen):
     negative_prompt: str = Field("", max_length=4000)
     image: str | None = Field(None, max_length=2048, pattern=INPUT_URI_PATTERN, description="i2v/animate reference image")
     video: str | None = Field(None, max_length=2048, pattern=INPUT_URI_PATTERN, description="animate driving video")
-    width: int | None = Field(None, ge=16, le=4096, description="pixels; multiple of the model's spatial_multiple")
-    height: int | None = Field(None, ge=16, le=4096, description="pixels; multiple of the model's spatial_multiple")
-    num_frames: int | None = Field(None, ge=1, le=5000, description="frames in the output video")
-    fps: int | None = Field(None, ge=1, le=60, description="frames per second of the output")
-    steps: int | None = Field(None, ge=1, le=100, description="denoising steps per segment")
-    guidance_scale: float | None = Field(None, ge=0.0, le=20.0)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="unset: chosen at accept time and recorded")
+    width: StrictInt | None = Field(None, ge=16, le=4096, description="pixels; multiple of the model's spatial_multiple")
+    height: StrictInt | None = Field(None, ge=16, le=4096, description="pixels; multiple of the model's spatial_multiple")
+    num_frames: StrictInt | None = Field(None, ge=1, le=5000, description="frames in the output video")
+    fps: StrictInt | None = Field(None, ge=1, le=60, description="frames per second of the output")
+    steps: StrictInt | None = Field(None, ge=1, le=100, description="denoising steps per segment")
+    guidance_scale: StrictFloat | None = Field(None, ge=0.0, le=20.0)
+    seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1, description="unset: chosen at accept time and recorded")
     webhook: WebhookSpec | None = None
-    presign_ttl_s: int = Field(3600, ge=60, le=7 * 86400, description="lifetime of the presigned download URL")
-    max_segment_frames: int | None = Field(
+    presign_ttl_s: StrictInt = Field(3600, ge=60, le=7 * 86400, description="lifetime of the presigned download URL")
+    max_segment_frames: StrictInt | None = Field(
         None, ge=5, le=1000, description="advanced: cap the planner's window length (frames)"
     )
     loras: tuple[LoraRef, ...] = Field((), max_length=4, description="LoRA adapters applied for this job only")

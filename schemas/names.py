@@ -170,6 +170,8 @@ class StreamSpec:
     max_msg_size_bytes: int = 1 << 20
     storage: str = "file"
     description: str = ""
+    max_bytes: int = 1 << 30  # the stream's disk budget (issue 13: no unbounded stream)
+    discard: str = "old"  # at max_bytes: "old" drops history; "new" refuses publishes (work never dropped)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,8 @@ STREAMS: tuple[StreamSpec, ...] = (
         duplicate_window_s=3600,
         max_msg_size_bytes=256 * 1024,
         description="Client job submissions and cancellations (public).",
+        max_bytes=1 << 30,
+        discard="new",
     ),
     StreamSpec(
         STREAM_EVENTS,
@@ -208,6 +212,7 @@ STREAMS: tuple[StreamSpec, ...] = (
         max_age_s=7 * DAY_S,
         duplicate_window_s=3600,
         description="Every state change of every job, as JobEvent (public).",
+        max_bytes=4 << 30,
     ),
     StreamSpec(
         STREAM_DLQ,
@@ -217,6 +222,7 @@ STREAMS: tuple[StreamSpec, ...] = (
         duplicate_window_s=120,
         max_msg_size_bytes=1 << 20,
         description="Messages a stage could not process, with reason and original payload.",
+        max_bytes=1 << 30,
     ),
     StreamSpec(
         STREAM_WORK,
@@ -225,6 +231,8 @@ STREAMS: tuple[StreamSpec, ...] = (
         max_age_s=7 * DAY_S,
         duplicate_window_s=3600,
         description="Internal hand-offs between CPU stages (work queue).",
+        max_bytes=1 << 30,
+        discard="new",
     ),
     StreamSpec(
         STREAM_SEGMENTS,
@@ -233,6 +241,8 @@ STREAMS: tuple[StreamSpec, ...] = (
         max_age_s=7 * DAY_S,
         duplicate_window_s=3600,
         description="GPU segment jobs, one subject per model (work queue).",
+        max_bytes=1 << 30,
+        discard="new",
     ),
     StreamSpec(
         STREAM_WEBHOOKS,
@@ -242,6 +252,7 @@ STREAMS: tuple[StreamSpec, ...] = (
         duplicate_window_s=3600,
         max_msg_size_bytes=1 << 20,
         description="Webhook delivery records (one per attempt), disabled endpoints (410), replay requests.",
+        max_bytes=2 << 30,
     ),
     StreamSpec(
         STREAM_ADVISORIES,
@@ -251,6 +262,7 @@ STREAMS: tuple[StreamSpec, ...] = (
         duplicate_window_s=120,
         max_msg_size_bytes=64 * 1024,
         description="JetStream max-deliveries advisories of videogen's consumers (messages no worker finished).",
+        max_bytes=256 << 20,
     ),
 )
 

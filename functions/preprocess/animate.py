@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.frames_store import Chunk, ChunkWriter
 from functions.preprocess.geometry import analysis_size
 from functions.preprocess.limits import MediaLimits
 from functions.preprocess.media import SampledFrame, Source, iter_frames
 from functions.preprocess.pose import PoseEstimator, to_pixels
 from functions.preprocess.render import FaceCropper, render_pose
-from functions.preprocess.skeleton import NUM_JOINTS, DET
+from functions.preprocess.skeleton import DET, NUM_JOINTS
+from runtime.frames_store import Chunk, ChunkWriter
 
 STREAMS = ("driving", "pose", "face")
 """Frame streams an animate job produces: the driving video on the model grid, the rendered

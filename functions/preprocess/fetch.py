@@ -21,9 +21,9 @@ from yarl import URL
 
 from functions.preprocess.errors import InputForbidden, InputTooLarge, InputUnavailable, InputUnreadable
 from functions.preprocess.limits import MediaLimits
-from runtime.objects import ObjectStore
 from runtime.logging import get_logger
 from runtime.netguard import AllowList, ForbiddenTarget, HostResolver, check_url, guarded_session, redact_url
+from runtime.objects import ObjectStore
 from schemas.errors import ErrorCode, Permanent, Retryable
 
 log = get_logger(stage="preprocess")

@@ -32,14 +32,14 @@ import numpy as np
 from functions.preprocess.animate import STREAMS, AnimateRun
 from functions.preprocess.errors import InputRejected, InputUnsupported
 from functions.preprocess.fetch import fetch_input
-from runtime.frames_store import Chunk, ChunkInfo, FramesIndex, chunk_key, index_json, index_key
 from functions.preprocess.limits import DEFAULT_LIMITS, MediaLimits
 from functions.preprocess.media import encode_png, probe_video, reference_image
-from runtime.objects import ObjectStore
 from functions.preprocess.pose import available_cores, shared_estimator
 from functions.preprocess.skeleton import schema
 from functions.preprocess.sniff import sniff
+from runtime.frames_store import Chunk, ChunkInfo, FramesIndex, chunk_key, index_json, index_key
 from runtime.logging import get_logger
+from runtime.objects import ObjectStore
 from runtime.settings import Settings
 from schemas.errors import ErrorCode
 from schemas.messages import JobRequest, ObjectRef, ResolvedJob, Task

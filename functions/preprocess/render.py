@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import cv2
 import numpy as np
 
-from functions.preprocess.skeleton import FACE_JOINTS, OPENPOSE_18, OPENPOSE_COLORS, OPENPOSE_LIMBS, DET, VIS, X, Y
+from functions.preprocess.skeleton import DET, FACE_JOINTS, OPENPOSE_18, OPENPOSE_COLORS, OPENPOSE_LIMBS, VIS, X, Y
 
 DEFAULT_THRESHOLD = 0.3
 """Minimum visibility for a joint to be drawn / used."""

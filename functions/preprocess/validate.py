@@ -53,6 +53,8 @@ def parse_request(payload: bytes) -> JobRequest:
         raw = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestRejected(f"body is not valid JSON: {e}", code=ErrorCode.INVALID_JSON) from e
+    except RecursionError as e:  # "[[[[..." thousands deep: refused, never a crash loop
+        raise RequestRejected("body is nested too deeply", code=ErrorCode.INVALID_JSON) from e
     if not isinstance(raw, dict):
         raise RequestRejected("body must be a JSON object", code=ErrorCode.INVALID_REQUEST)
     job_id = raw.get("job_id") if valid_job_id(raw.get("job_id")) else None
@@ -61,6 +63,28 @@ def parse_request(payload: bytes) -> JobRequest:
     except ValidationError as e:
         errors = [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in e.errors()]
         raise RequestRejected(_describe(errors), code=_code_for(errors), job_id=job_id, details=errors) from e
+
+
+def check_loras(req: JobRequest, bucket: str, allow_prefixes: list[str], input_buckets: list[str]) -> None:
+    """A LoRA is code-like input: it must be pinned (``sha256``) or come from an allowed prefix.
+
+    Without a sha256 the source must be ``s3://<bucket>/<allowed prefix>...``; with one, any key
+    in ``bucket`` or ``input_buckets``. ``..`` segments are always refused. The runner caps the
+    bytes it fetches (``lora_max_bytes``) and checks the digest before loading.
+    """
+    for i, lora in enumerate(req.loras):
+        src_bucket, _, key = lora.source.removeprefix("s3://").partition("/")
+        where = f"loras.{i}.source"
+        if ".." in key.split("/") or key.startswith("/"):
+            raise RequestRejected(f"{where}: '..' and absolute keys are not allowed",
+                                  code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
+        if src_bucket != bucket and src_bucket not in input_buckets:
+            raise RequestRejected(f"{where}: bucket {src_bucket!r} is not allowed",
+                                  code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
+        if lora.sha256 is None and not (src_bucket == bucket and any(key.startswith(p) for p in allow_prefixes)):
+            allowed = ", ".join(f"s3://{bucket}/{p}" for p in allow_prefixes) or "(none)"
+            raise RequestRejected(f"{where}: needs a sha256 unless it is under {allowed}",
+                                  code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
 
 
 def _check_range(name: str, value: int, lo: int, hi: int, job_id: str) -> None:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import math
 import random
@@ -24,7 +23,15 @@ from pydantic import SecretStr
 
 from functions.webhook.signing import headers as signed_headers
 from runtime.logging import get_logger
-from runtime.netguard import AllowList, ForbiddenTarget, HostResolver, TargetUnresolvable, check_url, redact_url
+from runtime.netguard import (
+    AllowList,
+    ForbiddenTarget,
+    HostResolver,
+    TargetUnresolvable,
+    check_url,
+    redact_url,
+    require_https,
+)
 from schemas.errors import ErrorCode
 
 DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -203,6 +210,7 @@ async def deliver(
 
     try:
         await check_url(url, allow, resolver=resolver, code=ErrorCode.WEBHOOK_URL_FORBIDDEN)
+        require_https(url, allow)  # after the SSRF check: its reason is the more specific one
     except ForbiddenTarget as e:
         return done(Outcome.FORBIDDEN, error=str(e))
     except TargetUnresolvable as e:
@@ -235,7 +243,7 @@ async def deliver(
         return done(Outcome.RETRY, error=str(e))
     except (aiohttp.InvalidURL, ValueError) as e:
         return done(Outcome.PERMANENT, error=_describe(e))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return done(Outcome.RETRY, error=f"timeout after {timeout_s:g}s")
     except aiohttp.ClientError as e:
         return done(Outcome.RETRY, error=_describe(e))

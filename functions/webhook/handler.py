@@ -15,15 +15,27 @@ from collections import OrderedDict
 import aiohttp
 
 from functions.webhook.delivery import DeliveryResult, Outcome, deliver, next_delay_s
-from functions.webhook.signing import parse_secrets
+from functions.webhook.replay import stored_event
+from functions.webhook.signing import DEFAULT_TENANT, secret_for
 from runtime.logging import get_logger
 from runtime.netguard import guarded_connector
 from runtime.ports import Ports
 from runtime.storage import ObjectNotFound
 from runtime.work import WorkItem
 from schemas.errors import ErrorCode, Permanent, Retryable
-from schemas.messages import JobEvent, JobRequest, WebhookAttempt, WebhookDisabled, WebhookSpec
-from schemas.names import STREAM_WEBHOOKS, request_key, webhook_attempts_subject, webhook_disabled_subject
+from schemas.messages import (
+    JobEvent,
+    JobRequest,
+    WebhookAttempt,
+    WebhookDisabled,
+    WebhookSpec,
+)
+from schemas.names import (
+    STREAM_WEBHOOKS,
+    request_key,
+    webhook_attempts_subject,
+    webhook_disabled_subject,
+)
 
 log = get_logger(stage="webhook")
 
@@ -55,13 +67,17 @@ async def webhook_for(job_id: str, ports: Ports) -> WebhookSpec | None:
 
 
 async def is_disabled(job_id: str, ports: Ports) -> bool:
-    """Did the job's endpoint answer 410 Gone (this process or any other, before a restart)?"""
+    """Did the job's endpoint answer 410 Gone (this process or any other, before a restart)?
+
+    Only "yes" is cached: "no" is read again before every POST, so events already queued or
+    in flight when another dispatcher records the 410 are not sent."""
     if job_id in _disabled:
         _disabled.move_to_end(job_id)
         return _disabled[job_id]
-    disabled = await ports.bus.last_message(STREAM_WEBHOOKS, webhook_disabled_subject(job_id)) is not None
-    _remember(_disabled, job_id, disabled)
-    return disabled
+    if await ports.bus.last_message(STREAM_WEBHOOKS, webhook_disabled_subject(job_id)) is None:
+        return False  # not cached: another dispatcher may record a 410 any moment
+    _remember(_disabled, job_id, True)
+    return True
 
 
 async def disable(event: JobEvent, result: DeliveryResult, ports: Ports) -> None:
@@ -117,7 +133,10 @@ async def handle_replay(payload: bytes, delivery: WorkItem, ports: Ports) -> Non
     An explicit operator request: it is sent even if the endpoint was disabled by a 410 (that
     does not re-enable normal deliveries), but only to a job that subscribed to the event's type.
     """
-    event = JobEvent.model_validate_json(payload)
+    found = await stored_event(ports.bus, payload, delivery.subject)  # never sign what we were handed
+    if found is None:
+        return
+    payload, event = found
     spec = await webhook_for(event.job_id, ports)
     if spec is None or event.type not in spec.events:
         log.warning("webhook_replay_skipped", job_id=event.job_id, event_id=event.id,
@@ -128,7 +147,10 @@ async def handle_replay(payload: bytes, delivery: WorkItem, ports: Ports) -> Non
 
 async def _attempt(event: JobEvent, payload: bytes, spec: WebhookSpec, delivery: WorkItem, ports: Ports, *,
                    replay: bool) -> None:
-    secrets = parse_secrets(ports.settings.webhook_secret.get_secret_value())
+    if not replay and await is_disabled(event.job_id, ports):  # re-read right before the POST (410 in flight)
+        log.info("webhook_skipped_disabled", job_id=event.job_id, event_id=event.id)
+        return
+    secrets = secret_for(DEFAULT_TENANT, ports.settings)  # per tenant once tenants land (issue 13)
     result = await deliver(
         _http(ports), spec.url, payload, event.id, secrets,
         timeout_s=ports.settings.webhook_timeout_s, allow=ports.settings.webhook_allow_hosts,

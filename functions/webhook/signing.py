@@ -145,3 +145,30 @@ def verify(
             if any(hmac.compare_digest(got, exp) for exp in expected):
                 return
     raise SignatureError("no matching v1 signature")
+
+
+# ---------------------------------------------------------------------------------------------
+# which secret signs a tenant's webhooks
+# ---------------------------------------------------------------------------------------------
+DEFAULT_TENANT = "default"
+
+
+class _SecretSettings:  # the two settings secret_for reads (runtime.settings.Settings has them)
+    webhook_secret: SecretStr
+    webhook_tenant_secrets: Mapping[str, SecretStr]
+
+
+def secret_for(tenant: str, settings: _SecretSettings) -> list[bytes]:
+    """The signing keys of ``tenant``'s webhooks (the first signs; all sign during a rotation).
+
+    ``settings.webhook_tenant_secrets[tenant]`` (``"whsec_new whsec_old"`` while rotating); the
+    ``default`` tenant falls back to ``settings.webhook_secret``. Any other tenant without its own
+    secret is a configuration error, never the shared one: a tenant able to verify its webhooks
+    must not be able to forge another tenant's.
+    """
+    configured = settings.webhook_tenant_secrets.get(tenant)
+    if configured is None:
+        if tenant != DEFAULT_TENANT:
+            raise InvalidSecret(f"no webhook signing secret configured for tenant {tenant!r}")
+        configured = settings.webhook_secret
+    return parse_secrets(configured)
