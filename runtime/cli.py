@@ -25,7 +25,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from runtime.bus import Bus
 from runtime.logging import configure_logging
 from runtime.settings import Settings, load_settings
-from schemas.messages import EventType, JobEvent, JobRequest, JobStatus, WebhookAttempt, WebhookSpec
+from schemas.messages import (
+    EventType,
+    JobEvent,
+    JobRequest,
+    JobStatus,
+    ProgressData,
+    SucceededData,
+    WebhookAttempt,
+    WebhookSpec,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="videogen: NATS in, MP4 in S3 out.")
 console = Console(stderr=False, soft_wrap=True)
@@ -138,8 +147,8 @@ def functions(
 # --------------------------------------------------------------------------------------------
 def _progress_line(event: JobEvent) -> str:
     d = event.data
-    if event.type == EventType.PROGRESS:
-        return f"segment {d.get('segment', 0) + 1}/{d.get('segments_total', 1)} step {d.get('step')}/{d.get('steps')}"
+    if isinstance(d, ProgressData):
+        return f"segment {d.segment + 1}/{d.segments_total} step {d.step}/{d.steps}"
     return event.type.value
 
 
@@ -153,7 +162,7 @@ async def _follow_with_bar(bus: Bus, job_id: str, timeout_s: float) -> JobEvent:
         async with asyncio.timeout(timeout_s):
             async for event in follow(bus, job_id):
                 last = event
-                pct = event.data.get("progress")
+                pct = event.data.progress if isinstance(event.data, ProgressData) else None
                 if event.type == EventType.SUCCEEDED:
                     pct = 100.0
                 bar.update(task, completed=pct if pct is not None else bar.tasks[0].completed,
@@ -163,13 +172,14 @@ async def _follow_with_bar(bus: Bus, job_id: str, timeout_s: float) -> JobEvent:
 
 
 def _print_outcome(event: JobEvent) -> None:
-    if event.type == EventType.SUCCEEDED:
-        out = event.data["output"]
-        console.print(f"[bold green]succeeded[/]: s3://{out['bucket']}/{out['key']} "
-                      f"({out['frames']} frames {out['width']}x{out['height']} @ {out['fps']} fps, {out['size']} bytes)")
-        console.print(f"download (expires {event.data['url_expires_at']}):\n{event.data['url']}")
+    d = event.data
+    if isinstance(d, SucceededData):
+        out = d.output
+        console.print(f"[bold green]succeeded[/]: s3://{out.bucket}/{out.key} "
+                      f"({out.frames} frames {out.width}x{out.height} @ {out.fps} fps, {out.size} bytes)")
+        console.print(f"download (expires {d.url_expires_at.isoformat().replace('+00:00', 'Z')}):\n{d.url}")
     else:
-        err.print(f"[bold red]{event.type.value}[/]: {event.data.get('code')}: {event.data.get('message')}")
+        err.print(f"[bold red]{event.type.value}[/]: {getattr(d, 'code', None)}: {getattr(d, 'message', None)}")
 
 
 @app.command()

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from runtime.bus import Bus
 from runtime.settings import Settings
-from schemas.messages import EventType, JobRequest, WebhookSpec
+from schemas.messages import EventType, JobRequest, SucceededData, WebhookSpec
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -89,13 +89,14 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
                 mark = "[green]signature verified[/]" if d.verified else "[red]SIGNATURE INVALID[/]"
                 ok &= d.verified
                 console.print(f"  {body['type']:<16} webhook-id {d.headers.get('webhook-id')}  {mark}")
-            url = last.data["url"]
+            done = last.payload(SucceededData)
+            url = done.url
             blob = await asyncio.to_thread(lambda: urlopen(url, timeout=30).read())
-            sha_ok = hashlib.sha256(blob).hexdigest() == last.data["output"]["sha256"]
+            sha_ok = hashlib.sha256(blob).hexdigest() == done.output.sha256
             frames = _count_frames(blob)
             console.print(f"downloaded {len(blob)} bytes via the presigned URL (no credentials): "
                           f"sha256 {'matches' if sha_ok else 'MISMATCH'}, {frames} frames decoded")
-            ok &= sha_ok and frames == last.data["output"]["frames"]
+            ok &= sha_ok and frames == done.output.frames
             console.print(f"[bold]{'demo OK' if ok else 'demo FAILED'}[/] in {time.monotonic() - t0:.1f}s")
             return 0 if ok else 1
     finally:
