@@ -44,7 +44,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None
 
 
 async def run_demo(settings: Settings, console: Console, *, prompt: str, num_frames: int) -> int:
-    from functions.webhook.receiver import WebhookReceiver
+    from runtime.testing.webhook_receiver import WebhookReceiver
     from runtime.cli import _follow_with_bar, _print_outcome
     from runtime.client import submit
     from runtime.stack import provision, start_servers
