@@ -18,7 +18,13 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from schemas import names
-from schemas.messages import EVENT_DATA, INTERNAL_MODELS, PUBLIC_MODELS, EventType, JobEvent
+from schemas.messages import (
+    EVENT_DATA,
+    INTERNAL_MODELS,
+    PUBLIC_MODELS,
+    EventType,
+    JobEvent,
+)
 from schemas.registry import MODELS
 
 HERE = Path(__file__).resolve().parent
