@@ -12,7 +12,13 @@ from gpu_runner import registry as gpu_registry
 from gpu_runner.pipelines.base import LoadContext
 from schemas.errors import ErrorCode, Permanent
 from schemas.messages import JobRequest, Task
-from schemas.registry import MODELS, ModelSpec, latent_frames, round_down_window, round_up_window
+from schemas.registry import (
+    MODELS,
+    ModelSpec,
+    latent_frames,
+    round_down_window,
+    round_up_window,
+)
 
 SPECS = sorted(MODELS.values(), key=lambda s: s.name)
 
