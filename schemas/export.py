@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -46,14 +47,15 @@ def event_variants() -> dict[EventType, type[BaseModel]]:
     fields = JobEvent.model_fields
     out: dict[EventType, type[BaseModel]] = {}
     for type_, data_model in EVENT_DATA.items():
-        out[type_] = create_model(  # type: ignore[call-overload]
+        fixed: Any = Literal[type_]
+        out[type_] = create_model(
             event_variant_name(type_),
             __config__=ConfigDict(frozen=True, extra="forbid"),
             __doc__=f"A `{type_.value}` JobEvent.",
             id=(str, fields["id"]),
-            type=(Literal[type_], Field(description="event type; selects the schema of `data`")),
+            type=(fixed, Field(description="event type; selects the schema of `data`")),
             job_id=(str, fields["job_id"]),
-            time=(fields["time"].annotation, fields["time"]),
+            time=(datetime, fields["time"]),
             data=(data_model, ...),
         )
     return out
@@ -62,7 +64,8 @@ def event_variants() -> dict[EventType, type[BaseModel]]:
 def job_event_schema() -> dict[str, Any]:
     """``JobEvent`` as the wire has it: a union of the per-type variants, discriminated by ``type``."""
     variants = tuple(event_variants().values())
-    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[Union[variants], Field(discriminator="type")])  # noqa: UP007
+    union: Any = Annotated[Union[variants], Field(discriminator="type")]  # noqa: UP007
+    adapter: TypeAdapter[Any] = TypeAdapter(union)
     schema = adapter.json_schema(mode="serialization")
     return {"title": "JobEvent", "description": JobEvent.__doc__, **schema}
 

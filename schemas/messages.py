@@ -7,6 +7,7 @@ Public: ``JobRequest``, ``CancelRequest``, ``JobEvent`` (its ``data`` is the mod
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 from datetime import UTC, datetime
@@ -278,11 +279,12 @@ class JobEvent(_Frozen):
         # unset optional fields are left out, as producers always did (`exclude_none`)
         return value.model_dump(mode=info.mode, exclude_none=True)
 
-    def payload(self, model: type[D]) -> D:
+    def payload(self, model: builtins.type[D]) -> D:
         """``data`` as ``model`` (a typed accessor); ``TypeError`` when this event carries another."""
-        if not isinstance(self.data, model):
-            raise TypeError(f"{self.type.value} event carries {type(self.data).__name__}, not {model.__name__}")
-        return self.data
+        data = self.data
+        if not isinstance(data, model):
+            raise TypeError(f"{self.type.value} event carries {builtins.type(data).__name__}, not {model.__name__}")
+        return data
 
     @staticmethod
     def make_id(job_id: str, type_: EventType | str, *discriminators: object) -> str:

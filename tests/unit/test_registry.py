@@ -35,8 +35,9 @@ def test_ti2v_5b_is_text_to_video_only() -> None:
     """The `wan` family ignores images: an i2v job on TI2V-5B must be refused, never rendered as t2v."""
     spec = MODELS["wan2.2-ti2v-5b"]
     assert spec.family == "wan" and spec.tasks == ("t2v",)
-    with pytest.raises(RequestRejected, match="does not support task i2v"):
+    with pytest.raises(RequestRejected, match="does not support task i2v") as e:
         resolve(JobRequest(job_id="ti2v-i2v", model=spec.name, task=Task.I2V, image="s3://videogen/x.png"))
+    assert e.value.code == ErrorCode.UNSUPPORTED_TASK_FOR_MODEL
 
 
 def test_loading_refuses_a_task_the_family_does_not_implement(tmp_path) -> None:
