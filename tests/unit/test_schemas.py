@@ -99,8 +99,20 @@ def _v1_events() -> list[str]:
     return json.loads((FIXTURES / "job_events_v1.json").read_text())
 
 
-def test_fixture_covers_every_event_type() -> None:
-    assert {json.loads(e)["type"] for e in _v1_events()} == {t.value for t in EventType}
+V1_EVENT_TYPES = {"job.accepted", "job.rejected", "job.preprocessed", "job.started", "job.progress",
+                  "job.segment_completed", "job.succeeded", "job.failed", "job.cancelled"}
+
+
+def test_fixture_covers_every_v1_event_type() -> None:
+    assert {json.loads(e)["type"] for e in _v1_events()} == V1_EVENT_TYPES <= {t.value for t in EventType}
+    assert set(EVENT_DATA) == set(EventType)  # every event type has its data model
+
+
+def test_sample_events_cover_every_event_type() -> None:
+    from tests.sample_events import sample_data
+
+    for type_ in EventType:
+        assert isinstance(sample_data(type_), EVENT_DATA[type_])
 
 
 @pytest.mark.parametrize("wire", _v1_events(), ids=lambda w: json.loads(w)["type"])
