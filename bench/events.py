@@ -31,7 +31,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run(settings, events: int, jobs: int, rate: float) -> int:
-    from functions.webhook.receiver import WebhookReceiver
+    from runtime.testing.webhook_receiver import WebhookReceiver
     from runtime.bus import Bus
     from runtime.client import webhook_attempts
     from runtime.storage import Storage

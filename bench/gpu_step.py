@@ -61,7 +61,7 @@ def measure_step_seconds(
     if not torch.cuda.is_available():
         raise RuntimeError("measure_step_seconds needs CUDA")
     model = model or wan13b_transformer(device, dtype)
-    latent_frames = (frames - 1) // SPEC.vae_scale_temporal + 1
+    latent_frames = SPEC.latent_frames(frames)
     g = torch.Generator(device=device).manual_seed(0)
     latents = torch.randn(1, 16, latent_frames, height // 8, width // 8, generator=g, device=device, dtype=dtype)
     text = torch.randn(1, 512, 4096, generator=g, device=device, dtype=dtype)

@@ -63,7 +63,7 @@ def make_inputs(model: Any, width: int, height: int, frames: int, device: str,
     """Seeded noise latents and random (cond, uncond) text embeddings of the model's widths."""
     cfg = model.config
     g = torch.Generator(device="cpu").manual_seed(seed)
-    shape = (1, cfg.in_channels, (frames - 1) // SPEC.vae_scale_temporal + 1,
+    shape = (1, cfg.in_channels, SPEC.latent_frames(frames),
              height // SPEC.vae_scale_spatial, width // SPEC.vae_scale_spatial)
     latents = torch.randn(shape, generator=g).to(device)
     cond = torch.randn(1, text_tokens, cfg.text_dim, generator=g).to(device, dtype)

@@ -530,7 +530,7 @@ def verification_params(spec: ModelSpec, *, steps: int | None = None, guidance_s
     Defaults: the model's default steps (at least 12) and guidance, a tiny frame size (grown until
     every rank of a sequence-parallel group gets a token, as ``WanT2V.warmup`` does).
     """
-    side, frames = 2 * spec.spatial_multiple, spec.frame_multiple + 1
+    side, frames = 2 * spec.spatial_multiple, spec.smallest_window_at_least(2)
     while spec.latent_tokens(side, side, frames) < world_size:
         side *= 2
     return GenerateParams(prompt="cache verification", width=side, height=side, num_frames=frames,

@@ -225,14 +225,13 @@ class RunnerIO:
             data = await self.storage.get_bytes(j.condition.key, bucket=j.condition.bucket)
             out.condition = np.load(io.BytesIO(data), allow_pickle=False)
         inputs = j.job.inputs
-        if "reference" in inputs:
-            ref = inputs["reference"]
-            png = await self.storage.get_bytes(ref.key, bucket=ref.bucket)
+        if inputs.reference is not None:
+            png = await self.storage.get_bytes(inputs.reference.key, bucket=inputs.reference.bucket)
             out.image = await asyncio.to_thread(decode_png_rgb, png)
-        if "pose_index" in inputs:
-            out.pose_video = await _window(self.storage, inputs["pose_index"], j)
-        if "face_index" in inputs:
-            out.face_video = await _window(self.storage, inputs["face_index"], j)
+        if inputs.pose_index is not None:
+            out.pose_video = await _window(self.storage, inputs.pose_index, j)
+        if inputs.face_index is not None:
+            out.face_video = await _window(self.storage, inputs.face_index, j)
         return out
 
     # ---- progress (fire and forget, throttled) ------------------------------------------

@@ -93,13 +93,9 @@ def free_memory(device: Device = None) -> dict[str, int]:
     return stats
 
 
-def _latent_frames(frames: int, spec: ModelSpec) -> int:
-    return (frames - 1) // spec.vae_scale_temporal + 1
-
-
 def default_min_frames(spec: ModelSpec) -> int:
     """Smallest window worth re-planning to: 4 latent frames beyond the first (17 frames for Wan)."""
-    return 4 * spec.frame_multiple + 1
+    return spec.pixel_frames(5)
 
 
 def smaller_window(frames: int, spec: ModelSpec, *, min_frames: int | None = None,
@@ -111,10 +107,10 @@ def smaller_window(frames: int, spec: ModelSpec, *, min_frames: int | None = Non
     if not 0.0 < token_fraction < 1.0:
         raise ValueError("token_fraction must be in (0, 1)")
     floor = default_min_frames(spec) if min_frames is None else min_frames
-    budget = token_fraction * _latent_frames(frames, spec)
+    budget = token_fraction * spec.latent_frames(frames)
     candidate = largest_window_at_most(min(frames - 1, spec.max_window_frames), spec)
     while candidate >= max(floor, 1):
-        if spec.valid_window(candidate) and _latent_frames(candidate, spec) <= budget:
+        if spec.valid_window(candidate) and spec.latent_frames(candidate) <= budget:
             return candidate
         candidate -= spec.frame_multiple
     return None
@@ -136,9 +132,7 @@ class WindowTooLong(VideogenError):
 
 def largest_window_at_most(cap: int, spec: ModelSpec) -> int:
     """The longest valid window (``frame_multiple·k + 1``) of at most ``cap`` frames (0 if none)."""
-    if cap < 1:
-        return 0
-    return cap - (cap - 1) % spec.frame_multiple
+    return spec.largest_window_at_most(cap)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,17 @@
 
 Checkpoints are local diffusers-format directories: ``<models_dir>/<model name>/``. ``tiny-*``
 models are built locally with random weights when no directory exists (tests, demo).
+
+A family module (``gpu_runner/pipelines/<family>.py``) exposes ``TASKS`` (what its ``generate``
+implements) and ``load(spec, checkpoint, ctx)``; ``family_module`` refuses a spec that lists a task
+its family does not implement, before any weights are read.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import ModuleType
 
 from gpu_runner.pipelines.base import LoadContext, VideoPipeline
 from runtime.logging import get_logger
@@ -24,6 +29,22 @@ def checkpoint_dir(spec: ModelSpec, models_dir: Path) -> Path | None:
     return None
 
 
+def family_module(spec: ModelSpec) -> ModuleType:
+    """The pipeline module of ``spec.family``, checked to implement every task in ``spec.tasks``."""
+    try:
+        module = importlib.import_module(f"gpu_runner.pipelines.{spec.family}")
+    except ModuleNotFoundError as e:
+        raise Permanent(f"{spec.name}: no pipeline file gpu_runner/pipelines/{spec.family}.py",
+                        code=ErrorCode.MODEL_ERROR) from e
+    implemented = frozenset(getattr(module, "TASKS", ()))
+    missing = sorted(set(spec.tasks) - implemented)
+    if missing:
+        raise Permanent(
+            f"{spec.name} is registered for tasks {', '.join(spec.tasks)} but family {spec.family!r} implements "
+            f"only {', '.join(sorted(implemented)) or 'none'} (fix schemas/registry.py)", code=ErrorCode.MODEL_ERROR)
+    return module
+
+
 def load_model(name: str, models_dir: Path, ctx: LoadContext) -> VideoPipeline:
     spec = MODELS.get(name)
     if spec is None:
@@ -35,7 +56,7 @@ def load_model(name: str, models_dir: Path, ctx: LoadContext) -> VideoPipeline:
             f"(e.g. `huggingface-cli download {spec.hub_id} --local-dir {Path(models_dir) / name}`)",
             code=ErrorCode.MODEL_ERROR,
         )
-    module = importlib.import_module(f"gpu_runner.pipelines.{spec.family}")
+    module = family_module(spec)
     log.info("model_loading", model=name, family=spec.family, checkpoint=str(ckpt) if ckpt else "tiny-random",
              device=ctx.device, dtype=ctx.dtype, world_size=ctx.world_size)
     pipe: VideoPipeline = module.load(spec, ckpt, ctx)

@@ -19,7 +19,7 @@ from gpu_runner import distributed as dist
 from gpu_runner import oom
 from gpu_runner.caches import CacheConfig, counted_cache
 from gpu_runner.caches import prepare as prepare_cache
-from gpu_runner.inputs import SegmentInputs
+from gpu_runner.inputs import IDLE, STOP, CommandKind, RankCommand, SegmentInputs
 from gpu_runner.lora import AdapterCache, LoraSpec, applied_lora, storage_fetch
 from gpu_runner.metrics import HealthServer, ReadinessFile, RunnerMetrics
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, VideoPipeline
@@ -40,8 +40,6 @@ EXIT_RESTART = 75
 # checks for shutdown and tells the other ranks it is idle. Longer pulls expire less often, and
 # an expiry racing a new message is what delays that message to the next pull.
 FETCH_TIMEOUT_S = 5.0
-_IDLE = ("idle",)
-_STOP = ("stop",)
 
 
 @dataclass
@@ -177,27 +175,28 @@ class Runner:
                 done = self.stop_requested.is_set() or (
                     self.max_segments is not None and self.stats.segments >= self.max_segments)
                 if done:
-                    command: Any = _STOP
+                    command: RankCommand | None = STOP
                 else:
                     active = self.io.next_segment(timeout_s=FETCH_TIMEOUT_S)
                     if active is not None and active.item.stored_at is not None:
                         self.metrics.observe_queue_wait_since(active.item.stored_at)
-                    command = _IDLE if active is None else self._job_command(active)
+                    command = IDLE if active is None else self._job_command(active)
             else:
                 command = None
             command = dist.broadcast_object(command, ctx=self.ctx)
-            if command[0] == "stop":
+            assert command is not None
+            if command.kind == CommandKind.STOP:
                 return
-            if command[0] == "idle":
+            if command.kind == CommandKind.IDLE:
                 continue
-            _, seg, inputs, new_adapters = command
-            loras = lora_specs(seg)
+            assert command.segment is not None and command.inputs is not None
+            loras = lora_specs(command.segment)
             for spec in loras:  # ranks > 0 receive the state dicts rank 0 fetched
-                if spec not in self.adapters and spec.cache_key in new_adapters:
-                    self.adapters.put(spec, new_adapters[spec.cache_key])
-            self._render(seg, inputs, active, loras)
+                if spec not in self.adapters and spec.cache_key in command.adapters:
+                    self.adapters.put(spec, command.adapters[spec.cache_key])
+            self._render(command.segment, command.inputs, active, loras)
 
-    def _job_command(self, active: Any) -> tuple[Any, ...]:
+    def _job_command(self, active: Any) -> RankCommand:
         """Rank 0: everything the other ranks need for this segment, or idle if it could not be had."""
         try:
             inputs = self.io.fetch_inputs(active)
@@ -206,8 +205,8 @@ class Runner:
         except Exception as e:
             log.error("segment_inputs_failed", job_id=active.job.job.job_id, error=str(e))
             self.io.fail(active, e)
-            return _IDLE
-        return ("job", active.job, inputs, adapters if self.ctx.world_size > 1 else {})
+            return IDLE
+        return RankCommand.job(active.job, inputs, adapters if self.ctx.world_size > 1 else {})
 
     def _render(self, seg: SegmentJob, inputs: SegmentInputs, active: Any, loras: list[LoraSpec]) -> None:
         assert self.pipe is not None

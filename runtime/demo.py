@@ -31,7 +31,7 @@ from runtime.settings import Settings
 from schemas.messages import EventType, JobEvent, JobRequest, WebhookSpec
 
 if TYPE_CHECKING:
-    from functions.webhook.receiver import WebhookReceiver
+    from runtime.testing.webhook_receiver import WebhookReceiver
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -72,7 +72,7 @@ async def wait_until_stopped(procs: list[subprocess.Popen[bytes]], console: Cons
 
 
 async def run_demo(settings: Settings, console: Console, *, prompt: str, num_frames: int, keep: bool = False) -> int:
-    from functions.webhook.receiver import WebhookReceiver
+    from runtime.testing.webhook_receiver import WebhookReceiver
     from runtime.client import submit
     from runtime.stack import provision, start_servers
 

@@ -29,9 +29,11 @@ from runtime.storage import Storage
 from schemas.messages import (
     ErrorInfo,
     EventType,
+    FailedData,
     JobEvent,
     JobState,
     JobStatus,
+    RejectedData,
     utcnow,
 )
 from schemas.names import STREAM_SEGMENTS, events_subject, job_prefix, request_key
@@ -182,12 +184,9 @@ class JobTracker:
             base["updated_at"] = now
             if state == JobState.SUCCEEDED:
                 base["progress"] = 100.0
-            if event.type in (EventType.FAILED, EventType.REJECTED) and "error" not in fields:
-                base["error"] = ErrorInfo(
-                    code=str(event.data.get("code", "internal")),
-                    message=str(event.data.get("message", "")),
-                    retryable=bool(event.data.get("retryable", False)),
-                )
+            if isinstance(event.data, FailedData | RejectedData) and "error" not in fields:
+                base["error"] = ErrorInfo(code=event.data.code, message=event.data.message,
+                                          retryable=isinstance(event.data, FailedData) and event.data.retryable)
             return JobStatus.model_validate(base)
 
         if alongside is None:

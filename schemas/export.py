@@ -1,8 +1,9 @@
 """``python -m schemas.export``: write JSON Schema files and an AsyncAPI 3 document.
 
 Outputs (committed; a test fails when they are stale):
-- ``schemas/jsonschema/<Model>.json`` for every public and internal message
-- ``schemas/asyncapi.json`` describing subjects, streams and payloads
+- ``schemas/jsonschema/<Model>.json`` for every public and internal message; ``JobEvent.json`` is a
+  union discriminated by ``type`` (one variant per event type, each with its ``data`` model)
+- ``schemas/asyncapi.json`` describing subjects, streams and payloads (one message per event type)
 Run with ``--check`` to verify without writing (exit 1 when stale).
 """
 
@@ -11,11 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from schemas import names
-from schemas.messages import INTERNAL_MODELS, PUBLIC_MODELS
+from schemas.messages import (
+    EVENT_DATA,
+    INTERNAL_MODELS,
+    PUBLIC_MODELS,
+    EventType,
+    JobEvent,
+)
 from schemas.registry import MODELS
 
 HERE = Path(__file__).resolve().parent
@@ -27,10 +37,43 @@ def _dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
+def event_variant_name(type_: EventType) -> str:
+    """``job.segment_completed`` -> ``SegmentCompletedEvent``."""
+    return "".join(part.capitalize() for part in type_.value.removeprefix("job.").split("_")) + "Event"
+
+
+def event_variants() -> dict[EventType, type[BaseModel]]:
+    """One schema-only model per event type: ``JobEvent`` with ``type`` fixed and ``data`` its model."""
+    fields = JobEvent.model_fields
+    out: dict[EventType, type[BaseModel]] = {}
+    for type_, data_model in EVENT_DATA.items():
+        fixed: Any = Literal[type_]
+        out[type_] = create_model(
+            event_variant_name(type_),
+            __config__=ConfigDict(frozen=True, extra="forbid"),
+            __doc__=f"A `{type_.value}` JobEvent.",
+            id=(str, fields["id"]),
+            type=(fixed, Field(description="event type; selects the schema of `data`")),
+            job_id=(str, fields["job_id"]),
+            time=(datetime, fields["time"]),
+            data=(data_model, ...),
+        )
+    return out
+
+
+def job_event_schema() -> dict[str, Any]:
+    """``JobEvent`` as the wire has it: a union of the per-type variants, discriminated by ``type``."""
+    variants = tuple(event_variants().values())
+    union: Any = Annotated[Union[variants], Field(discriminator="type")]  # noqa: UP007
+    adapter: TypeAdapter[Any] = TypeAdapter(union)
+    schema = adapter.json_schema(mode="serialization")
+    return {"title": "JobEvent", "description": JobEvent.__doc__, **schema}
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, model in {**PUBLIC_MODELS, **INTERNAL_MODELS}.items():
-        schema = model.model_json_schema(mode="serialization" if name == "JobEvent" else "validation")
+        schema = job_event_schema() if model is JobEvent else model.model_json_schema(mode="validation")
         schema["$id"] = f"https://videogen.dev/schemas/v{names.CONTRACT_VERSION}/{name}.json"
         out[name] = schema
     return out
@@ -57,6 +100,9 @@ def asyncapi() -> dict[str, Any]:
     # rewrite $defs refs to components refs
     text = json.dumps(components).replace("#/$defs/", "#/components/schemas/")
     components = json.loads(text)
+    # AsyncAPI Schema Objects name the discriminating property with a string (the mapping is implied
+    # by each variant's `type` const)
+    components["JobEvent"]["discriminator"] = components["JobEvent"]["discriminator"]["propertyName"]
     msg_id_header = {"type": "object", "properties": {names.HEADER_MSG_ID: {
         "type": "string", "description": "de-duplication id (job_id for submissions, event id for events)"}}}
     return {
@@ -79,8 +125,13 @@ def asyncapi() -> dict[str, Any]:
                 "CancelRequest", "Cancel a job", f"stream {names.STREAM_JOBS}")}},
             "events": {"address": names.SUBJECT_EVENTS_PREFIX + ".{job_id}",
                        "parameters": {"job_id": {"description": "the job's id"}},
-                       "messages": {"JobEvent": _msg("JobEvent", "A job state change",
-                                                     f"stream {names.STREAM_EVENTS}; de-duplicate on id", msg_id_header)}},
+                       "description": "JobEvents (schema JobEvent: a union discriminated by `type`), one "
+                                      "message per event type.",
+                       "messages": {
+                           event_variant_name(t): _msg(event_variant_name(t), f"{t.value}: a job state change",
+                                                       f"stream {names.STREAM_EVENTS}; de-duplicate on id; "
+                                                       f"data is {m.__name__}", msg_id_header)
+                           for t, m in EVENT_DATA.items()}},
             "dlq": {"address": names.SUBJECT_DLQ_PREFIX + ".{stage}",
                     "parameters": {"stage": {"description": "the stage that gave up"}},
                     "messages": {"DLQEntry": _msg("DLQEntry", "Dead letter", f"stream {names.STREAM_DLQ}")}},

@@ -1,19 +1,32 @@
 """Pydantic v2 models of every message on the bus and every value in the KV bucket.
 
-Public: ``JobRequest``, ``CancelRequest``, ``JobEvent`` (+ typed ``data`` models), ``JobStatus``.
-Internal (between stages): ``PlanRequest``, ``SegmentJob``, ``SegmentResult``,
-``StitchRequest``, ``DLQEntry``. All frozen; units are in field names where the contract allows.
+Public: ``JobRequest``, ``CancelRequest``, ``JobEvent`` (its ``data`` is the model ``EVENT_DATA[type]``),
+``JobStatus``. Internal (between stages): ``ResolvedJob`` (+ ``JobInputs``), ``PlanRequest``,
+``SegmentJob``, ``SegmentResult``, ``StitchRequest``, ``DLQEntry``. All frozen; units are in field names where the contract allows.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    StrictFloat,
+    StrictInt,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_serializer,
+)
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
@@ -165,26 +178,6 @@ class PlanInfo(_Frozen):
                                                "(a runner ran out of memory at this window length)")
 
 
-class JobEvent(_Frozen):
-    id: str = Field(description="unique, stable across redeliveries (de-duplicate on it)")
-    type: EventType
-    job_id: str
-    time: datetime
-    data: dict[str, Any] = Field(default_factory=dict)
-
-    @staticmethod
-    def make_id(job_id: str, type_: EventType | str, *discriminators: object) -> str:
-        """Deterministic id: the same state change always gets the same id."""
-        raw = "|".join([job_id, str(type_), *map(str, discriminators)])
-        return "evt_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
-
-    @classmethod
-    def build(cls, job_id: str, type_: EventType, data: BaseModel | dict[str, Any] | None = None,
-              *discriminators: object) -> JobEvent:
-        payload = data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else (data or {})
-        return cls(id=cls.make_id(job_id, type_, *discriminators), type=type_, job_id=job_id, time=utcnow(), data=payload)
-
-
 class AcceptedData(_Frozen):
     model: str
     task: Task
@@ -245,6 +238,74 @@ class CancelledData(_Frozen):
     previous_state: JobState | None = Field(None, description="state the job was cancelled in (queued, running, ...)")
 
 
+EventData = (AcceptedData | RejectedData | PreprocessedData | StartedData | ProgressData | SegmentCompletedData
+             | SucceededData | FailedData | CancelledData)
+"""The payload of any ``JobEvent``; which one is fixed by the event's ``type`` (``EVENT_DATA``)."""
+
+EVENT_DATA: dict[EventType, type[BaseModel]] = {
+    EventType.ACCEPTED: AcceptedData,
+    EventType.REJECTED: RejectedData,
+    EventType.PREPROCESSED: PreprocessedData,
+    EventType.STARTED: StartedData,
+    EventType.PROGRESS: ProgressData,
+    EventType.SEGMENT_COMPLETED: SegmentCompletedData,
+    EventType.SUCCEEDED: SucceededData,
+    EventType.FAILED: FailedData,
+    EventType.CANCELLED: CancelledData,
+}
+"""Event type -> its ``data`` model: the one table to extend when adding an event type."""
+
+D = TypeVar("D", bound=BaseModel)
+
+
+class JobEvent(_Frozen):
+    """A job state change. ``data`` is the model ``EVENT_DATA[type]`` (validated against it on the
+    way in); on the wire it is that model's JSON with unset (``None``) fields left out."""
+
+    id: str = Field(description="unique, stable across redeliveries (de-duplicate on it)")
+    type: EventType
+    job_id: str
+    time: datetime
+    data: EventData = Field(description="payload; its schema is chosen by `type` (see EVENT_DATA)")
+
+    @field_validator("data", mode="wrap")
+    @classmethod
+    def _data_for_type(cls, value: Any, _handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        model = EVENT_DATA.get(info.data.get("type"))  # type: ignore[arg-type]
+        if model is None:  # `type` itself is invalid (and reported as such): nothing to choose by
+            return value
+        if isinstance(value, model):
+            return value
+        if isinstance(value, BaseModel):
+            raise ValueError(f"a {info.data['type']} event carries {model.__name__}, not {type(value).__name__}")  # noqa: TRY004 (pydantic wants ValueError)
+        return model.model_validate({} if value is None else value)
+
+    @field_serializer("data")
+    def _data_wire(self, value: BaseModel, info: SerializationInfo) -> Any:
+        # unset optional fields are left out, as producers always did (`exclude_none`)
+        return value.model_dump(mode=info.mode, exclude_none=True)
+
+    def payload(self, model: builtins.type[D]) -> D:
+        """``data`` as ``model`` (a typed accessor); ``TypeError`` when this event carries another."""
+        data = self.data
+        if not isinstance(data, model):
+            raise TypeError(f"{self.type.value} event carries {builtins.type(data).__name__}, not {model.__name__}")
+        return data
+
+    @staticmethod
+    def make_id(job_id: str, type_: EventType | str, *discriminators: object) -> str:
+        """Deterministic id: the same state change always gets the same id."""
+        raw = "|".join([job_id, str(type_), *map(str, discriminators)])
+        return "evt_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+    @classmethod
+    def build(cls, job_id: str, type_: EventType, data: EventData | dict[str, Any] | None = None,
+              *discriminators: object) -> JobEvent:
+        """``data``: the type's model (or a dict validated into it; ``None``: all defaults)."""
+        return cls(id=cls.make_id(job_id, type_, *discriminators), type=type_, job_id=job_id, time=utcnow(),
+                   data=data)  # type: ignore[arg-type]
+
+
 class JobStatus(_Frozen):
     job_id: str
     state: JobState
@@ -266,6 +327,33 @@ class JobStatus(_Frozen):
 # ---------------------------------------------------------------------------------------------
 # Internal hand-offs
 # ---------------------------------------------------------------------------------------------
+class JobInputs(_Frozen):
+    """The objects preprocess stored for a job (``ResolvedJob.inputs``); unset for t2v.
+
+    On the wire a JSON object of name -> ``ObjectRef`` holding only the names that are set (the
+    same keys as the earlier ``dict[str, ObjectRef]``), in the order preprocess writes them."""
+
+    image: ObjectRef | None = Field(None, description="i2v/animate: the original image bytes")
+    reference: ObjectRef | None = Field(None, description="i2v/animate: reference image PNG on the model grid")
+    video: ObjectRef | None = Field(None, description="animate: the original driving video bytes")
+    keypoints: ObjectRef | None = Field(None, description="animate: (F, 33, 4) float32 .npy")
+    keypoints_meta: ObjectRef | None = Field(None, description="animate: the keypoints' JSON sidecar")
+    frames_index: ObjectRef | None = Field(None, description="animate: driving frames (FramesIndex JSON)")
+    pose_index: ObjectRef | None = Field(None, description="animate: pose skeleton frames (FramesIndex JSON)")
+    face_index: ObjectRef | None = Field(None, description="animate: face crop frames (FramesIndex JSON)")
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler: Any):  # type: ignore[no-untyped-def]  # unannotated: keeps the schema
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def refs(self) -> dict[str, ObjectRef]:
+        """The set names -> refs, in field order (what the dict used to hold)."""
+        return {name: ref for name in type(self).model_fields if (ref := getattr(self, name)) is not None}
+
+    def objects(self) -> list[ObjectRef]:
+        return list(self.refs().values())
+
+
 class ResolvedJob(_Frozen):
     """A validated JobRequest with every default filled in (what downstream stages use)."""
 
@@ -285,7 +373,7 @@ class ResolvedJob(_Frozen):
     max_segment_frames: int | None = None
     webhook: WebhookSpec | None = None
     loras: tuple[LoraRef, ...] = ()
-    inputs: dict[str, ObjectRef] = Field(default_factory=dict, description="name -> stored input/preprocessed object")
+    inputs: JobInputs = Field(default_factory=JobInputs, description="stored input/preprocessed objects")
 
 
 class ReplanHint(_Frozen):
@@ -429,19 +517,12 @@ PUBLIC_MODELS: dict[str, type[BaseModel]] = {
     "JobStatus": JobStatus,
     "OutputInfo": OutputInfo,
     "LoraRef": LoraRef,
-    "AcceptedData": AcceptedData,
-    "RejectedData": RejectedData,
-    "PreprocessedData": PreprocessedData,
-    "StartedData": StartedData,
-    "ProgressData": ProgressData,
-    "SegmentCompletedData": SegmentCompletedData,
-    "SucceededData": SucceededData,
-    "FailedData": FailedData,
-    "CancelledData": CancelledData,
+    **{model.__name__: model for model in EVENT_DATA.values()},
     "DLQEntry": DLQEntry,
 }
 INTERNAL_MODELS: dict[str, type[BaseModel]] = {
     "ResolvedJob": ResolvedJob,
+    "JobInputs": JobInputs,
     "PlanRequest": PlanRequest,
     "ReplanHint": ReplanHint,
     "WindowSpec": WindowSpec,

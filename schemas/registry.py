@@ -2,11 +2,41 @@
 
 The GPU runner maps each name to a pipeline file and a checkpoint (``gpu_runner.registry``);
 CPU stages (preprocess, planner) use only the metadata here.
+
+Frame arithmetic lives here and nowhere else: a window is ``frame_multiple·k + 1`` frames
+(``ModelSpec.valid_window``, ``smallest_window_at_least``, ``largest_window_at_most``,
+``window_lengths``), and a causal video VAE with temporal factor ``t`` turns ``n`` frames into
+``1 + (n - 1) // t`` latent frames (``ModelSpec.latent_frames``; the module functions take ``t``
+for code that has a VAE but no model name, e.g. the stitcher's latent blend).
+
+Each ``ModelSpec.family`` names a module ``gpu_runner/pipelines/<family>.py`` whose ``TASKS`` must
+include every task the spec lists (checked by ``tests/unit/test_registry.py`` and at load time).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+
+FACE_SIZE = 512
+"""Face crop side of real Wan-Animate models (the face encoder's input); ``ModelSpec.face_size``'s default."""
+
+
+def latent_frames(frames: int, temporal: int) -> int:
+    """Latent frames a causal VAE with temporal factor ``temporal`` makes of ``frames`` (>= 1) frames:
+    latent 0 holds frame 0, latent ``j >= 1`` frames ``t·j - t + 1 .. t·j``."""
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    return (frames - 1) // temporal + 1
+
+
+def round_up_window(frames: int, multiple: int) -> int:
+    """The shortest ``multiple·k + 1`` length >= ``frames`` (>= 1)."""
+    return frames + (-(frames - 1)) % multiple
+
+
+def round_down_window(frames: int, multiple: int) -> int:
+    """The longest ``multiple·k + 1`` length <= ``frames``; 0 when ``frames < 1``."""
+    return frames - (frames - 1) % multiple if frames >= 1 else 0
 
 
 class TransformerShape(BaseModel):
@@ -50,18 +80,45 @@ class ModelSpec(BaseModel):
     default_fps: int = 16
     max_width: int = 1920
     max_height: int = 1920
-    face_size: int = Field(512, description="animate: side of the square face crops the model consumes")
+    face_size: int = Field(FACE_SIZE, description="animate: side of the square face crops the model consumes")
     transformer: TransformerShape
 
     def latent_tokens(self, width: int, height: int, frames: int) -> int:
         """Sequence length of the DiT for one window (one CFG branch)."""
-        lt = (frames - 1) // self.vae_scale_temporal + 1
+        lt = self.latent_frames(frames)
         lh = height // self.vae_scale_spatial // self.patch_hw
         lw = width // self.vae_scale_spatial // self.patch_hw
         return (lt // self.patch_t) * lh * lw
 
+    # -- frame arithmetic (the only place it is written) ------------------------------------------
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a ``frames``-frame clip: ``1 + (frames - 1) // vae_scale_temporal``."""
+        return latent_frames(frames, self.vae_scale_temporal)
+
+    def pixel_frames(self, latents: int) -> int:
+        """Frames that make exactly ``latents`` (>= 1) latent frames: ``1 + vae_scale_temporal·(latents - 1)``."""
+        return 1 + self.vae_scale_temporal * (latents - 1)
+
+    def latent_aligned_frames(self, frames: int) -> int:
+        """The leading frames of a ``frames``-frame clip that fill whole latent frames
+        (``1 + vae_scale_temporal·j``; e.g. 5 of 7 for Wan)."""
+        return round_down_window(frames, self.vae_scale_temporal)
+
     def valid_window(self, frames: int) -> bool:
+        """``frames`` is ``frame_multiple·k + 1`` (what the model renders)."""
         return frames >= 1 and (frames - 1) % self.frame_multiple == 0
+
+    def smallest_window_at_least(self, frames: int) -> int:
+        """The shortest valid window of at least ``frames`` (>= 1) frames."""
+        return round_up_window(max(1, frames), self.frame_multiple)
+
+    def largest_window_at_most(self, cap: int) -> int:
+        """The longest valid window of at most ``cap`` frames (0 if none)."""
+        return round_down_window(cap, self.frame_multiple)
+
+    def window_lengths(self, lo: int, hi: int) -> range:
+        """Every valid window length in ``[lo, hi]``, ascending."""
+        return range(self.smallest_window_at_least(lo), hi + 1, self.frame_multiple)
 
 
 _WAN21_13B = TransformerShape(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, params_b=1.3)
@@ -107,8 +164,11 @@ MODELS: dict[str, ModelSpec] = {
             name="wan2.1-i2v-14b-480p", family="wan_i2v", tasks=("i2v",),
             hub_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", transformer=_WAN21_14B,
         ),
+        # TI2V-5B also does image-to-video upstream (the encoded image replaces the first latent
+        # frame, with per-frame timesteps): the `wan` family does not implement that, so it is
+        # served as text-to-video only (an i2v job is rejected at the door, not rendered as t2v).
         ModelSpec(
-            name="wan2.2-ti2v-5b", family="wan", tasks=("t2v", "i2v"),
+            name="wan2.2-ti2v-5b", family="wan", tasks=("t2v",),
             hub_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers", transformer=_WAN22_5B,
             spatial_multiple=32, vae_scale_spatial=16, latent_channels=48,
             default_width=1280, default_height=704, default_frames=121, default_fps=24,

@@ -127,12 +127,9 @@ def max_window_frames(
     Returns 0 when not even a one-frame window fits.
     """
     cap = spec.max_window_frames if max_frames is None else min(spec.max_window_frames, max_frames)
-    m = spec.frame_multiple
     best = 0
-    frames = 1
-    while frames <= cap:  # memory is monotone in frames: stop at the first window that does not fit
+    for frames in spec.window_lengths(1, cap):  # memory is monotone in frames: stop at the first that does not fit
         if window_bytes(spec, width, height, frames, dtype_bytes=dtype_bytes, ranks=ranks, model=model) > budget_bytes:
             break
         best = frames
-        frames += m
     return best

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from functions.planner.cost import DEFAULT_COST_MODEL, CostModel, window_cost
 from functions.planner.memory import DEFAULT_MEMORY_MODEL, GIB, MemoryModel, max_window_frames
-from functions.planner.search import Candidate, best_plan, valid_lengths
+from functions.planner.search import Candidate, best_plan
 from schemas.errors import ErrorCode, Rejected
 from schemas.messages import PlanInfo
 from schemas.registry import ModelSpec
@@ -108,8 +108,7 @@ def default_min_window(spec: ModelSpec) -> int:
     The FLOP model alone would shrink windows to ~17 frames at 720p (attention is quadratic); this
     floor keeps enough temporal context for coherent motion. Pass ``min_window=1`` to disable it.
     """
-    half = spec.max_window_frames // 2
-    return half + (-(half - 1)) % spec.frame_multiple
+    return spec.smallest_window_at_least(spec.max_window_frames // 2)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -117,8 +116,7 @@ def _fmt_bytes(n: int) -> str:
 
 
 def _single(total: int, spec: ModelSpec, cost_of: dict[int, float]) -> Candidate:
-    m = spec.frame_multiple
-    length = total + (-(total - 1)) % m
+    length = spec.smallest_window_at_least(total)
     return Candidate(1, length, 0, 0, cost_of[length])
 
 
@@ -162,13 +160,13 @@ def plan_segments(
         raise PlanError(f"{spec.name}: not even a 1-frame window fits at {where}; lower the resolution")
     cost_of = {
         length: window_cost(spec, width, height, length, steps_, ranks=ranks, model=cost_model)
-        for length in range(1, cap + 1, spec.frame_multiple)
+        for length in spec.window_lengths(1, cap)
     }
-    fits_one = total_frames + (-(total_frames - 1)) % spec.frame_multiple <= cap
+    fits_one = spec.smallest_window_at_least(total_frames) <= cap
     lo = min(cap, default_min_window(spec) if min_window is None else max(1, min_window))
     chosen: Candidate | None = None
     if not (fits_one and prefer_single_window):
-        lengths = valid_lengths(min(lo, total_frames), cap, spec.frame_multiple)  # admits L = T
+        lengths = spec.window_lengths(min(lo, total_frames), cap)  # admits L = T
         chosen = best_plan(total_frames, lengths, o_min, cost_of.__getitem__, overlap_multiple=q, slack=slack)
     if chosen is None and fits_one:
         chosen = _single(total_frames, spec, cost_of)

@@ -61,12 +61,6 @@ def overlaps_from_totals(segments: int, window: int, overlap: int, total: int) -
     return boundary_overlaps(segments, overlap, extra)
 
 
-def valid_lengths(lo: int, cap: int, frame_multiple: int) -> range:
-    """Window lengths ``frame_multiple*k+1`` in ``[lo, cap]``."""
-    first = lo + (-(lo - 1)) % frame_multiple
-    return range(max(1, first), cap + 1, frame_multiple)
-
-
 def _largest_divisor(n: int, bound: int, residue: int | None = None, modulus: int = 1) -> int | None:
     """Largest divisor ``d <= bound`` of ``n >= 1`` (with ``d ≡ residue mod modulus`` if given)."""
     best: int | None = None

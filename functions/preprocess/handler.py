@@ -22,12 +22,12 @@ from schemas.messages import (
     AcceptedData,
     EventType,
     JobEvent,
+    JobInputs,
     JobRequest,
     JobState,
     JobStatus,
     PlanRequest,
     PreprocessedData,
-    ResolvedJob,
     Task,
     utcnow,
 )
@@ -125,10 +125,10 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
         from functions.preprocess.pipeline import preprocess as run_preprocess
 
         inputs = await run_preprocess(job, req, ports.storage, ports.settings)
-        job = ResolvedJob.model_validate({**job.model_dump(), "inputs": inputs})
+        job = job.model_copy(update={"inputs": JobInputs(**inputs)})
 
     await ports.tracker.record(
-        JobEvent.build(job.job_id, EventType.PREPROCESSED, PreprocessedData(inputs=list(job.inputs.values())))
+        JobEvent.build(job.job_id, EventType.PREPROCESSED, PreprocessedData(inputs=job.inputs.objects()))
     )
     await ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job), msg_id=f"plan:{job.job_id}")
     log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value, frames=job.num_frames)

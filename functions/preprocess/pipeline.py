@@ -44,14 +44,12 @@ from runtime.settings import Settings
 from schemas.errors import ErrorCode
 from schemas.messages import JobRequest, ObjectRef, ResolvedJob, Task
 from schemas.names import frames_key, input_key, keypoints_key
-from schemas.registry import get_model
+from schemas.registry import FACE_SIZE, get_model
 
 log = get_logger(stage="preprocess")
 
 CHUNK_FRAMES = 32
 """Frames per stored chunk, and per ``AnimateRun.step``."""
-FACE_SIZE = 512
-"""Face crop size for real models (Wan-Animate's face encoder input); tiny models use their grid."""
 
 
 def resolve_workers(settings: Settings, workers: int | None) -> int:

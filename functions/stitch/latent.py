@@ -17,6 +17,7 @@ import numpy as np
 
 from functions.stitch.blend import crossfade_weights
 from functions.stitch.errors import StitchError
+from schemas.registry import latent_frames, round_up_window
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 def latent_weights(overlap: int, temporal: int = 4) -> np.ndarray:
     """Weight of the next clip for each latent frame of a ``temporal*j+1``-padded overlap."""
     pixel = crossfade_weights(overlap)
-    latents = (overlap - 1 + temporal - 1) // temporal + 1
+    latents = latent_frames(round_up_window(overlap, temporal), temporal)
     weights = [float(pixel[0])]
     for m in range(1, latents):
         held = pixel[temporal * (m - 1) + 1 : temporal * m + 1]
@@ -54,7 +55,7 @@ def latent_blend(prev_frames: np.ndarray, next_frames: np.ndarray, vae: Any) -> 
         raise StitchError(f"overlap clips differ: {prev_frames.shape} vs {next_frames.shape}")
     overlap = len(prev_frames)
     temporal = int(getattr(vae.config, "scale_factor_temporal", None) or 4)
-    padded = (overlap - 1 + temporal - 1) // temporal * temporal + 1
+    padded = round_up_window(overlap, temporal)
     param = next(vae.parameters())
     with torch.no_grad():
         z_prev = vae.encode(_to_tensor(prev_frames, padded, param.device, param.dtype)).latent_dist.mode()

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from gpu_runner.pipelines import tiny_components as tc
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, StepCallback
 from runtime.logging import get_logger
 from schemas.errors import Cancelled, ErrorCode, Permanent
-from schemas.registry import ModelSpec
+from schemas.messages import Task
+from schemas.registry import ModelSpec, latent_frames, round_down_window
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -93,8 +94,9 @@ def missing_input(message: str) -> Permanent:
 
 
 def condition_latent_frames(num_condition_frames: int, temporal_factor: int = 4) -> int:
-    """Latent frames fully determined by the first ``O`` frames of a causal Wan VAE."""
-    return 1 + (num_condition_frames - 1) // temporal_factor
+    """Latent frames fully determined by the first ``O`` frames of a causal Wan VAE
+    (``schemas.registry.latent_frames``; ``ModelSpec.latent_frames`` with the model's factor)."""
+    return latent_frames(num_condition_frames, temporal_factor)
 
 
 def check_params(spec: ModelSpec, params: GenerateParams) -> None:
@@ -192,7 +194,7 @@ def encode_condition(vae: Any, frames: np.ndarray, device: torch.device | str,
 
     Only the frames that fully determine a latent frame are encoded (``1 + 4·(k-1)`` of them).
     """
-    keep = 1 + (condition_latent_frames(frames.shape[0], temporal_factor) - 1) * temporal_factor
+    keep = round_down_window(frames.shape[0], temporal_factor)
     z: torch.Tensor = vae.encode(to_video_tensor(frames[:keep], device, vae.dtype)).latent_dist.mode().float()
     mean, std = _latent_stats(vae, z.device)
     return (z - mean) / std
@@ -247,10 +249,33 @@ def first_sigma(scheduler: Any, steps: int, device: torch.device | str) -> float
     return float(scheduler.sigmas[0])
 
 
-def warn_unaligned(family_log: Any, frames: int, latent_frames: int, temporal_factor: int = 4) -> None:
+def warn_unaligned(family_log: Any, frames: int, replaced: int, temporal_factor: int = 4) -> None:
     """Log when ``O`` condition frames do not fill whole latent frames (the tail is left to the model)."""
-    if (frames - 1) % temporal_factor:
-        family_log.warning("condition_not_latent_aligned", frames=frames, replaced_latent_frames=latent_frames)
+    if round_down_window(frames, temporal_factor) != frames:
+        family_log.warning("condition_not_latent_aligned", frames=frames, replaced_latent_frames=replaced)
+
+
+def check_spec(family: type[WanFamily], spec: ModelSpec) -> None:
+    """Refuse a ``ModelSpec`` that names another family or a task ``family`` does not implement
+    (an i2v job must never be rendered silently as t2v)."""
+    if spec.family != family.family:
+        raise Permanent(f"{spec.name} is registered with family {spec.family!r}, not {family.family!r}",
+                        code=ErrorCode.MODEL_ERROR)
+    missing = sorted(set(spec.tasks) - family.tasks)
+    if missing:
+        raise Permanent(f"{spec.name} is registered for tasks {', '.join(spec.tasks)} but family {family.family!r} "
+                        f"implements only {', '.join(sorted(family.tasks))} (fix schemas/registry.py)",
+                        code=ErrorCode.MODEL_ERROR)
+
+
+def check_pipeline(spec: ModelSpec, pipe: Any) -> None:
+    """Refuse a loaded pipeline whose VAE disagrees with the frame arithmetic of ``spec``."""
+    temporal = getattr(pipe, "vae_scale_factor_temporal", spec.vae_scale_temporal)
+    spatial = getattr(pipe, "vae_scale_factor_spatial", spec.vae_scale_spatial)
+    if (temporal, spatial) != (spec.vae_scale_temporal, spec.vae_scale_spatial):
+        raise Permanent(f"{spec.name}: the checkpoint's VAE compresses {temporal}x in time and {spatial}x in space, "
+                        f"the registry says {spec.vae_scale_temporal}x and {spec.vae_scale_spatial}x "
+                        "(fix schemas/registry.py)", code=ErrorCode.MODEL_ERROR)
 
 
 # -- tiny parts -------------------------------------------------------------------------------
@@ -307,7 +332,7 @@ def generation_errors(spec: ModelSpec, params: GenerateParams, family_log: Any) 
 
 def warmup_size(spec: ModelSpec, world_size: int) -> tuple[int, int]:
     """(side, frames) of the smallest sensible warmup window where every rank gets a token."""
-    side, frames = 2 * spec.spatial_multiple, spec.frame_multiple + 1
+    side, frames = 2 * spec.spatial_multiple, spec.smallest_window_at_least(2)
     while spec.latent_tokens(side, side, frames) < world_size:
         side *= 2
     return side, frames
@@ -377,6 +402,9 @@ class WanFamily:
     """
 
     family: str = "wan"
+    tasks: ClassVar[frozenset[Task]] = frozenset()
+    """The tasks this family's ``generate`` implements; every ``ModelSpec`` naming the family must
+    list only these (checked when loading, see ``check_spec``)."""
     log: Any = log
     sequence_parallel_supported: bool = True
 
@@ -388,8 +416,11 @@ class WanFamily:
         pipe.set_progress_bar_config(disable=True)
 
     @classmethod
-    def finish(cls: type[F], spec: ModelSpec, pipe: Any, ctx: LoadContext) -> F:
-        """Place ``pipe`` on ``ctx.device`` (sharded when asked, see ``place``) and wrap it."""
+    def finish(cls, spec: ModelSpec, pipe: Any, ctx: LoadContext) -> Self:
+        """Check ``pipe`` against ``spec``, place it on ``ctx.device`` (sharded when asked, see
+        ``place``) and wrap it."""
+        check_spec(cls, spec)
+        check_pipeline(spec, pipe)
         handle = place(pipe, ctx, sequence_parallel_supported=cls.sequence_parallel_supported, family=cls.family)
         return cls(spec, pipe, ctx, sequence_parallel=handle)
 
@@ -400,7 +431,7 @@ class WanFamily:
     # -- conditioning --------------------------------------------------------------------------
     def encode_condition(self, frames: np.ndarray) -> torch.Tensor:
         """(O, H, W, 3) uint8 -> normalised latents (1, C, 1 + (O-1)//4, H/8, W/8), float32."""
-        return encode_condition(self.pipe.vae, frames, self.device, self.pipe.vae_scale_factor_temporal)
+        return encode_condition(self.pipe.vae, frames, self.device, self.spec.vae_scale_temporal)
 
     def latent_shape(self, params: GenerateParams, channels: int, num_frames: int | None = None,
                      extra_frames: int = 0) -> tuple[int, int, int, int, int]:
@@ -410,7 +441,7 @@ class WanFamily:
         return (
             1,
             int(channels),
-            (frames - 1) // pipe.vae_scale_factor_temporal + 1 + extra_frames,
+            self.spec.latent_frames(frames) + extra_frames,
             params.height // pipe.vae_scale_factor_spatial,
             params.width // pipe.vae_scale_factor_spatial,
         )
@@ -431,7 +462,7 @@ class WanFamily:
         if cond is None:
             return latents, None
         pin = LatentReplacement(self.encode_condition(cond), noise, offset=offset)
-        warn_unaligned(self.log, cond.shape[0], pin.frames, self.pipe.vae_scale_factor_temporal)
+        warn_unaligned(self.log, cond.shape[0], pin.frames, self.spec.vae_scale_temporal)
         pin.apply(latents, first_sigma(self.pipe.scheduler, params.steps, self.device))
         return latents, pin
 

@@ -1,7 +1,9 @@
 """What every model-family pipeline file provides (same anatomy as diffusers pipelines).
 
-A family module (``gpu_runner/pipelines/<family>.py``) exposes ``load(spec, checkpoint, ctx)``
-returning a ``VideoPipeline``. The runner only talks to this interface.
+A family module (``gpu_runner/pipelines/<family>.py``) exposes ``TASKS`` (the ``schemas.messages.Task``
+values its ``generate`` implements; every ``ModelSpec`` naming the family must list only these, see
+``gpu_runner.registry.family_module``) and ``load(spec, checkpoint, ctx)`` returning a
+``VideoPipeline``. The runner only talks to this interface.
 """
 
 from __future__ import annotations

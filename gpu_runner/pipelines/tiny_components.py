@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
@@ -42,13 +49,7 @@ TEXT_MAX_LENGTH = 512  # Wan's text context length (the i2v processor hard-codes
 _SEED_OFFSETS = {"text_encoder": 1, "vae": 2, "transformer": 3, "image_encoder": 4}
 
 _SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in (U)MT5
-_WORDS = (
-    "a the of and in on with to at is are an by for from his her their it its "
-    "cat dog man woman person people car city street sky sun night day water sea "
-    "forest tree mountain river beach snow rain fire light red blue green white black "
-    "walking running dancing flying sitting standing looking smiling slow fast camera "
-    "shot view close up wide video scene background style cinematic realistic"
-).split()
+_WORDS = ["a", "the", "of", "and", "in", "on", "with", "to", "at", "is", "are", "an", "by", "for", "from", "his", "her", "their", "it", "its", "cat", "dog", "man", "woman", "person", "people", "car", "city", "street", "sky", "sun", "night", "day", "water", "sea", "forest", "tree", "mountain", "river", "beach", "snow", "rain", "fire", "light", "red", "blue", "green", "white", "black", "walking", "running", "dancing", "flying", "sitting", "standing", "looking", "smiling", "slow", "fast", "camera", "shot", "view", "close", "up", "wide", "video", "scene", "background", "style", "cinematic", "realistic"]
 
 
 @contextmanager
@@ -206,8 +207,10 @@ def tiny_clip_vision(seed: int, hidden_size: int = 4, image_size: int = 32) -> C
     return model.eval()
 
 
-def tiny_clip_image_processor(image_size: int = 32) -> "CLIPImageProcessor":
+def tiny_clip_image_processor(image_size: int = 32) -> CLIPImageProcessor:
     """The image processor matching ``tiny_clip_vision`` (resize + center crop to ``image_size``)."""
-    from transformers import CLIPImageProcessor  # lazy: warns about torchvision when first touched
+    from transformers import (
+        CLIPImageProcessor,  # lazy: warns about torchvision when first touched
+    )
 
     return CLIPImageProcessor(crop_size=image_size, size=image_size)

@@ -34,6 +34,7 @@ from gpu_runner.pipelines._common import (  # re-exported: part of this module's
 )
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, StepCallback
 from runtime.logging import get_logger
+from schemas.messages import Task
 from schemas.registry import ModelSpec
 
 log = get_logger(component="pipeline", family="wan")
@@ -41,7 +42,7 @@ log = get_logger(component="pipeline", family="wan")
 REQUIRED_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 __all__ = [
-    "MAX_STEPS", "REQUIRED_COMPONENTS", "WanT2V", "build_tiny", "check_params", "condition_latent_frames",
+    "MAX_STEPS", "REQUIRED_COMPONENTS", "TASKS", "WanT2V", "build_tiny", "check_params", "condition_latent_frames",
     "load", "quiet_progress_bars", "torch_dtype",
 ]
 
@@ -50,6 +51,7 @@ class WanT2V(common.WanFamily):
     """A loaded Wan text-to-video pipeline; implements ``gpu_runner.pipelines.base.VideoPipeline``."""
 
     family = "wan"
+    tasks = frozenset({Task.T2V})  # the prompt only: no image conditioning (see TI2V-5B in schemas/registry.py)
     log = log
     pipe: WanPipeline
 
@@ -72,6 +74,9 @@ class WanT2V(common.WanFamily):
     def _renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
         """Flow-matching forward process on the condition latents' frames."""
         return common.renoise(x0, noise, sigma)
+
+
+TASKS = WanT2V.tasks
 
 
 def build_tiny(spec: ModelSpec, ctx: LoadContext) -> WanT2V:

@@ -4,8 +4,9 @@ Same anatomy as ``wan.py``. Inputs (all uint8 RGB, ``F = num_frames``):
 - ``params.image``: the character reference (h, w, 3), any size (letterboxed to H×W by the pipeline);
 - ``params.pose_video``: the rendered pose skeleton (F, H, W, 3) on the output grid;
 - ``params.face_video``: face crops (F, S, S, 3), ideally ``S = face_size`` (the motion encoder's
-  input: ``FACE_SIZE`` = 16 for the tiny model, ``REAL_FACE_SIZE`` = 512 for Wan2.2-Animate-14B);
-  other square sizes are resized by the pipeline;
+  input, ``ModelSpec.face_size``: 16 for the tiny model, 512 for Wan2.2-Animate-14B; a checkpoint
+  whose ``motion_encoder_size`` disagrees is refused at load); other square sizes are resized by
+  the pipeline;
 - ``params.extra`` (optional): ``mode`` (``"animate"`` default, or ``"replace"`` with
   ``background_video`` (F, H, W, 3) and ``mask_video`` (F, H, W) uint8, white = regenerate),
   ``segment_frame_length`` (the pipeline's internal segment, ``4k+1`` ≤ F; default F).
@@ -45,12 +46,12 @@ from gpu_runner.pipelines import _common as common
 from gpu_runner.pipelines import tiny_components as tc
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, StepCallback
 from runtime.logging import get_logger
+from schemas.errors import ErrorCode, Permanent
+from schemas.messages import Task
 from schemas.registry import ModelSpec
 
 log = get_logger(component="pipeline", family="wan_animate")
 
-FACE_SIZE = 16  # tiny model: face crops are FACE_SIZE x FACE_SIZE (motion_encoder_size)
-REAL_FACE_SIZE = 512  # Wan2.2-Animate-14B's motion_encoder_size
 MODES = ("animate", "replace")
 INTERNAL_OVERLAP = 1  # frames shared by the pipeline's own consecutive internal segments
 REQUIRED_COMPONENTS = (
@@ -58,13 +59,9 @@ REQUIRED_COMPONENTS = (
 )
 FP32_COMPONENTS = ("vae", "image_encoder")
 
-# Tiny motion/face encoder: 16x16 faces -> one 8-channel residual block per halving down to 4x4.
+# Tiny motion/face encoder: 16x16 faces (the tiny spec's face_size) -> one 8-channel residual
+# block per halving down to 4x4.
 _TINY_MOTION_CHANNELS = {"16": 8, "8": 8, "4": 8}
-
-
-def face_size(spec: ModelSpec) -> int:
-    """Face-crop side a model expects (before loading it): ``FACE_SIZE`` for tiny models, else 512."""
-    return FACE_SIZE if spec.tiny else REAL_FACE_SIZE
 
 
 def internal_segments(num_frames: int, segment_frame_length: int, overlap: int = INTERNAL_OVERLAP) -> int:
@@ -75,7 +72,7 @@ def internal_segments(num_frames: int, segment_frame_length: int, overlap: int =
     return padded // effective
 
 
-def tiny_animate_transformer(seed: int, image_dim: int) -> WanAnimateTransformer3DModel:
+def tiny_animate_transformer(seed: int, image_dim: int, face_size: int = 16) -> WanAnimateTransformer3DModel:
     """A 2-block ``WanAnimateTransformer3DModel`` (as ``tiny_transformer``) with a tiny motion/face encoder."""
     inner = tc.NUM_HEADS * tc.HEAD_DIM
     model = tc.build_seeded(
@@ -99,7 +96,7 @@ def tiny_animate_transformer(seed: int, image_dim: int) -> WanAnimateTransformer
             rope_max_seq_len=32,
             pos_embed_seq_len=None,
             motion_encoder_channel_sizes=dict(_TINY_MOTION_CHANNELS),
-            motion_encoder_size=FACE_SIZE,
+            motion_encoder_size=face_size,
             motion_style_dim=16,
             motion_dim=8,
             motion_encoder_dim=16,
@@ -132,14 +129,23 @@ class WanAnimate(common.WanFamily):
     """
 
     family = "wan_animate"
+    tasks = frozenset({Task.ANIMATE})
     log = log
     sequence_parallel_supported = False
     pipe: WanAnimatePipeline
 
     @property
     def face_size(self) -> int:
-        """Side of the face crops the motion encoder takes (``FACE_SIZE`` for the tiny model)."""
+        """Side of the face crops the motion encoder takes (``spec.face_size``, checked at load)."""
         return int(self.pipe.transformer.config.motion_encoder_size)
+
+    @classmethod
+    def finish(cls, spec: ModelSpec, pipe: Any, ctx: LoadContext) -> WanAnimate:
+        size = int(pipe.transformer.config.motion_encoder_size)
+        if size != spec.face_size:  # preprocess crops faces to spec.face_size
+            raise Permanent(f"{spec.name}: the checkpoint's motion encoder takes {size}x{size} faces, the registry "
+                            f"says face_size={spec.face_size} (fix schemas/registry.py)", code=ErrorCode.MODEL_ERROR)
+        return super().finish(spec, pipe, ctx)
 
     # -- inputs --------------------------------------------------------------------------------
     def check_inputs(self, params: GenerateParams) -> AnimateInputs:
@@ -168,9 +174,11 @@ class WanAnimate(common.WanFamily):
                 got = f"{mask.dtype} {mask.shape}" if isinstance(mask, np.ndarray) else type(mask).__name__
                 raise common.out_of_range(f"mask_video must be uint8 ({f}, {size[0]}, {size[1]}), got {got}")
         length = params.extra.get("segment_frame_length", f)
+        shortest = self.spec.smallest_window_at_least(2)  # 5 for Wan
         if isinstance(length, bool) or not isinstance(length, int | np.integer) \
-                or not 5 <= length <= f or (length - 1) % 4:
-            raise common.out_of_range(f"segment_frame_length={length!r}: must be 4k+1 in [5, num_frames={f}]")
+                or not shortest <= length <= f or not self.spec.valid_window(int(length)):
+            raise common.out_of_range(f"segment_frame_length={length!r}: must be {self.spec.frame_multiple}k+1 "
+                                      f"in [{shortest}, num_frames={f}]")
         length = int(length)
         cond = params.condition_frames
         if cond is not None and cond.shape[0] >= length:
@@ -259,14 +267,18 @@ def _mask_frames(mask: np.ndarray) -> list[Any]:
     return [Image.fromarray(np.ascontiguousarray(frame), mode="L") for frame in mask]
 
 
+TASKS = WanAnimate.tasks
+
+
 def build_tiny(spec: ModelSpec, ctx: LoadContext) -> WanAnimate:
     """The real Wan-Animate architecture with tiny random weights; same ``ctx.seed`` -> same weights."""
     dtype = common.torch_dtype(ctx.dtype)
     parts = common.tiny_parts(ctx.seed, dtype, image=True)  # VAE and CLIP stay float32
-    transformer = tiny_animate_transformer(ctx.seed, image_dim=int(parts["image_encoder"].config.hidden_size))
+    transformer = tiny_animate_transformer(ctx.seed, image_dim=int(parts["image_encoder"].config.hidden_size),
+                                           face_size=spec.face_size)
     pipe = WanAnimatePipeline(**parts, transformer=tc.cast_like_from_pretrained(transformer, dtype))
     log.info("tiny_model_built", model=spec.name, seed=ctx.seed, dtype=ctx.dtype, device=ctx.device,
-             face_size=FACE_SIZE)
+             face_size=spec.face_size)
     return WanAnimate.finish(spec, pipe, ctx)
 
 

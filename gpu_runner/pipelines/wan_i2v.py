@@ -35,6 +35,7 @@ from gpu_runner.pipelines import _common as common
 from gpu_runner.pipelines import tiny_components as tc
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, StepCallback
 from runtime.logging import get_logger
+from schemas.messages import Task
 from schemas.registry import ModelSpec
 
 log = get_logger(component="pipeline", family="wan_i2v")
@@ -50,6 +51,7 @@ class WanI2V(common.WanFamily):
     """A loaded Wan image-to-video pipeline; implements ``gpu_runner.pipelines.base.VideoPipeline``."""
 
     family = "wan_i2v"
+    tasks = frozenset({Task.I2V})
     log = log
     pipe: WanImageToVideoPipeline
 
@@ -88,6 +90,9 @@ class WanI2V(common.WanFamily):
     def warmup_inputs(self, side: int, frames: int) -> dict[str, Any]:
         """A grey image for the warmup window."""
         return {"image": np.full((side, side, 3), 128, np.uint8)}
+
+
+TASKS = WanI2V.tasks
 
 
 def build_tiny(spec: ModelSpec, ctx: LoadContext) -> WanI2V:

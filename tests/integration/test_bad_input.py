@@ -50,7 +50,7 @@ async def test_rejected_with_code(stack, workers, bus: Bus, job: dict, code: str
     await bus.publish(SUBJECT_SUBMIT, json.dumps(job).encode(), msg_id=job["job_id"])
     last = await _terminal(bus, job["job_id"])
     assert last.type == EventType.REJECTED
-    assert last.data["code"] == code and last.data["message"]
+    assert last.data.code == code and last.data.message
 
 
 async def test_unreadable_messages_go_to_dlq_and_next_job_succeeds(stack, workers, bus: Bus) -> None:

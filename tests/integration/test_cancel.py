@@ -21,7 +21,7 @@ from runtime.bus import Bus
 from runtime.client import cancel, follow, status, submit
 from runtime.settings import Settings
 from runtime.storage import Storage
-from schemas.messages import EventType, JobEvent, JobRequest, JobState, JobStatus
+from schemas.messages import CancelledData, EventType, JobEvent, JobRequest, JobState, JobStatus
 from schemas.names import job_prefix, request_key
 from tests.stack import REPO, child_env
 
@@ -122,15 +122,15 @@ async def test_queued_job_never_runs_running_job_stops_within_a_step(stack: Sett
     # cancel the job next in line: the one behind moves up, the cancelled one never starts
     await cancel(bus, b, "changed my mind")
     cancelled_b = await wb.wait(lambda e: e.type == EventType.CANCELLED, 30)
-    assert cancelled_b.data == {"reason": "changed my mind", "previous_state": "queued"}
+    assert cancelled_b.data == CancelledData(reason="changed my mind", previous_state=JobState.QUEUED)
     await wait_status(bus, c, lambda s: s.queue_position == 0, 15)
 
     # cancel the running job right after one of its steps: it stops at the next step boundary
     seen = await wa.wait(lambda e: e.type == EventType.PROGRESS, 60, after=len(wa.events))
-    assert seen.data["step"] < LONG["steps"] - 10, "the long job ended too soon to test a running cancel"
+    assert seen.data.step < LONG["steps"] - 10, "the long job ended too soon to test a running cancel"
     await cancel(bus, a)
     cancelled_a = await wa.wait(lambda e: e.type == EventType.CANCELLED, 30)
-    assert cancelled_a.data["previous_state"] == "running"
+    assert cancelled_a.data.previous_state == "running"
 
     # the runner takes the next job
     done = await wc.wait(lambda e: e.type in (EventType.SUCCEEDED, EventType.FAILED), 120)
@@ -173,7 +173,7 @@ async def test_cancel_during_upload_leaves_nothing_behind(stack: Settings, worke
     # 256x256x81: the VAE decode after the last step takes >10 s on CPU, the window to cancel in
     await submit(bus, JobRequest(job_id=job_id, prompt="big decode", width=256, height=256, num_frames=81,
                                  steps=2, seed=3))
-    await w.wait(lambda e: e.type == EventType.PROGRESS and e.data["step"] == e.data["steps"], 240)
+    await w.wait(lambda e: e.type == EventType.PROGRESS and e.data.step == e.data.steps, 240)
     await cancel(bus, job_id)  # no step boundary is left: the runner finds out when it uploads
     await w.wait(lambda e: e.type in (EventType.CANCELLED, EventType.SUCCEEDED), 60)
     assert w.types()[-1] == EventType.CANCELLED, "the decode ended before the cancel landed"

@@ -80,7 +80,7 @@ async def test_i2v_from_s3_and_from_http(stack, input_runners, bus: Bus, storage
                          num_frames=9, steps=2, width=64, height=64)
         events = await _run(bus, job)
         assert events[-1].type == EventType.SUCCEEDED, events[-1]
-        info = probe_mp4(await storage.get_bytes(events[-1].data["output"]["key"]))
+        info = probe_mp4(await storage.get_bytes(events[-1].data.output.key))
         assert (info.frames, info.width, info.height) == (9, 64, 64)
         keys = await storage.list_keys(f"jobs/{job_id}/inputs/")
         assert any(k.endswith("image.png") for k in keys)
@@ -94,7 +94,7 @@ async def test_animate_from_synthetic_driving_video(stack, input_runners, bus: B
                      num_frames=9, fps=8, steps=2, width=64, height=64)
     events = await _run(bus, job)
     assert events[-1].type == EventType.SUCCEEDED, events[-1]
-    info = probe_mp4(await storage.get_bytes(events[-1].data["output"]["key"]))
+    info = probe_mp4(await storage.get_bytes(events[-1].data.output.key))
     assert info.frames == 9
     kp = np.load(io.BytesIO(await storage.get_bytes("jobs/animate-1/keypoints/keypoints.npy")))
     assert kp.shape == (9, 33, 4)
@@ -118,7 +118,7 @@ async def test_bad_media_is_rejected_and_workers_survive(stack, input_runners, b
         job = JobRequest(job_id=job_id, prompt="x", num_frames=9, steps=1, width=64, height=64, **fields)
         events = await _run(bus, job, 120)
         assert events[-1].type == EventType.REJECTED, (job_id, events[-1])
-        assert events[-1].data["code"].startswith("input_"), events[-1].data
+        assert events[-1].data.code.startswith("input_"), events[-1].data
     ok = JobRequest(job_id="after-bad-media", task="i2v", model="tiny-wan-i2v", prompt="x",
                     image=f"s3://{stack.bucket}/uploads/person2.png", num_frames=9, steps=1, width=64, height=64)
     assert (await _run(bus, ok))[-1].type == EventType.SUCCEEDED

@@ -5,6 +5,7 @@ the `videogen events` / `videogen status` commands."""
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import subprocess
 import sys
@@ -20,8 +21,18 @@ from runtime.jobs import JobTracker, StaleRevision, StatusStore
 from runtime.settings import Settings, load_settings
 from runtime.stack import provision, start_servers
 from runtime.storage import Storage
-from schemas.messages import EventType, JobEvent, JobRequest, JobState, ProgressData
+from schemas.messages import (
+    EventType,
+    FailedData,
+    JobEvent,
+    JobRequest,
+    JobState,
+    PreprocessedData,
+    ProgressData,
+    StartedData,
+)
 from schemas.names import STREAM_EVENTS, events_subject
+from tests.sample_events import sample_data
 from tests.stack import REPO, child_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,12 +50,12 @@ def progress(job_id: str, step: int) -> JobEvent:
 async def test_event_ids_are_stable_and_redelivered_stages_deduplicated(stack: Settings, bus: Bus) -> None:
     tracker = JobTracker(bus)
     job_id = "lifecycle-dedupe"
-    first = JobEvent.build(job_id, EventType.ACCEPTED, {"model": "tiny-wan"})
+    first = JobEvent.build(job_id, EventType.ACCEPTED, sample_data(EventType.ACCEPTED))
     await asyncio.sleep(0.01)
-    again = JobEvent.build(job_id, EventType.ACCEPTED, {"model": "tiny-wan"})  # a redelivered stage
+    again = JobEvent.build(job_id, EventType.ACCEPTED, sample_data(EventType.ACCEPTED))  # a redelivered stage
     assert first.id == again.id and first.time != again.time
-    assert JobEvent.build(job_id, EventType.PROGRESS, None, 0, 1).id != JobEvent.build(job_id, EventType.PROGRESS,
-                                                                                        None, 0, 2).id
+    assert JobEvent.build(job_id, EventType.PROGRESS, sample_data(EventType.PROGRESS), 0, 1).id != JobEvent.build(
+        job_id, EventType.PROGRESS, sample_data(EventType.PROGRESS), 0, 2).id
     await tracker.record(first)
     await tracker.record(again)
     await tracker.record(progress(job_id, 1))
@@ -59,7 +70,7 @@ async def test_two_writers_race_terminal_state_wins(stack: Settings) -> None:
     job_id = "lifecycle-race"
     async with Bus(stack, "writer-runner") as b1, Bus(stack, "writer-stitch") as b2:
         runner, stitch = JobTracker(b1), JobTracker(b2)
-        await runner.record(JobEvent.build(job_id, EventType.STARTED, {"segment": 0, "runner": "r"}))
+        await runner.record(JobEvent.build(job_id, EventType.STARTED, StartedData(segment=0, runner="r")))
         stop = asyncio.Event()
         writes = Counter()
 
@@ -72,7 +83,7 @@ async def test_two_writers_race_terminal_state_wins(stack: Settings) -> None:
 
         async def finish() -> None:
             await asyncio.sleep(0.3)
-            await stitch.record(JobEvent.build(job_id, EventType.SUCCEEDED, {"output": "x"}), progress=100.0)
+            await stitch.record(JobEvent.build(job_id, EventType.SUCCEEDED, sample_data(EventType.SUCCEEDED)), progress=100.0)
 
         writer = asyncio.create_task(late_progress())
         await finish()
@@ -89,9 +100,9 @@ async def test_two_writers_race_terminal_state_wins(stack: Settings) -> None:
 
         # deterministic interleaving: read, the other writer ends the job, the stale CAS is refused
         job2 = "lifecycle-stale"
-        await runner.record(JobEvent.build(job2, EventType.STARTED, {"segment": 0, "runner": "r"}))
+        await runner.record(JobEvent.build(job2, EventType.STARTED, StartedData(segment=0, runner="r")))
         stale, stale_rev = await StatusStore(b1).get(job2)
-        await stitch.record(JobEvent.build(job2, EventType.FAILED, {"code": "model_error", "message": "boom"}))
+        await stitch.record(JobEvent.build(job2, EventType.FAILED, FailedData(code="model_error", message="boom")))
         with pytest.raises(StaleRevision):
             await StatusStore(b1).write(job2, stale.model_copy(update={"progress": 50.0}), last=stale_rev)
         kept = await StatusStore(b1).update(job2, lambda cur: cur and cur.model_copy(update={"state": JobState.RUNNING}))
@@ -102,11 +113,11 @@ async def test_queue_position_only_goes_down_and_clears_on_start(stack: Settings
     tracker = JobTracker(bus)
     store = tracker.status
     job_id = "lifecycle-queue"
-    await tracker.record(JobEvent.build(job_id, EventType.PREPROCESSED, {}))
+    await tracker.record(JobEvent.build(job_id, EventType.PREPROCESSED, PreprocessedData()))
     assert (await store.set_queue_position(job_id, 3)).queue_position == 3
     assert (await store.set_queue_position(job_id, 5)).queue_position == 3  # a stale tracker's larger number
     assert (await store.set_queue_position(job_id, 0)).queue_position == 0
-    started = await tracker.record(JobEvent.build(job_id, EventType.STARTED, {"segment": 0, "runner": "r"}))
+    started = await tracker.record(JobEvent.build(job_id, EventType.STARTED, StartedData(segment=0, runner="r")))
     assert started.state == JobState.RUNNING and started.queue_position is None
     assert (await store.set_queue_position(job_id, 0)).queue_position is None  # only queued jobs have one
 
@@ -120,16 +131,17 @@ async def test_progress_is_throttled_and_carries_percent_segment_step(stack: Set
         events = [e async for e in follow(bus, job_id)]
     assert events[-1].type == EventType.SUCCEEDED, events[-1]
     prog = [e for e in events if e.type == EventType.PROGRESS]
-    total = prog[0].data["segments_total"]
+    total = prog[0].data.segments_total
     assert total >= 2
     for e in prog:
-        assert set(e.data) == {"progress", "segment", "segments_total", "step", "steps"}, e.data
-        assert 0 <= e.data["progress"] <= 100 and 1 <= e.data["step"] <= e.data["steps"] == 100
-    pct = [e.data["progress"] for e in prog]
+        assert set(json.loads(e.model_dump_json())["data"]) == {"progress", "segment", "segments_total", "step",
+                                                                "steps"}, e.data
+        assert 0 <= e.data.progress <= 100 and 1 <= e.data.step <= e.data.steps == 100
+    pct = [e.data.progress for e in prog]
     assert pct == sorted(pct), "overall percent never goes back"
-    assert {e.data["segment"] for e in prog} == set(range(total))
+    assert {e.data.segment for e in prog} == set(range(total))
     for seg in range(total):  # the last step of each segment is always reported
-        assert any(e.data["segment"] == seg and e.data["step"] == 100 for e in prog)
+        assert any(e.data.segment == seg and e.data.step == 100 for e in prog)
     # at most a few per second per job: the runner sends one per 0.25 s (+ each segment's last step)
     times = [e.time.timestamp() for e in prog]
     busiest = max(sum(1 for t in times if t0 <= t < t0 + 1.0) for t0 in times)
@@ -156,8 +168,8 @@ async def test_status_ttl_and_bucket_lifecycle_rule(stack: Settings, tmp_path: P
         await provision(settings, [])
         async with Bus(settings, "ttl") as b:
             tracker = JobTracker(b)
-            await tracker.record(JobEvent.build("ttl-job", EventType.STARTED, {"segment": 0, "runner": "r"}))
-            await tracker.record(JobEvent.build("ttl-job", EventType.SUCCEEDED, {}))
+            await tracker.record(JobEvent.build("ttl-job", EventType.STARTED, StartedData(segment=0, runner="r")))
+            await tracker.record(JobEvent.build("ttl-job", EventType.SUCCEEDED, sample_data(EventType.SUCCEEDED)))
             assert (await status(b, "ttl-job")).state == JobState.SUCCEEDED
             assert (await (await b.kv()).status()).ttl == 2
             deadline = time.monotonic() + 10

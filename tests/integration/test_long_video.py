@@ -45,13 +45,13 @@ async def test_161_frames_in_three_or_more_segments_by_two_runners(stack: Settin
     # exact coverage: N windows minus the shared overlaps is T
     assert sum(w.frames for w in plan.windows) - sum(w.overlap_frames for w in plan.windows) == 161
     completed = [e for e in events if e.type == EventType.SEGMENT_COMPLETED]
-    assert sorted(e.data["segment"] for e in completed) == list(range(n))
+    assert sorted(e.data.segment for e in completed) == list(range(n))
     # progress never goes backwards and covers the whole job
-    progress = [e.data["progress"] for e in events if e.type == EventType.PROGRESS]
+    progress = [e.data.progress for e in events if e.type == EventType.PROGRESS]
     assert progress == sorted(progress) and progress[-1] > 90
-    out = events[-1].data["output"]
-    info = probe_mp4(await storage.get_bytes(out["key"]))
-    assert info.frames == 161 == out["frames"]
+    out = events[-1].data.output
+    info = probe_mp4(await storage.get_bytes(out.key))
+    assert info.frames == 161 == out.frames
     results = [SegmentResult.model_validate_json(await storage.get_bytes(segment_result_key("long-161", i)))
                for i in range(n)]
     assert len({r.runner for r in results}) == 2, [r.runner for r in results]

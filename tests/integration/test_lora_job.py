@@ -25,7 +25,7 @@ async def _frames(bus: Bus, storage: Storage, job: JobRequest) -> np.ndarray:
     async with asyncio.timeout(240):
         events = [e async for e in follow(bus, job.job_id)]
     assert events[-1].type == EventType.SUCCEEDED, events[-1]
-    return decode_mp4(await storage.get_bytes(events[-1].data["output"]["key"]))
+    return decode_mp4(await storage.get_bytes(events[-1].data.output.key))
 
 
 async def test_lora_for_one_job_only(stack: Settings, workers, bus: Bus, storage: Storage, tmp_path) -> None:

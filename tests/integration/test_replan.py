@@ -70,9 +70,9 @@ async def test_segment_over_the_runner_limit_is_replanned_mid_job(tmp_path: Path
             assert plan.windows[1].overlap_frames == original.windows[1].overlap_frames
 
             # one segment_completed per window of the final plan, segment 0 from revision 0
-            completed = [e.data["segment"] for e in events if e.type == EventType.SEGMENT_COMPLETED]
+            completed = [e.data.segment for e in events if e.type == EventType.SEGMENT_COMPLETED]
             assert sorted(completed) == list(range(len(plan.windows)))
-            progress = [e.data["progress"] for e in events if e.type == EventType.PROGRESS]
+            progress = [e.data.progress for e in events if e.type == EventType.PROGRESS]
             assert progress == sorted(progress), progress  # never backwards, though segments_total grew
             results = [SegmentResult.model_validate_json(await storage.get_bytes(segment_result_key(job.job_id, i)))
                        for i in range(len(plan.windows))]
@@ -80,8 +80,8 @@ async def test_segment_over_the_runner_limit_is_replanned_mid_job(tmp_path: Path
             assert [r.frames for r in results] == [w.frames for w in plan.windows]
             assert results[0].runner != results[1].runner
 
-            out = events[-1].data["output"]
-            assert probe_mp4(await storage.get_bytes(out["key"])).frames == T == out["frames"]
+            out = events[-1].data.output
+            assert probe_mp4(await storage.get_bytes(out.key)).frames == T == out.frames
             st = await status(bus, job.job_id)
             assert st is not None and st.plan is not None and st.plan.revision == 1
             assert st.segments_done == st.segments_total == len(plan.windows)

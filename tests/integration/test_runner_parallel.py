@@ -54,8 +54,8 @@ async def test_two_rank_runner_renders_a_job(private_stack: Settings) -> None:
             async with asyncio.timeout(240):
                 events = [e async for e in follow(bus, "par-1")]
             assert events[-1].type == EventType.SUCCEEDED, events[-1]
-            out = events[-1].data["output"]
-            info = probe(await storage.get_bytes(out["key"]))
+            out = events[-1].data.output
+            info = probe(await storage.get_bytes(out.key))
             assert info.frames == 9 and (info.width, info.height) == (64, 64)
             res = SegmentResult.model_validate_json(await storage.get_bytes(segment_result_key("par-1", 0)))
             assert res.frames == 9
@@ -102,7 +102,7 @@ async def test_kill_9_of_a_rank_mid_segment_redelivers_and_job_succeeds_once(pri
         async with asyncio.timeout(120):
             async for e in follow(bus, "kill-1", until_terminal=False):
                 seen.append(e.type)
-                if e.type == EventType.PROGRESS and e.data["step"] >= 2:
+                if e.type == EventType.PROGRESS and e.data.step >= 2:
                     break
         os.kill(_rank_pid(group.pid, 1), signal.SIGKILL)  # one rank dies mid-segment
         assert group.wait(timeout=120) != 0  # the whole group exits non-zero
@@ -115,7 +115,7 @@ async def test_kill_9_of_a_rank_mid_segment_redelivers_and_job_succeeds_once(pri
             stop(replacement)
         assert events[-1].type == EventType.SUCCEEDED, events[-1]
         assert [e.type for e in events].count(EventType.SUCCEEDED) == 1
-        info = probe(await storage.get_bytes(events[-1].data["output"]["key"]))
+        info = probe(await storage.get_bytes(events[-1].data.output.key))
         assert info.frames == 33
         # the replacement rendered it; the killed group never reported it done
         assert '"segment_done"' in log_b.read_text() and '"segment_done"' not in log_a.read_text()

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from functions.webhook.receiver import WebhookReceiver
+from runtime.testing.webhook_receiver import WebhookReceiver
 from runtime.bus import Bus
 from runtime.client import follow, status
 from runtime.settings import Settings
@@ -61,28 +61,28 @@ async def test_job_to_mp4_with_webhook_and_presigned_url(stack: Settings, worker
         assert types.count(EventType.SUCCEEDED) == 1
         assert len({e.id for e in events}) == len(events)  # ids unique
         done = events[-1].data
-        out = done["output"]
-        assert out["key"] == output_key("skeleton-1")
+        out = done.output
+        assert out.key == output_key("skeleton-1")
 
         # the object itself, decoded (not just HEAD)
-        data = await storage.get_bytes(out["key"])
+        data = await storage.get_bytes(out.key)
         info = probe(data)
         assert (info.frames, info.width, info.height) == (13, 64, 48)
         assert info.fps == pytest.approx(12)
-        assert hashlib.sha256(data).hexdigest() == out["sha256"] and len(data) == out["size"]
+        assert hashlib.sha256(data).hexdigest() == out.sha256 and len(data) == out.size
 
         # presigned URL: downloads without credentials; a tampered one is refused
-        code, blob = await asyncio.to_thread(_get, done["url"])
+        code, blob = await asyncio.to_thread(_get, done.url)
         assert code == 200 and blob == data
-        tampered = done["url"].replace("output.mp4", "output.mp5")
+        tampered = done.url.replace("output.mp4", "output.mp5")
         assert (await asyncio.to_thread(_get, tampered))[0] == 403
-        sig_tampered = done["url"].replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        sig_tampered = done.url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
         assert (await asyncio.to_thread(_get, sig_tampered))[0] == 403
 
         # KV status
         st = await status(bus, "skeleton-1")
         assert st is not None and st.state == JobState.SUCCEEDED and st.progress == 100
-        assert st.output is not None and st.output.sha256 == out["sha256"]
+        assert st.output is not None and st.output.sha256 == out.sha256
 
         # webhooks: signed per Standard Webhooks, verified with the reference library
         await receiver.wait_for(2, timeout=30)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from functions.webhook.receiver import Reply, WebhookReceiver
+from runtime.testing.webhook_receiver import Reply, WebhookReceiver
 from functions.webhook.signing import generate_secret
 from runtime.bus import Bus
 from runtime.client import follow, stream_messages, webhook_attempts, webhook_disabled
@@ -33,6 +33,7 @@ from runtime.stack import provision, start_servers
 from runtime.storage import Storage
 from schemas.messages import DLQEntry, EventType, JobEvent, JobRequest, WebhookSpec
 from schemas.names import STREAM_DLQ, SUBJECT_SUBMIT, dlq_subject, events_subject, request_key
+from tests.sample_events import sample_data
 from tests.stack import REPO, child_env, start_functions, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -116,7 +117,9 @@ async def subscribe_job(storage: Storage, job_id: str, url: str, events: list[st
 
 
 async def publish_events(bus: Bus, job_id: str, n: int, type_: EventType = EventType.PROGRESS) -> list[JobEvent]:
-    events = [JobEvent.build(job_id, type_, {"progress": float(i), "segment": 0, "step": i}, i) for i in range(n)]
+    fields = ({"progress": float(i), "segment": 0, "step": i} for i in range(n)) if type_ == EventType.PROGRESS \
+        else ({} for _ in range(n))
+    events = [JobEvent.build(job_id, type_, sample_data(type_, **f), i) for i, f in enumerate(fields)]
     for e in events:
         await bus.publish(events_subject(job_id), e, msg_id=e.id)
     return events
@@ -244,7 +247,7 @@ async def test_ssrf_targets_refused_at_submit(dispatcher, hbus: Bus) -> None:
         async with asyncio.timeout(30):
             events = [e async for e in follow(hbus, f"ssrf-submit-{name}")]
         assert events[-1].type == EventType.REJECTED, (name, events)
-        assert events[-1].data["code"] == "webhook_url_forbidden", (name, events[-1].data)
+        assert events[-1].data.code == "webhook_url_forbidden", (name, events[-1].data)
 
 
 async def test_ssrf_targets_refused_at_delivery(dispatcher, hbus: Bus, hstorage: Storage) -> None:

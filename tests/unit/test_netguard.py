@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import aiohttp
 import pytest
 
-from functions.webhook.receiver import WebhookReceiver
+from runtime.testing.webhook_receiver import WebhookReceiver
 from runtime.netguard import (
     AllowList,
     ForbiddenTarget,

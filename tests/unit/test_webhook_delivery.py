@@ -24,9 +24,10 @@ from functions.webhook.delivery import (
     parse_retry_after,
     retry_delay_s,
 )
-from functions.webhook.receiver import Reply, WebhookReceiver
+from runtime.testing.webhook_receiver import Reply, WebhookReceiver
 from runtime.netguard import guarded_session
 from schemas.messages import EventType, JobEvent
+from tests.sample_events import sample_data
 from runtime.settings import Settings
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -35,7 +36,8 @@ ALLOW = ["127.0.0.1"]
 
 
 def event_bytes() -> tuple[str, bytes]:
-    event = JobEvent.build("job-1", EventType.SUCCEEDED, {"url": "https://s3.example/x.mp4?sig=abc"})
+    event = JobEvent.build("job-1", EventType.SUCCEEDED, sample_data(EventType.SUCCEEDED,
+                                                                     url="https://s3.example/x.mp4?sig=abc"))
     return event.id, event.model_dump_json().encode()
 
 

@@ -7,7 +7,8 @@
         assert d.verified
 
 Verification uses the ``standardwebhooks`` reference package when installed, else our own
-``signing.verify`` (``Delivery.verified_by`` says which).
+``functions.webhook.signing.verify`` (``Delivery.verified_by`` says which; imported only then, so
+``runtime`` does not import ``functions`` at module level).
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 from pydantic import SecretStr
 
-from functions.webhook import signing
 from runtime.logging import get_logger
 
 HOOK_PATH = "/hook"
@@ -74,6 +74,8 @@ def _make_verifier(secret: str) -> tuple[str, Any]:
     try:
         from standardwebhooks.webhooks import Webhook, WebhookVerificationError
     except ImportError:  # not a runtime dependency: fall back to our implementation
+        from functions.webhook import signing
+
         def ours(body: bytes, headers: Mapping[str, str]) -> str | None:
             try:
                 signing.verify(body, headers, secret)
@@ -147,7 +149,7 @@ class WebhookReceiver:
         return self.base_url + "/" + path.lstrip("/")
 
     # -- lifecycle ---------------------------------------------------------------------------
-    async def start(self) -> WebhookReceiver:
+    async def start(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0,
@@ -173,7 +175,7 @@ class WebhookReceiver:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> WebhookReceiver:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
