@@ -19,6 +19,7 @@ from schemas.names import (
     segment_msg_id,
     segments_subject,
 )
+from tests.sample_events import sample_data
 from tests.unit.handler_fakes import MODEL, bus_of, events, job, start, status, storage_of
 
 SEGMENTS = segments_subject(MODEL)
@@ -49,7 +50,7 @@ async def test_cancel_running_job_drops_waiting_segments_and_partial_objects() -
     st = await status(ports, "c-1")
     assert st is not None and st.state == JobState.CANCELLED
     assert [e.type for e in events(ports, "c-1")].count(EventType.CANCELLED) == 1
-    assert events(ports, "c-1")[-1].data["previous_state"] == JobState.RUNNING.value
+    assert events(ports, "c-1")[-1].data.previous_state == JobState.RUNNING.value
     assert [m.seq for m in bus.messages(SEGMENTS)] == [taken.seq, other.seq]  # the waiting c-1 segment is gone
     assert storage_of(ports).keys() == [request_key("c-1")]
 
@@ -60,7 +61,7 @@ async def test_cancel_of_unknown_or_finished_job_changes_nothing() -> None:
     assert await status(ports, "nobody") is None and events(ports, "nobody") == []
 
     await start(ports, "c-done")
-    await ports.tracker.record(JobEvent.build("c-done", EventType.SUCCEEDED, {}))
+    await ports.tracker.record(JobEvent.build("c-done", EventType.SUCCEEDED, sample_data(EventType.SUCCEEDED)))
     await ports.storage.put_bytes(output_key("c-done"), b"mp4")
     await handle_cancel(cancel_payload("c-done"), FakeDelivery(), ports)
     st = await status(ports, "c-done")
