@@ -84,16 +84,27 @@ def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
 class Bus:
     """A connected NATS client + JetStream context. ``async with Bus(settings, "name") as bus``."""
 
-    def __init__(self, settings: Settings, name: str = "videogen") -> None:
+    def __init__(self, settings: Settings, name: str = "videogen", *, connect_attempts: int | None = None,
+                 connect_timeout_s: float = 5.0) -> None:
+        """``connect_attempts``: None (services) retries the first connection and every reconnection
+        forever, logging each failure; a number (the CLI) gives up after that many tries and raises
+        without logging them (the caller says what happened, once)."""
         self.settings = settings
         self.name = name
+        self.connect_attempts = connect_attempts
+        self.connect_timeout_s = connect_timeout_s
+        self.last_error: Exception | None = None
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
         self._closing = False
 
     async def __aenter__(self) -> Bus:
-        await self.connect()
+        if self.connect_attempts is None:
+            await self.connect(connect_timeout_s=self.connect_timeout_s)
+        else:  # nats-py: 0 means "forever"; N allows N reconnects after the first try
+            await self.connect(connect_timeout_s=self.connect_timeout_s,
+                               max_reconnect_attempts=max(1, self.connect_attempts - 1))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -103,6 +114,9 @@ class Bus:
         s = self.settings
 
         async def _error_cb(e: Exception) -> None:
+            self.last_error = e
+            if self.connect_attempts is not None and self.nc is None:
+                return  # a bounded first connection: the raised error reports it
             log.warning("nats_error", error=str(e))
 
         async def _disconnected_cb() -> None:
@@ -117,7 +131,7 @@ class Bus:
             "name": self.name,
             "connect_timeout": connect_timeout_s,
             "max_reconnect_attempts": max_reconnect_attempts,
-            "reconnect_time_wait": 1,
+            "reconnect_time_wait": 1 if self.connect_attempts is None else 0.5,
             "error_cb": _error_cb,
             "disconnected_cb": _disconnected_cb,
             "reconnected_cb": _reconnected_cb,
@@ -130,7 +144,9 @@ class Bus:
         try:
             self.nc = await nats.connect(**opts)
         except Exception as e:
-            raise Retryable(f"cannot connect to NATS at {s.nats_url}: {e}", code=ErrorCode.BUS_ERROR) from e
+            cause = self.last_error if isinstance(e, nats.errors.NoServersError) and self.last_error else e
+            self.last_error = cause
+            raise Retryable(f"cannot connect to NATS at {s.nats_url}: {cause}", code=ErrorCode.BUS_ERROR) from e
         self._js = self.nc.jetstream()
 
     async def close(self) -> None:

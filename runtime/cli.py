@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.live import Live
@@ -26,24 +27,78 @@ from runtime.console import (
     err,
     follow_with_bar,
     print_outcome,
+    safe_url,
     status_details,
     status_table,
 )
 from runtime.logging import configure_logging
 from runtime.settings import Settings, load_settings
 from schemas.messages import EventType, JobRequest, JobStatus, WebhookSpec
+from schemas.names import KV_JOBS
 from schemas.stages import STAGES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="videogen: NATS in, MP4 in S3 out.")
 
 
-def _settings(**overrides: object) -> Settings:
+CONNECT_ATTEMPTS = 2
+"""A client command tries NATS this many times (0.5 s apart) before it says it cannot reach it."""
+CONNECT_TIMEOUT_S = 2.0
+
+
+def _settings(*, human: bool = False, **overrides: object) -> Settings:
+    """Settings for a command, logging configured. ``human``: a command people read (submit, status,
+    up, …) logs in the console format unless ``VIDEOGEN_LOG_FORMAT`` says otherwise; services
+    (functions, runner) log JSON by default."""
     s = load_settings(**overrides)
-    configure_logging(s.log_level if "log_level" not in overrides else str(overrides["log_level"]), s.log_format)
+    fmt = s.log_format if not human or "log_format" in s.model_fields_set else "console"
+    configure_logging(s.log_level if "log_level" not in overrides else str(overrides["log_level"]), fmt)
     from runtime.trust import require_production_secrets
 
     require_production_secrets(s)  # embedded=false: no dev secrets, one clear line
     return s
+
+
+class Unreachable(Exception):
+    """NATS could not be reached: the one line the CLI prints before exiting non-zero."""
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[Bus]:
+    """A client command's connection: a few quick tries, then ``Unreachable`` (never retries forever)."""
+    bus = Bus(settings, "videogen-cli", connect_attempts=CONNECT_ATTEMPTS, connect_timeout_s=CONNECT_TIMEOUT_S)
+    try:
+        await bus.__aenter__()
+    except Exception as e:
+        cause = bus.last_error or e.__cause__ or e
+        if isinstance(cause, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(cause, TimeoutError):
+            reason = f"no answer within {CONNECT_TIMEOUT_S:g} s"
+        else:
+            reason = str(cause) or type(cause).__name__
+        raise Unreachable(
+            f"cannot reach NATS at {safe_url(settings.nats_url)} ({reason}) — is `videogen up` running? "
+            "(VIDEOGEN_NATS_URL, or VIDEOGEN_DATA_DIR with the stack.env `videogen up` wrote, selects the server)"
+        ) from e
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+def run_client(settings: Settings, main: Coroutine[Any, Any, int | None]) -> int:
+    """Run a client command's coroutine; NATS unreachable becomes one line on stderr and exit code 2."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        return asyncio.run(main) or 0
+    except Unreachable as e:
+        err.print(f"error: {e}", markup=False)
+        return 2
+    except NotFoundError as e:  # a stream / the KV bucket is missing: connected, but not provisioned
+        err.print(f"error: {e.description or e} on NATS at {safe_url(settings.nats_url)}"
+                  " — is the stack provisioned (`videogen up`, or `videogen up --provision-only`)?", markup=False)
+        return 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,16 +110,14 @@ def up(
     """Start the embedded nats-server + S3 server (or only provision external ones) until Ctrl-C."""
     from runtime.stack import provision, start_stack
 
-    settings = _settings()
+    settings = _settings(human=True)
     if provision_only or not settings.embedded:
         report = asyncio.run(provision(settings))
         console.print_json(json.dumps(report))
         return
     stack = asyncio.run(start_stack(settings))
-    console.print(f"[bold green]videogen stack up[/] (data: {stack.settings.data_dir})")
-    for k, v in stack.env().items():
-        console.print(f"  export {k}={v}")
-    console.print("Ctrl-C to stop.")
+    for line in up_banner(stack.settings, write_webhook_secret(stack.settings)):
+        console.print(line, highlight=False, markup=False)
     stop = False
 
     def _stop(*_: object) -> None:
@@ -83,6 +136,46 @@ def up(
     finally:
         stack.stop()
         console.print("stopped.")
+
+
+WEBHOOK_SECRET_FILE = "webhook-secret"
+
+
+def write_webhook_secret(settings: Settings) -> Path:
+    """``<data_dir>/webhook-secret`` (0600): the secret(s) this stack signs webhooks with, so a
+    receiver can read it. Written atomically: a private temporary file renamed into place."""
+    path = Path(settings.data_dir).resolve() / WEBHOOK_SECRET_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(settings.webhook_secret.get_secret_value().strip() + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def up_banner(settings: Settings, secret_file: Path) -> list[str]:
+    """What ``videogen up`` prints: where everything is (no passwords) and how to verify a webhook."""
+    data = Path(settings.data_dir).resolve()
+    dev_secret = Settings.model_fields["webhook_secret"].default.get_secret_value()
+    source = ("from VIDEOGEN_WEBHOOK_SECRET" if settings.webhook_secret.get_secret_value() != dev_secret else
+              "the built-in development secret; set VIDEOGEN_WEBHOOK_SECRET=whsec_... (the same for every "
+              "process) for your own")
+    lines = [
+        f"videogen stack up (data: {data})",
+        f"  NATS      {safe_url(settings.nats_url)}",
+        f"  S3        {safe_url(settings.s3_endpoint)}  bucket '{settings.bucket}' "
+        f"(access keys in {data / 'stack.env'})",
+        f"  webhooks  signed with the secret in {secret_file} ({source})",
+        "  verify a webhook in your receiver (pip install standardwebhooks); raises if forged or stale:",
+        "    from standardwebhooks.webhooks import Webhook",
+        f"    event = Webhook(open({str(secret_file)!r}).read().split()[0]).verify(body, headers)",
+        "  other terminals (submit, functions, runner) find the stack through its stack.env:",
+    ]
+    lines += [f"    export {k}={safe_url(v) if k.endswith(('_URL', '_ENDPOINT')) else v}"
+              for k, v in {"VIDEOGEN_DATA_DIR": str(data), "VIDEOGEN_NATS_URL": settings.nats_url,
+                           "VIDEOGEN_S3_ENDPOINT": settings.s3_endpoint or ""}.items() if v]
+    lines.append("Ctrl-C to stop.")
+    return lines
 
 
 @app.command()
@@ -165,7 +258,7 @@ def submit(
     """Publish a JobRequest to videogen.jobs.submit and show live progress."""
     from runtime.client import submit as do_submit
 
-    settings = _settings(log_level="WARNING")
+    settings = _settings(human=True, log_level="WARNING")
     req = JobRequest(
         job_id=job_id or f"job-{uuid.uuid4().hex[:12]}", model=model, task=task, prompt=prompt,
         width=width, height=height, num_frames=num_frames, fps=fps, steps=steps, seed=seed, image=image, video=video,
@@ -173,7 +266,7 @@ def submit(
     )
 
     async def _run() -> int:
-        async with Bus(settings, "videogen-cli") as bus:
+        async with connect(settings) as bus:
             seq = await do_submit(bus, req)
             console.print(f"submitted [bold]{req.job_id}[/] (stream seq {seq})")
             if not wait:
@@ -182,21 +275,28 @@ def submit(
             print_outcome(last)
             return 0 if last.type == EventType.SUCCEEDED else 1
 
-    raise typer.Exit(asyncio.run(_run()))
+    raise typer.Exit(run_client(settings, _run()))
 
 
 @app.command()
 def status(
-    job_ids: Annotated[list[str], typer.Argument(help="one or more job ids")],
+    job_ids: Annotated[list[str] | None, typer.Argument(
+        help="job ids (default: the most recently updated jobs)")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="without job ids: how many jobs")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JobStatus JSON")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="refresh every second until every job has ended")] = False,
 ) -> None:
-    """Show jobs' latest status (KV videogen-jobs): state, queue position, progress, output."""
+    """Show jobs' latest status (KV videogen-jobs): state, queue position, progress, output.
+
+    Without job ids: the ``--limit`` most recently updated jobs, newest first."""
+    from runtime.client import recent_jobs
     from runtime.client import status as get_status
 
-    settings = _settings(log_level="WARNING")
+    settings = _settings(human=True, log_level="WARNING")
 
     async def _fetch(bus: Bus) -> tuple[list[JobStatus], list[str]]:
+        if not job_ids:
+            return await recent_jobs(bus, limit), []
         found, missing = [], []
         for job_id in job_ids:
             st = await get_status(bus, job_id)
@@ -207,7 +307,7 @@ def status(
         return found, missing
 
     async def _run() -> int:
-        async with Bus(settings, "videogen-cli") as bus:
+        async with connect(settings) as bus:
             found, missing = await _fetch(bus)
             if as_json:
                 for st in found:
@@ -224,11 +324,13 @@ def status(
                 console.print(status_table(found))
                 for line in status_details(found):
                     console.print(line, highlight=False, soft_wrap=True)
+            elif not job_ids:
+                err.print(f"no jobs in {KV_JOBS} yet (submit one: videogen submit \"a prompt\")", markup=False)
         for job_id in missing:
             err.print(f"no such job: {job_id}")
         return 1 if missing else 0
 
-    raise typer.Exit(asyncio.run(_run()))
+    raise typer.Exit(run_client(settings, _run()))
 
 
 @app.command()
@@ -236,17 +338,15 @@ def events(job_id: str, follow_live: Annotated[bool, typer.Option("--follow/--no
     """Print a job's events (JSON lines), following live until the job ends."""
     from runtime.client import follow
 
-    settings = _settings(log_level="WARNING")
+    settings = _settings(human=True, log_level="WARNING")
 
     async def _run() -> None:
-        async with Bus(settings, "videogen-cli") as bus:
-            async for event in follow(bus, job_id, idle_timeout_s=None if follow_live else 2.0):
-                console.print(event.model_dump_json(), soft_wrap=True, highlight=False)
+        async with connect(settings) as bus:
+            with contextlib.suppress(TimeoutError):
+                async for event in follow(bus, job_id, idle_timeout_s=None if follow_live else 2.0):
+                    console.print(event.model_dump_json(), soft_wrap=True, highlight=False)
 
-    try:
-        asyncio.run(_run())
-    except TimeoutError:
-        pass
+    raise typer.Exit(run_client(settings, _run()))
 
 
 @app.command()
@@ -254,14 +354,14 @@ def cancel(job_id: str, reason: Annotated[str, typer.Option()] = "") -> None:
     """Cancel a queued or running job."""
     from runtime.client import cancel as do_cancel
 
-    settings = _settings(log_level="WARNING")
+    settings = _settings(human=True, log_level="WARNING")
 
     async def _run() -> None:
-        async with Bus(settings, "videogen-cli") as bus:
+        async with connect(settings) as bus:
             await do_cancel(bus, job_id, reason)
+        console.print(f"cancel requested for {job_id}")
 
-    asyncio.run(_run())
-    console.print(f"cancel requested for {job_id}")
+    raise typer.Exit(run_client(settings, _run()))
 
 
 webhooks_app = typer.Typer(no_args_is_help=True, help="Inspect and replay webhook deliveries.")
@@ -276,10 +376,10 @@ def webhooks_attempts(
     """List every recorded delivery attempt of a job's webhooks (status code, latency, outcome)."""
     from runtime.client import webhook_attempts, webhook_disabled
 
-    settings = _settings(log_level="WARNING")
+    settings = _settings(human=True, log_level="WARNING")
 
     async def _run() -> int:
-        async with Bus(settings, "videogen-cli") as bus:
+        async with connect(settings) as bus:
             attempts = await webhook_attempts(bus, job_id, event_id or "*")
             disabled = await webhook_disabled(bus, job_id)
         for a in attempts:
@@ -292,7 +392,7 @@ def webhooks_attempts(
             return 1
         return 0
 
-    raise typer.Exit(asyncio.run(_run()))
+    raise typer.Exit(run_client(settings, _run()))
 
 
 @webhooks_app.command("replay")
@@ -305,10 +405,10 @@ def webhooks_replay(
     """Deliver an event's webhook again: same body and webhook-id (receivers de-duplicate on it)."""
     from runtime.client import attempts_seq, find_event, follow_attempts, replay_webhook
 
-    settings = _settings(log_level="WARNING")
+    settings = _settings(human=True, log_level="WARNING")
 
     async def _run() -> int:
-        async with Bus(settings, "videogen-cli") as bus:
+        async with connect(settings) as bus:
             found = await find_event(bus, event_id, job_id)
             if found is None:
                 err.print(f"event {event_id} not found in the events stream"
@@ -337,7 +437,7 @@ def webhooks_replay(
                 with contextlib.suppress(Exception):
                     await attempts.aclose()
 
-    raise typer.Exit(asyncio.run(_run()))
+    raise typer.Exit(run_client(settings, _run()))
 
 
 @app.command()

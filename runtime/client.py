@@ -78,6 +78,32 @@ async def status(bus: Bus, job_id: str) -> JobStatus | None:
     return st
 
 
+async def recent_jobs(bus: Bus, limit: int = 20) -> list[JobStatus]:
+    """The ``limit`` most recently updated jobs in KV ``videogen-jobs``, newest first.
+
+    One ordered watcher over the latest value of every key (no per-key round trips); entries that
+    are not a readable ``JobStatus`` are skipped.
+    """
+    kv = await bus.kv()
+    watcher = await kv.watchall(ignore_deletes=True)
+    found: list[JobStatus] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the end of the values stored when the watch began
+                break
+            if not entry.value:
+                continue
+            try:
+                found.append(JobStatus.model_validate_json(entry.value))
+            except ValueError:
+                continue
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+    found.sort(key=lambda st: (st.updated_at, st.created_at), reverse=True)
+    return found[:max(0, limit)]
+
+
 # ---- reading streams ------------------------------------------------------------------------
 async def stream_messages(bus: Bus, stream: str, subject: str, *, exact_count: bool = True,
                           timeout_s: float = 10.0) -> AsyncIterator[Msg]:

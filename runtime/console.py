@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,10 +18,28 @@ from runtime.bus import Bus
 from schemas.messages import EventType, JobEvent, JobStatus, WebhookAttempt
 
 console = Console(stderr=False, soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 STATE_COLOURS = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
                  "stitching": "cyan", "queued": "magenta"}
+
+
+def safe_url(url: str | None) -> str:
+    """A URL (or a comma-separated list of them) fit to print: ``user:password@`` and query strings
+    (presigned signatures, tokens) removed."""
+    if not url:
+        return ""
+    out = []
+    for part in url.split(","):
+        part = part.strip()
+        p = urlsplit(part)
+        if p.hostname is None:  # not a URL we can parse: print nothing that could be a secret
+            out.append(part.split("@")[-1])
+            continue
+        host = p.hostname if ":" not in p.hostname else f"[{p.hostname}]"
+        netloc = f"{host}:{p.port}" if p.port else host
+        out.append(urlunsplit((p.scheme, netloc, p.path, "", "")))
+    return ",".join(out)
 
 
 def field_of(data: Any, name: str, default: Any = None) -> Any:

@@ -1,4 +1,10 @@
-"""structlog JSON logs with ``job_id``, ``segment``, ``stage`` bound via contextvars."""
+"""structlog logs with ``job_id``, ``segment``, ``stage`` bound via contextvars.
+
+Two formats: ``json`` (services: functions, runner; one JSON object per line for log pipelines)
+and ``console`` (the CLI's own commands: ``12:00:01 warning  nats_reconnected  key=value``, for
+people). ``VIDEOGEN_LOG_FORMAT`` picks one; the CLI defaults to ``console`` for its client
+commands unless the variable is set.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +14,40 @@ from typing import Any
 
 import structlog
 
+FORMATS = ("json", "console")
+
 _configured = False
+
+
+def _renderer(fmt: str, stream: Any) -> Any:
+    if fmt == "json":
+        return structlog.processors.JSONRenderer()
+    # "console" (and anything else: a typo must not cost the logs)
+    colors = bool(getattr(stream, "isatty", lambda: False)())
+    return structlog.dev.ConsoleRenderer(colors=colors, pad_event=0, sort_keys=False)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
     global _configured
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    out = stream or sys.stderr
+    renderer = _renderer(fmt, out)
+    timestamper = (structlog.processors.TimeStamper(fmt="iso", utc=True) if fmt == "json"
+                   else structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
+            structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
     # third-party libraries log through stdlib: keep them quiet and on stderr
-    logging.basicConfig(level=logging.WARNING, stream=stream or sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=out, format="%(name)s %(levelname)s %(message)s")
     _configured = True
 
 
