@@ -27,9 +27,23 @@ def _renderer(fmt: str, stream: Any) -> Any:
     return structlog.dev.ConsoleRenderer(colors=colors, pad_event=0, sort_keys=False)
 
 
+class _CurrentStderr:
+    """``sys.stderr`` looked up at each write: a logger configured while stderr was redirected (a
+    test's capture, a CLI runner) keeps writing to whatever stderr is now, never a closed stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
     global _configured
-    out = stream or sys.stderr
+    out = stream or _CurrentStderr()
     renderer = _renderer(fmt, out)
     timestamper = (structlog.processors.TimeStamper(fmt="iso", utc=True) if fmt == "json"
                    else structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False))
