@@ -326,7 +326,8 @@ def timeline(done: list[Done]) -> list[tuple[str, float, float]]:
 
 
 def idle_between_calls(done: list[Done], side: str) -> list[float]:
-    """Seconds the model process sat between one model call's end and the next one's start."""
+    """Seconds between one model call's end and the next one's start in the model process (the
+    peer's worker encodes and stores in between; our runner's I/O thread does that during the next call)."""
     if side == "peer":
         spans = sorted((d.marks["dequeued (BLPOP)"], d.marks["generated"]) for d in done)
     else:
@@ -449,7 +450,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
               f"peer {1000 * med(fp.tail):.0f} ms, ours {1000 * med(fo.tail):.0f} ms")
         gp, go = idle_between_calls(fp.last, "peer"), idle_between_calls(fo.last, "ours")
         if gp and go:
-            print(f"  model process idle between calls (last round): peer p50 {1000 * pct(gp, 50):.1f} ms, "
+            print(f"  model process between model calls (peer: encode + store + BLPOP; ours: take the next "
+                  f"segment, encode overlaps), last round: peer p50 {1000 * pct(gp, 50):.1f} ms, "
                   f"sum {sum(gp):.2f} s; ours p50 {1000 * pct(go, 50):.1f} ms, sum {sum(go):.2f} s")
         for side, f in (("peer", fp), ("ours", fo)):
             busy = ", ".join(f"{k} {v:.2f}" for k, v in sorted(f.cpu.items(), key=lambda kv: -kv[1]) if v >= 0.005)
