@@ -420,6 +420,10 @@ def demo(
     raise typer.Exit(asyncio.run(run_demo(settings, console, prompt=prompt, num_frames=num_frames)))
 
 
+from gateway.cli import gateway as _gateway_cmd, keys_app as _keys_app  # noqa: E402 - HTTP gateway commands
+app.command("gateway")(_gateway_cmd); app.add_typer(_keys_app, name="keys")  # noqa: E702
+
+
 def main() -> None:
     app()
 

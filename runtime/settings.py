@@ -77,6 +77,8 @@ class Settings(BaseSettings):
         None, ge=1, description="longest window this runner renders (a GPU smaller than the planner's budget): "
                                 "longer segments are re-planned before any compute, like after an out-of-memory")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
+    gateway_host: str = Field("127.0.0.1", description="HTTP gateway listen address (0.0.0.0 in a container)")
+    gateway_port: int = Field(8080, ge=0, le=65535, description="HTTP gateway port (/v1/videos, console at /)")
 
     def masked(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
