@@ -6,7 +6,11 @@ Registered on the main app in ``runtime/cli.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -92,3 +96,58 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     app = create_app(settings)
     uvicorn.run(app, host=host or settings.gateway_host, port=settings.gateway_port if port is None else port,
                 log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=10)
+
+
+# ---- the embedded stack (`videogen up`, `videogen demo`) ---------------------------------------
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start_gateway_process(settings: Settings, log_path: Path, env: dict[str, str] | None = None,
+                          *, timeout_s: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``videogen gateway`` as a child process for the embedded stack (the configured port, or a free
+    one when it is taken); waits until it answers ``/readyz``. Returns (process, base URL)."""
+    import os
+    import sys
+    import time
+    import urllib.request
+
+    host = settings.gateway_host
+    port = settings.gateway_port
+    with contextlib.suppress(OSError), socket_probe(host, port):
+        port = _free_port(host)  # something listens on the configured port already
+    child_env = {**os.environ, **(env or {}), "VIDEOGEN_DATA_DIR": str(settings.data_dir),
+                 "VIDEOGEN_NATS_URL": settings.nats_url, "VIDEOGEN_S3_ENDPOINT": str(settings.s3_endpoint or "")}
+    out = log_path.open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "gateway", "--host", host, "--port", str(port)],
+                            env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited ({proc.returncode}); see {log_path}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, url
+        time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError(f"gateway not ready after {timeout_s:.0f}s; see {log_path}")
+
+
+@contextlib.contextmanager
+def socket_probe(host: str, port: int) -> Iterator[None]:
+    """Enter only when something accepts connections on host:port (raises OSError otherwise)."""
+    import socket
+
+    with socket.create_connection((host, port), timeout=0.5):
+        yield
+
+
+def console_url(url: str, key: str) -> str:
+    """The console with the key in the fragment (never sent to the server, kept out of logs)."""
+    return f"{url}/#key={key}"

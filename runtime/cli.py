@@ -64,7 +64,11 @@ def up(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    gw: subprocess.Popen[bytes] | None = None
     try:
+        from gateway.cli import console_url, create_key, start_gateway_process  # HTTP gateway + console
+        gw, gw_url = start_gateway_process(stack.settings, Path(stack.settings.data_dir) / "gateway.log")
+        console.print(f"  gateway: {gw_url}/v1/videos  console: {console_url(gw_url, asyncio.run(create_key(stack.settings, 'default', 'up')))}")
         while not stop:
             for server in (stack.nats, stack.s3):
                 if server and server.process and server.process.proc.poll() is not None:
@@ -72,6 +76,8 @@ def up(
                     stop = True
             time.sleep(0.5)
     finally:
+        if gw is not None:
+            gw.terminate()
         stack.stop()
         console.print("stopped.")
 

@@ -67,6 +67,10 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
                             data / "runner.log"))
         console.print(f"  workers      functions (pid {procs[0].pid}), tiny-wan runner (pid {procs[1].pid}); "
                       f"logs: {data}/*.log")
+        from gateway.cli import console_url, create_key, start_gateway_process  # HTTP gateway + console
+        gw_proc, gw_url = start_gateway_process(s, data / "gateway.log", env)
+        procs.append(gw_proc)
+        console.print(f"  gateway      {gw_url}/v1/videos  console: {console_url(gw_url, await create_key(s, 'default', 'demo'))}")
         secret = s.webhook_secret.get_secret_value().split()[0]
         async with WebhookReceiver(secret) as receiver, Bus(s, "videogen-demo") as bus:
             job = JobRequest(
