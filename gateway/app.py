@@ -26,7 +26,13 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.datastructures import UploadFile
@@ -49,7 +55,14 @@ from gateway.videos import (
 )
 from runtime import client
 from runtime.bus import Bus
-from runtime.edge import ApiKeyRecord, ApiKeyStore, forget_job, hash_key, job_ids
+from runtime.edge import (
+    ApiKeyRecord,
+    ApiKeyStore,
+    JobIndex,
+    forget_job,
+    hash_key,
+    job_ids,
+)
 from runtime.jobs import StatusStore
 from runtime.logging import get_logger
 from runtime.settings import Settings
@@ -124,6 +137,7 @@ class Gateway:
         self.storage = Storage(settings)
         self.keys = ApiKeyStore(self.bus)
         self.status = StatusStore(self.bus)
+        self.index = JobIndex(self.bus)
         self.metrics = _Metrics()
         self._requests: OrderedDict[str, JobRequest] = OrderedDict()
         self._key_cache: dict[str, tuple[ApiKeyRecord, float]] = {}
@@ -132,11 +146,13 @@ class Gateway:
     async def start(self) -> None:
         await self.bus.connect()
         await self.storage.open()
+        await self.index.start()
         self.started = True
         log.info("gateway_started", nats=self.settings.nats_url, s3=self.settings.s3_endpoint)
 
     async def stop(self) -> None:
         self.started = False
+        await self.index.stop()
         await self.bus.close()
         await self.storage.close()
 
@@ -374,9 +390,10 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
                 "image": uploaded.get("input_reference") or uploaded.get("image") or req.image,
                 "video": uploaded.get("video") or req.video})
         await gw.submit(req, who)
-        return await _answer(request, video_id, req, who)
+        return await _answer(request, video_id, req)
 
-    async def _answer(request: Request, video_id: str, req: JobRequest, who: str) -> JSONResponse:
+    async def _answer(request: Request, video_id: str, req: JobRequest | None) -> JSONResponse:
+        """The video now, or (``Prefer: wait=N``) once it has finished or N seconds have passed."""
         headers: dict[str, str] = {}
         wait = _PREFER_WAIT.search(request.headers.get("prefer", ""))
         if wait:
@@ -390,7 +407,10 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
     async def list_videos(who: Tenant, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20,
                           order: Literal["asc", "desc"] = "desc") -> VideoList:
         """This tenant's videos, newest first by default (ids order by creation time)."""
-        ids = sorted((i for i in await job_ids(gw.bus) if is_gateway_id(i) and owned_by(i, who)),
+        known = gw.index.ids()
+        if known is None:  # the index is still loading: list the keys
+            known = set(await job_ids(gw.bus))
+        ids = sorted((i for i in known if is_gateway_id(i) and owned_by(i, who)),
                      reverse=order == "desc")
         if after:
             ids = [i for i in ids if (i < after if order == "desc" else i > after)]
@@ -405,17 +425,15 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         """The video's current state (`openai-poll-after-ms` says when to ask again). `Prefer: wait=N`
         waits up to N seconds for it to finish."""
         req, status = await gw.load(video_id, who)
-        if status is None or not status.state.terminal:
-            wait = _PREFER_WAIT.search(request.headers.get("prefer", ""))
-            if wait:
-                return await _answer(request, video_id, req, who) if req else video_response(gw.video(video_id, req, status))
+        if (status is None or not status.state.terminal) and _PREFER_WAIT.search(request.headers.get("prefer", "")):
+            return await _answer(request, video_id, req)
         return video_response(gw.video(video_id, req, status))
 
     @app.delete("/v1/videos/{video_id}", tags=["videos"], response_model=VideoDeleted)
     async def delete_video(video_id: str, who: Tenant) -> VideoDeleted:
         """Cancel the job if it is still running, then delete its objects and its status.
         `deleted` is false when the job did not stop within 15 s (the cancel stays requested)."""
-        req, status = await gw.load(video_id, who)
+        _, status = await gw.load(video_id, who)
         if status is None or not status.state.terminal:
             await gw.cancel(video_id, status)
             await gw.wait_terminal(video_id, 15.0)
@@ -425,6 +443,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         await gw.storage.delete_prefix(job_prefix(video_id))
         await gw.storage.delete_prefix(uploads_prefix(video_id))
         await forget_job(gw.bus, video_id)
+        gw.index.discard(video_id)
         gw._requests.pop(video_id, None)
         log.info("video_deleted", job_id=video_id, tenant=who)
         return VideoDeleted(id=video_id, deleted=True)
@@ -436,8 +455,8 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         req, status = await gw.load(video_id, who)
         if status is None or not status.state.terminal:
             await gw.cancel(video_id, status)
-        if req is not None and _PREFER_WAIT.search(request.headers.get("prefer", "")):
-            return await _answer(request, video_id, req, who)
+        if _PREFER_WAIT.search(request.headers.get("prefer", "")):
+            return await _answer(request, video_id, req)
         return video_response(await gw.current(video_id, who))
 
     @app.post("/v1/videos/{video_id}/remix", tags=["videos"], response_model=Video)
@@ -449,8 +468,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         new_id = new_video_id(who)
         req = remix_request(original, new_id, body.prompt)
         await gw.submit(req, who)
-        video = (await _answer(request, new_id, req, who))
-        return video
+        return await _answer(request, new_id, req)
 
     async def _finished(video_id: str, who: str) -> JobStatus:
         _, status = await gw.load(video_id, who)

@@ -130,10 +130,9 @@ def start_gateway_process(settings: Settings, log_path: Path, env: dict[str, str
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited ({proc.returncode}); see {log_path}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc, url
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+            if resp.status == 200:
+                return proc, url
         time.sleep(0.2)
     proc.terminate()
     raise RuntimeError(f"gateway not ready after {timeout_s:.0f}s; see {log_path}")

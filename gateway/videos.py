@@ -209,11 +209,11 @@ def to_video(video_id: str, req: JobRequest | None, status: JobStatus | None, *,
     task = (status.task if status and status.task else None) or (req.task.value if req else Task.T2V.value)
     return Video(
         id=video_id, created_at=created, completed_at=completed_at, expires_at=expires_at, model=model,
-        progress=int(math.floor(status.progress)) if status else 0,
+        progress=math.floor(status.progress) if status else 0,
         prompt=req.prompt if req else None,
         seconds=_seconds(frames, fps), size=f"{width}x{height}",
         status=_STATUS_FOR_STATE[state] if state else "queued", error=error,
-        state=state.value if state else "submitted", task=task, num_frames=frames, fps=int(round(fps)),
+        state=state.value if state else "submitted", task=task, num_frames=frames, fps=round(fps),
         queue_position=status.queue_position if status else None,
         segments_done=status.segments_done if status else 0,
         segments_total=status.segments_total if status else 0,

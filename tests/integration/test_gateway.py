@@ -275,8 +275,9 @@ def test_size_enum_is_the_only_strict_mismatch(gateway: str, keys: dict[str, str
     body = httpx.post(f"{gateway}/v1/videos", json={"prompt": "enum", "num_frames": 5, "steps": 1},
                       headers=_auth(keys["default"])).json()
     original = {"720x1280", "1280x720", "1024x1792", "1792x1024"}
+    from typing import Literal
+
     from pydantic import ValidationError
-    from typing_extensions import Literal
 
     field = SdkVideo.model_fields["size"]
     saved = field.annotation

@@ -13,7 +13,8 @@ from schemas import names
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "infra" / "tools"))
 
-import tfcheck  # noqa: E402  (the same hcl2 options as tests/unit/test_infra.py)
+import tfcheck
+
 GATEWAY_TF = REPO / "infra" / "terraform" / "modules" / "videogen" / "gateway.tf"
 NATS_TF = REPO / "infra" / "terraform" / "modules" / "nats" / "main.tf"
 

@@ -21,7 +21,14 @@ from gateway.videos import (
     remix_request,
     to_video,
 )
-from schemas.messages import ErrorInfo, JobRequest, JobState, JobStatus, OutputInfo, valid_job_id
+from schemas.messages import (
+    ErrorInfo,
+    JobRequest,
+    JobState,
+    JobStatus,
+    OutputInfo,
+    valid_job_id,
+)
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
