@@ -51,6 +51,7 @@ from gateway.videos import (
     not_found,
     owned_by,
     remix_request,
+    tenant_tag,
     to_video,
 )
 from runtime import client
@@ -389,16 +390,33 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
             req = req.model_copy(update={
                 "image": uploaded.get("input_reference") or uploaded.get("image") or req.image,
                 "video": uploaded.get("video") or req.video})
-        await gw.submit(req, who)
-        return await _answer(request, video_id, req)
+        return await _submit_and_answer(request, req, who)
 
-    async def _answer(request: Request, video_id: str, req: JobRequest | None) -> JSONResponse:
+    def _wait_s(request: Request) -> int | None:
+        wait = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+        return min(int(wait.group(1)), MAX_WAIT_S) if wait else None
+
+    async def _submit_and_answer(request: Request, req: JobRequest, who: str) -> JSONResponse:
+        """Publish; with ``Prefer: wait=N`` the event subscription starts alongside the publish."""
+        seconds = _wait_s(request)
+        if seconds is None:  # just published: nothing has a status yet
+            await gw.submit(req, who)
+            return video_response(gw.video(req.job_id, req, None))
+        waiter = asyncio.create_task(gw.wait_terminal(req.job_id, seconds))
+        try:
+            await gw.submit(req, who)
+        except BaseException:
+            waiter.cancel()
+            raise
+        return await _answer(request, req.job_id, req, waiter)
+
+    async def _answer(request: Request, video_id: str, req: JobRequest | None,
+                      waiter: asyncio.Task[JobEvent | None] | None = None) -> JSONResponse:
         """The video now, or (``Prefer: wait=N``) once it has finished or N seconds have passed."""
         headers: dict[str, str] = {}
-        wait = _PREFER_WAIT.search(request.headers.get("prefer", ""))
-        if wait:
-            seconds = min(int(wait.group(1)), MAX_WAIT_S)
-            await gw.wait_terminal(video_id, seconds)
+        seconds = _wait_s(request)
+        if seconds is not None:
+            await (waiter if waiter is not None else gw.wait_terminal(video_id, seconds))
             headers["Preference-Applied"] = f"wait={seconds}"
         status, _ = await gw.status.get(video_id)
         return video_response(gw.video(video_id, req, status), headers=headers)
@@ -410,7 +428,8 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         known = gw.index.ids()
         if known is None:  # the index is still loading: list the keys
             known = set(await job_ids(gw.bus))
-        ids = sorted((i for i in known if is_gateway_id(i) and owned_by(i, who)),
+        tag = tenant_tag(who)
+        ids = sorted((i for i in known if i.endswith(tag) and is_gateway_id(i)),
                      reverse=order == "desc")
         if after:
             ids = [i for i in ids if (i < after if order == "desc" else i > after)]
@@ -425,7 +444,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         """The video's current state (`openai-poll-after-ms` says when to ask again). `Prefer: wait=N`
         waits up to N seconds for it to finish."""
         req, status = await gw.load(video_id, who)
-        if (status is None or not status.state.terminal) and _PREFER_WAIT.search(request.headers.get("prefer", "")):
+        if (status is None or not status.state.terminal) and _wait_s(request) is not None:
             return await _answer(request, video_id, req)
         return video_response(gw.video(video_id, req, status))
 
@@ -455,7 +474,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         req, status = await gw.load(video_id, who)
         if status is None or not status.state.terminal:
             await gw.cancel(video_id, status)
-        if _PREFER_WAIT.search(request.headers.get("prefer", "")):
+        if _wait_s(request) is not None:
             return await _answer(request, video_id, req)
         return video_response(await gw.current(video_id, who))
 
@@ -467,8 +486,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
             raise GatewayError(409, "not_ready", f"{video_id} has not been accepted yet; retry shortly")
         new_id = new_video_id(who)
         req = remix_request(original, new_id, body.prompt)
-        await gw.submit(req, who)
-        return await _answer(request, new_id, req)
+        return await _submit_and_answer(request, req, who)
 
     async def _finished(video_id: str, who: str) -> JobStatus:
         _, status = await gw.load(video_id, who)
