@@ -66,9 +66,10 @@ from runtime.edge import (
 )
 from runtime.jobs import StatusStore
 from runtime.logging import get_logger
+from runtime.netguard import ForbiddenTarget, TargetUnresolvable, check_url
 from runtime.settings import Settings
 from runtime.storage import ObjectNotFound, Storage
-from schemas.errors import VideogenError
+from schemas.errors import ErrorCode, VideogenError
 from schemas.messages import TERMINAL_EVENTS, JobEvent, JobRequest, JobStatus
 from schemas.names import job_prefix, request_key
 from schemas.registry import MODELS
@@ -231,6 +232,21 @@ class Gateway:
         return False
 
     # ---- writes ----------------------------------------------------------------------------
+    async def check_targets(self, req: JobRequest) -> None:
+        """The SSRF policy preprocess applies, at the door: a forbidden webhook or input URL is a
+        4xx now instead of a ``job.rejected`` later. DNS failures are left to preprocess (it retries)."""
+        checks = [(req.webhook.url, self.settings.webhook_allow_hosts, ErrorCode.WEBHOOK_URL_FORBIDDEN, "webhook.url")
+                  ] if req.webhook else []
+        checks += [(url, self.settings.input_allow_hosts, ErrorCode.INPUT_FORBIDDEN, name)
+                   for name, url in (("image", req.image), ("video", req.video)) if url and not url.startswith("s3://")]
+        for url, allow, code, param in checks:
+            try:
+                await check_url(url, allow, code=code)
+            except ForbiddenTarget as e:
+                raise GatewayError(400, code.value, f"{param} refused: {e}", param=param) from e
+            except TargetUnresolvable:
+                pass
+
     async def submit(self, req: JobRequest, tenant: str) -> None:
         payload = req.model_dump_json(exclude_none=True).encode()
         record, published = await asyncio.gather(
@@ -385,6 +401,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         refs = {name: f"s3://{gw.storage.bucket}/{uploads_prefix(video_id)}{name}" for name in files}
         req = build_request(video_id, fields, image=refs.get("input_reference") or refs.get("image"),
                             video=refs.get("video"))
+        await gw.check_targets(req)  # before anything is uploaded
         uploaded = {name: await gw.upload(video_id, name, f) for name, f in files.items()}
         if uploaded:  # the stored keys carry the file's extension
             req = req.model_copy(update={
@@ -486,6 +503,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
             raise GatewayError(409, "not_ready", f"{video_id} has not been accepted yet; retry shortly")
         new_id = new_video_id(who)
         req = remix_request(original, new_id, body.prompt)
+        await gw.check_targets(req)  # the allow-lists may have changed since the original
         return await _submit_and_answer(request, req, who)
 
     async def _finished(video_id: str, who: str) -> JobStatus:

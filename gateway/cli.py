@@ -150,3 +150,20 @@ def socket_probe(host: str, port: int) -> Iterator[None]:
 def console_url(url: str, key: str) -> str:
     """The console with the key in the fragment (never sent to the server, kept out of logs)."""
     return f"{url}/#key={key}"
+
+
+async def serve_until_signal(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Wait for SIGINT/SIGTERM (or any of ``procs`` exiting): ``videogen demo --serve``."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set() and all(p.poll() is None for p in procs):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -418,12 +418,13 @@ def demo(
     prompt: Annotated[str, typer.Option()] = "a red fox running through fresh snow, cinematic",
     num_frames: Annotated[int, typer.Option()] = 9,
     keep: Annotated[bool, typer.Option(help="keep the data directory")] = True,
+    serve: Annotated[bool, typer.Option("--serve", help="afterwards keep everything (and the console) running until Ctrl-C")] = False,
 ) -> None:
     """One command: start everything, submit a tiny t2v job, verify the webhook, print the URL."""
     from runtime.demo import run_demo
 
     settings = _settings(log_level=os.environ.get("VIDEOGEN_LOG_LEVEL", "WARNING"))
-    raise typer.Exit(asyncio.run(run_demo(settings, console, prompt=prompt, num_frames=num_frames)))
+    raise typer.Exit(asyncio.run(run_demo(settings, console, prompt=prompt, num_frames=num_frames, serve=serve)))
 
 
 from gateway.cli import gateway as _gateway_cmd, keys_app as _keys_app  # noqa: E402 - HTTP gateway commands

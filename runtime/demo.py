@@ -43,7 +43,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None
             p.kill()
 
 
-async def run_demo(settings: Settings, console: Console, *, prompt: str, num_frames: int) -> int:
+async def run_demo(settings: Settings, console: Console, *, prompt: str, num_frames: int, serve: bool = False) -> int:
     from functions.webhook.receiver import WebhookReceiver
     from runtime.cli import _follow_with_bar, _print_outcome
     from runtime.client import submit
@@ -101,6 +101,11 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
                           f"sha256 {'matches' if sha_ok else 'MISMATCH'}, {frames} frames decoded")
             ok &= sha_ok and frames == last.data["output"]["frames"]
             console.print(f"[bold]{'demo OK' if ok else 'demo FAILED'}[/] in {time.monotonic() - t0:.1f}s")
+            if serve:  # keep the stack and the console up for a newcomer to explore
+                from gateway.cli import serve_until_signal
+                console.print(f"serving: console {console_url(gw_url, await create_key(s, 'default', 'demo'))} "
+                              "— Ctrl-C to stop")
+                await serve_until_signal(procs)
             return 0 if ok else 1
     finally:
         _stop(procs)

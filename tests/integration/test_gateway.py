@@ -239,6 +239,9 @@ def test_validation_errors_use_job_rejected_codes(gateway: str, keys: dict[str, 
         ({"prompt": "x", "task": "dance"}, 400, "unknown_task"),
         ({"prompt": "x", "model": "tiny-wan", "task": "i2v", "image": "s3://videogen/uploads/a.png"},
          422, "unsupported_task_for_model"),
+        # the SSRF policy, at the door (cloud metadata, private ranges)
+        ({"prompt": "x", "webhook": {"url": "http://169.254.169.254/latest"}}, 400, "webhook_url_forbidden"),
+        ({"prompt": "x", "model": "tiny-wan-i2v", "image": "https://10.1.2.3/a.png"}, 400, "input_forbidden"),
     ]
     for body, status, code in cases:
         resp = httpx.post(f"{gateway}/v1/videos", json=body, headers=_auth(keys["default"]))
