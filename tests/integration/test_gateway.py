@@ -310,3 +310,36 @@ def test_openapi_docs_health_metrics(gateway: str) -> None:
     metrics = httpx.get(f"{gateway}/metrics").text
     assert 'videogen_gateway_requests_total{method="POST",route="/v1/videos",status="200"}' in metrics
     assert "videogen_gateway_jobs_submitted_total" in metrics
+
+
+def test_keys_cli_prints_a_working_key_once(stack: Settings, gateway: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.stack import REPO, child_env
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runtime.cli", "keys", *args], env=child_env(stack),
+                              cwd=str(REPO), capture_output=True, text=True, timeout=60, check=False)
+    created = run("create", "--tenant", "cli-tenant", "--name", "from the test")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("vg_") and len(key) > 40
+    resp = httpx.get(f"{gateway}/v1/videos", headers=_auth(key))
+    assert resp.status_code == 200 and resp.json()["data"] == []
+    listed = run("list")
+    assert key not in listed.stdout and "cli-tenant" in listed.stdout  # hashes and hints only
+    entry = next(e for e in json.loads(listed.stdout) if e["name"] == "from the test")
+    assert entry["hint"] == key[:7] + "…"
+    assert run("revoke", entry["sha256"]).returncode == 0
+    assert run("create", "--tenant", "Not A Tenant!").returncode == 2
+
+
+def test_retrieve_with_prefer_wait(gateway: str, keys: dict[str, str]) -> None:
+    created = httpx.post(f"{gateway}/v1/videos", json={"prompt": "wait on get", "num_frames": 5, "steps": 1},
+                         headers=_auth(keys["default"])).json()
+    assert created["status"] == "queued" and created["state"] == "submitted"
+    resp = httpx.get(f"{gateway}/v1/videos/{created['id']}", headers={**_auth(keys["default"]), "Prefer": "wait=90"},
+                     timeout=120)
+    assert resp.status_code == 200 and resp.json()["status"] == "completed"
+    assert resp.headers["preference-applied"] == "wait=90"
