@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -32,8 +32,19 @@ def _settings() -> Settings:
     return s
 
 
+@contextlib.asynccontextmanager
+async def _bus(settings: Settings) -> AsyncIterator[Bus]:
+    """A short-lived connection for a command: fails within seconds when NATS is unreachable."""
+    bus = Bus(settings, "videogen-keys")
+    await bus.connect(connect_timeout_s=3.0, max_reconnect_attempts=1)  # 0 would mean "forever" in nats-py
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
 async def create_key(settings: Settings, tenant: str, name: str = "") -> str:
-    async with Bus(settings, "videogen-keys") as bus:
+    async with _bus(settings) as bus:
         key, _ = await ApiKeyStore(bus).create(tenant, name)
     return key
 
@@ -46,11 +57,16 @@ def keys_create(
     """Make a new API key for TENANT and print it once (only its sha256 is stored)."""
     from pydantic import ValidationError
 
+    from schemas.errors import VideogenError
+
     try:
         key = asyncio.run(create_key(_settings(), tenant, name))
     except ValidationError as e:
         console.print(f"[red]invalid tenant {tenant!r}[/]: {e.errors()[0]['msg']}")
         raise typer.Exit(2) from None
+    except VideogenError as e:  # NATS unreachable: one line, not a traceback
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
     console.print(key)
 
 
@@ -59,7 +75,7 @@ def keys_list() -> None:
     """Key hashes, tenants and hints (never the keys)."""
 
     async def _run() -> list[dict[str, str]]:
-        async with Bus(_settings(), "videogen-keys") as bus:
+        async with _bus(_settings()) as bus:
             return [{"sha256": h, "tenant": r.tenant, "hint": r.hint + "…", "name": r.name,
                      "created_at": r.created_at.isoformat()} for h, r in await ApiKeyStore(bus).list()]
 
@@ -71,7 +87,7 @@ def keys_revoke(key_sha256: Annotated[str, typer.Argument(help="the sha256 shown
     """Revoke a key (gateways stop accepting it within 30 s)."""
 
     async def _run() -> bool:
-        async with Bus(_settings(), "videogen-keys") as bus:
+        async with _bus(_settings()) as bus:
             return await ApiKeyStore(bus).revoke(key_sha256)
 
     ok = asyncio.run(_run())
