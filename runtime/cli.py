@@ -427,8 +427,10 @@ def demo(
     raise typer.Exit(asyncio.run(run_demo(settings, console, prompt=prompt, num_frames=num_frames, serve=serve)))
 
 
-from gateway.cli import gateway as _gateway_cmd, keys_app as _keys_app  # noqa: E402 - HTTP gateway commands
-app.command("gateway")(_gateway_cmd); app.add_typer(_keys_app, name="keys")  # noqa: E702
+from gateway import cli as _gateway_cli  # noqa: E402 - the HTTP gateway's commands: gateway, keys
+
+app.command("gateway")(_gateway_cli.gateway)
+app.add_typer(_gateway_cli.keys_app, name="keys")
 
 
 def main() -> None:

@@ -70,7 +70,8 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
         from gateway.cli import console_url, create_key, start_gateway_process  # HTTP gateway + console
         gw_proc, gw_url = start_gateway_process(s, data / "gateway.log", env)
         procs.append(gw_proc)
-        console.print(f"  gateway      {gw_url}/v1/videos  console: {console_url(gw_url, await create_key(s, 'default', 'demo'))}")
+        console_at = console_url(gw_url, await create_key(s, "default", "demo"))
+        console.print(f"  gateway      {gw_url}/v1/videos  console: {console_at}")
         secret = s.webhook_secret.get_secret_value().split()[0]
         async with WebhookReceiver(secret) as receiver, Bus(s, "videogen-demo") as bus:
             job = JobRequest(
@@ -103,8 +104,7 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
             console.print(f"[bold]{'demo OK' if ok else 'demo FAILED'}[/] in {time.monotonic() - t0:.1f}s")
             if serve:  # keep the stack and the console up for a newcomer to explore
                 from gateway.cli import serve_until_signal
-                console.print(f"serving: console {console_url(gw_url, await create_key(s, 'default', 'demo'))} "
-                              "— Ctrl-C to stop")
+                console.print(f"serving: console {console_at} — Ctrl-C to stop")
                 await serve_until_signal(procs)
             return 0 if ok else 1
     finally:
