@@ -396,11 +396,11 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
 
         `Prefer: wait=N` answers when the job has finished or after N seconds (at most 300),
         whichever comes first."""
-        fields, files = await _read_body(request)
+        fields, files, form = await _read_body(request)
         video_id = new_video_id(who)
         refs = {name: f"s3://{gw.storage.bucket}/{uploads_prefix(video_id)}{name}" for name in files}
         req = build_request(video_id, fields, image=refs.get("input_reference") or refs.get("image"),
-                            video=refs.get("video"))
+                            video=refs.get("video"), form=form)
         await gw.check_targets(req)  # before anything is uploaded
         uploaded = {name: await gw.upload(video_id, name, f) for name, f in files.items()}
         if uploaded:  # the stored keys carry the file's extension
@@ -565,7 +565,8 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
     return app
 
 
-async def _read_body(request: Request) -> tuple[dict[str, Any], dict[str, UploadFile]]:
+async def _read_body(request: Request) -> tuple[dict[str, Any], dict[str, UploadFile], bool]:
+    """(fields, uploaded files, whether it was a form: its values are all text)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     fields: dict[str, Any] = {}
     files: dict[str, UploadFile] = {}
@@ -591,7 +592,7 @@ async def _read_body(request: Request) -> tuple[dict[str, Any], dict[str, Upload
     else:
         raise GatewayError(415, "invalid_request", f"unsupported content type {ctype!r}; "
                            "use multipart/form-data or application/json")
-    return fields, files
+    return fields, files, ctype != "application/json" and ctype != ""
 
 
 __all__ = ["DEFAULT_TENANT", "Gateway", "create_app"]

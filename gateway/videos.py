@@ -40,6 +40,11 @@ EXTENSION_FIELDS = frozenset({
     "webhook", "loras", "max_segment_frames", "presign_ttl_s", "width", "height",
 })
 _JSON_FIELDS = ("webhook", "loras")  # sent as JSON text in a multipart form
+# numbers arrive as text in a multipart form (the OpenAI SDK sends every field so); a JSON body keeps
+# the contract's strict types (``"num_frames": "9"`` is refused there, as on NATS)
+_FORM_INTS = ("num_frames", "fps", "steps", "seed", "max_segment_frames", "presign_ttl_s", "width", "height")
+_FORM_FLOATS = ("guidance_scale",)
+_INT_TEXT = re.compile(r"[+-]?\d{1,19}")
 
 
 def tenant_tag(tenant: str) -> str:
@@ -238,12 +243,33 @@ def _bad(code: ErrorCode, message: str, param: str | None = None) -> GatewayErro
     return GatewayError(status, code.value, message, param=param)
 
 
+def _form_numbers(raw: dict[str, Any]) -> None:
+    """Parse the numeric fields of a multipart form in place (decimal text only; no ``true``, no ``1e3``)."""
+    for name in _FORM_INTS:
+        value = raw.get(name)
+        if isinstance(value, str):
+            if not _INT_TEXT.fullmatch(value.strip()):
+                raise _bad(ErrorCode.INVALID_REQUEST, f"{name} must be an integer, got {value!r}", name)
+            raw[name] = int(value)
+    for name in _FORM_FLOATS:
+        value = raw.get(name)
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                raise _bad(ErrorCode.INVALID_REQUEST, f"{name} must be a number, got {value!r}", name)
+            raw[name] = number
+
+
 def build_request(video_id: str, fields: dict[str, Any], *, image: str | None = None,
-                  video: str | None = None) -> JobRequest:
+                  video: str | None = None, form: bool = False) -> JobRequest:
     """Map OpenAI's create fields + our extensions to a validated JobRequest (raises GatewayError).
 
     ``image``/``video``: s3:// references of files uploaded with the request (``input_reference``,
-    ``video``); they override the URL fields of the same name.
+    ``video``); they override the URL fields of the same name. ``form``: the fields came from a
+    multipart/urlencoded form, where every value is text; numbers are parsed from decimal text.
     """
     unknown = sorted(set(fields) - OPENAI_FIELDS - EXTENSION_FIELDS)
     if unknown:
@@ -255,6 +281,8 @@ def build_request(video_id: str, fields: dict[str, Any], *, image: str | None = 
                 raw[name] = json.loads(raw[name])
             except ValueError as e:
                 raise _bad(ErrorCode.INVALID_JSON, f"{name} must be JSON: {e}", name) from e
+    if form:
+        _form_numbers(raw)
     raw["job_id"] = video_id
     raw["prompt"] = fields.get("prompt") or ""
     if fields.get("model"):

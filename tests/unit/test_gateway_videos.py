@@ -52,10 +52,11 @@ def test_ids_fit_the_contract_order_by_time_and_name_their_tenant() -> None:
 
 
 def test_openai_fields_map_to_a_job_request() -> None:
-    req = build_request("video_x", {"prompt": "p", "model": "tiny-wan", "seconds": "2", "size": "96x64"})
+    req = build_request("video_x", {"prompt": "p", "model": "tiny-wan", "seconds": "2", "size": "96x64"}, form=True)
     assert (req.width, req.height, req.num_frames, req.job_id) == (96, 64, 16, "video_x")  # 2 s x 8 fps
     req = build_request("v", {"prompt": "p", "seconds": "4", "fps": "4", "num_frames": "9", "steps": "3",
-                              "seed": "7", "guidance_scale": "2.5", "webhook": '{"url": "https://h.example/x"}'})
+                              "seed": "7", "guidance_scale": "2.5", "webhook": '{"url": "https://h.example/x"}'},
+                        form=True)
     assert (req.num_frames, req.fps, req.steps, req.seed, req.guidance_scale) == (9, 4, 3, 7, 2.5)
     assert req.webhook is not None and req.webhook.url == "https://h.example/x"
     req = build_request("v", {"prompt": "p", "model": "tiny-wan-i2v", "input_reference": {"image_url": "https://i.example/a.png"}})
@@ -81,6 +82,19 @@ def test_bad_requests_carry_job_rejected_codes(fields: dict, status: int, code: 
         build_request("video_x", fields)
     assert (info.value.status, info.value.code) == (status, code)
     assert info.value.body()["error"]["code"] == code
+
+
+def test_form_text_numbers_are_parsed_but_json_keeps_strict_types() -> None:
+    with pytest.raises(GatewayError) as info:  # a JSON body: the contract's strict integers
+        build_request("v", {"prompt": "p", "num_frames": "9"})
+    assert info.value.code == "invalid_request"
+    for bad in ("9.5", "true", "1e3"):
+        with pytest.raises(GatewayError) as info:
+            build_request("v", {"prompt": "p", "num_frames": bad}, form=True)
+        assert info.value.code == "invalid_request" and info.value.body()["error"]["param"] == "num_frames"
+    with pytest.raises(GatewayError):
+        build_request("v", {"prompt": "p", "guidance_scale": "nan"}, form=True)
+    assert build_request("v", {"prompt": "p", "num_frames": " 9 "}, form=True).num_frames == 9
 
 
 def test_remix_keeps_settings_and_changes_prompt() -> None:
