@@ -229,6 +229,18 @@ class Storage:
             raise _wrap(e, f"list {prefix}") from e
         return keys
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` (batches of 1000); returns how many there were."""
+        keys = await self.list_keys(prefix)
+        for i in range(0, len(keys), 1000):
+            batch = keys[i : i + 1000]
+            try:
+                await self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            except Exception as e:
+                raise _wrap(e, f"delete {prefix}*") from e
+        return len(keys)
+
     async def presign_get(self, key: str, ttl_s: int, *, bucket: str | None = None) -> tuple[str, datetime]:
         url = await self._presigner.generate_presigned_url(
             "get_object", Params={"Bucket": bucket or self.bucket, "Key": key}, ExpiresIn=int(ttl_s)

@@ -20,7 +20,6 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -223,9 +222,6 @@ class FakeStorage:
     async def put_atomic(self, key: str, data: bytes, content_type: str = "application/octet-stream",
                          metadata: dict[str, str] | None = None) -> ObjectRef:
         return await self.put_bytes(key, data, content_type, metadata=metadata)
-
-    async def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> ObjectRef:
-        return await self.put_bytes(key, Path(path).read_bytes(), content_type)
 
     async def get_bytes(self, key: str, *, bucket: str | None = None, max_bytes: int | None = None) -> bytes:
         b = bucket or self.bucket
