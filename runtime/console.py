@@ -7,7 +7,6 @@ webhook attempt lines. No command logic here and no broker work beyond following
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
@@ -15,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from runtime.bus import Bus
-from schemas.messages import EventType, JobEvent, JobStatus, WebhookAttempt
+from schemas.messages import EventType, JobEvent, JobStatus, ProgressData, SucceededData, WebhookAttempt
 
 console = Console(stderr=False, soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -42,19 +41,11 @@ def safe_url(url: str | None) -> str:
     return ",".join(out)
 
 
-def field_of(data: Any, name: str, default: Any = None) -> Any:
-    """``data[name]`` of an event payload (or a part of one), whether it is a dict or a typed model."""
-    if isinstance(data, dict):
-        return data.get(name, default)
-    return getattr(data, name, default)
-
-
 def progress_line(event: JobEvent) -> str:
     """The bar's detail text for one event: ``segment 2/3 step 4/8`` or the event type."""
     d = event.data
-    if event.type == EventType.PROGRESS:
-        return (f"segment {field_of(d, 'segment', 0) + 1}/{field_of(d, 'segments_total', 1)} "
-                f"step {field_of(d, 'step')}/{field_of(d, 'steps')}")
+    if isinstance(d, ProgressData):
+        return f"segment {d.segment + 1}/{d.segments_total} step {d.step}/{d.steps}"
     return event.type.value
 
 
@@ -70,7 +61,7 @@ async def follow_with_bar(bus: Bus, job_id: str, timeout_s: float, out: Console 
         async with asyncio.timeout(timeout_s):
             async for event in follow(bus, job_id):
                 last = event
-                pct = field_of(event.data, "progress")
+                pct = event.data.progress if isinstance(event.data, ProgressData) else None
                 if event.type == EventType.SUCCEEDED:
                     pct = 100.0
                 bar.update(task, completed=pct if pct is not None else bar.tasks[0].completed,
@@ -83,16 +74,16 @@ async def follow_with_bar(bus: Bus, job_id: str, timeout_s: float, out: Console 
 def print_outcome(event: JobEvent, out: Console | None = None) -> None:
     """A terminal event: the output and its download URL, or the error code and message."""
     d = event.data
-    if event.type == EventType.SUCCEEDED:
-        o = field_of(d, "output")
+    if isinstance(d, SucceededData):
+        o = d.output
         (out or console).print(
-            f"[bold green]succeeded[/]: s3://{field_of(o, 'bucket')}/{field_of(o, 'key')} "
-            f"({field_of(o, 'frames')} frames {field_of(o, 'width')}x{field_of(o, 'height')} "
-            f"@ {field_of(o, 'fps')} fps, "
-            f"{field_of(o, 'size')} bytes)")
-        (out or console).print(f"download (expires {field_of(d, 'url_expires_at')}):\n{field_of(d, 'url')}")
-    else:
-        err.print(f"[bold red]{event.type.value}[/]: {field_of(d, 'code')}: {field_of(d, 'message')}")
+            f"[bold green]succeeded[/]: s3://{o.bucket}/{o.key} "
+            f"({o.frames} frames {o.width}x{o.height} @ {o.fps} fps, {o.size} bytes)")
+        expires = d.url_expires_at.isoformat().replace("+00:00", "Z")
+        (out or console).print(f"download (expires {expires}):\n{d.url}")
+    else:  # failed / rejected carry a code and a message; cancelled a reason
+        err.print(f"[bold red]{event.type.value}[/]: {getattr(d, 'code', '-')}: "
+                  f"{getattr(d, 'message', None) or getattr(d, 'reason', '')}")
 
 
 def status_table(statuses: list[JobStatus]) -> Table:

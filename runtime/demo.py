@@ -26,9 +26,9 @@ from urllib.request import urlopen
 from rich.console import Console
 
 from runtime.bus import Bus
-from runtime.console import field_of, follow_with_bar, print_outcome
+from runtime.console import follow_with_bar, print_outcome
 from runtime.settings import Settings
-from schemas.messages import EventType, JobEvent, JobRequest, WebhookSpec
+from schemas.messages import EventType, JobEvent, JobRequest, SucceededData, WebhookSpec
 
 if TYPE_CHECKING:
     from runtime.testing.webhook_receiver import WebhookReceiver
@@ -72,9 +72,9 @@ async def wait_until_stopped(procs: list[subprocess.Popen[bytes]], console: Cons
 
 
 async def run_demo(settings: Settings, console: Console, *, prompt: str, num_frames: int, keep: bool = False) -> int:
-    from runtime.testing.webhook_receiver import WebhookReceiver
     from runtime.client import submit
     from runtime.stack import provision, start_servers
+    from runtime.testing.webhook_receiver import WebhookReceiver
 
     data = (Path(settings.data_dir) / "demo").resolve()
     data.mkdir(parents=True, exist_ok=True)
@@ -137,14 +137,14 @@ async def _verify(console: Console, receiver: WebhookReceiver, last: JobEvent) -
         mark = "[green]signature verified[/]" if d.verified else "[red]SIGNATURE INVALID[/]"
         ok &= d.verified
         console.print(f"  {body['type']:<16} webhook-id {d.headers.get('webhook-id')}  {mark}")
-    url = field_of(last.data, "url")
-    output = field_of(last.data, "output")
-    blob = await asyncio.to_thread(lambda: urlopen(url, timeout=30).read())
-    sha_ok = hashlib.sha256(blob).hexdigest() == field_of(output, "sha256")
+    done = last.payload(SucceededData)
+    output = done.output
+    blob = await asyncio.to_thread(lambda: urlopen(done.url, timeout=30).read())
+    sha_ok = hashlib.sha256(blob).hexdigest() == output.sha256
     frames = _count_frames(blob)
     console.print(f"downloaded {len(blob)} bytes via the presigned URL (no credentials): "
                   f"sha256 {'matches' if sha_ok else 'MISMATCH'}, {frames} frames decoded")
-    return ok and sha_ok and frames == field_of(output, "frames")
+    return ok and sha_ok and frames == output.frames
 
 
 def _count_frames(blob: bytes) -> int:
