@@ -126,7 +126,11 @@ def up(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    gw: subprocess.Popen[bytes] | None = None
     try:
+        from gateway.cli import console_url, create_key, start_gateway_process  # HTTP gateway + console
+        gw, gw_url = start_gateway_process(stack.settings, Path(stack.settings.data_dir) / "gateway.log")
+        console.print(f"  gateway: {gw_url}/v1/videos  console: {console_url(gw_url, asyncio.run(create_key(stack.settings, 'default', 'up')))}")
         while not stop:
             for server in (stack.nats, stack.s3):
                 if server and server.process and server.process.proc.poll() is not None:
@@ -134,6 +138,8 @@ def up(
                     stop = True
             time.sleep(0.5)
     finally:
+        if gw is not None:
+            gw.terminate()
         stack.stop()
         console.print("stopped.")
 
@@ -445,7 +451,8 @@ def demo(
     prompt: Annotated[str, typer.Option()] = "a red fox running through fresh snow, cinematic",
     num_frames: Annotated[int, typer.Option()] = 9,
     keep: Annotated[bool, typer.Option(
-        "--keep/--no-keep", help="after the demo, keep the stack (servers, functions, runner) running until Ctrl-C")
+        "--keep/--no-keep", "--serve",
+        help="afterwards keep everything (servers, functions, runner, gateway and console) running until Ctrl-C")
     ] = False,
 ) -> None:
     """One command: start everything, submit a tiny t2v job, verify the webhook, print the URL."""
@@ -455,6 +462,12 @@ def demo(
     # quiet by default; VIDEOGEN_LOG_LEVEL (or stack.env) still wins
     settings = _settings(log_level=configured.log_level if "log_level" in configured.model_fields_set else "WARNING")
     raise typer.Exit(asyncio.run(run_demo(settings, console, prompt=prompt, num_frames=num_frames, keep=keep)))
+
+
+from gateway import cli as _gateway_cli  # noqa: E402 - the HTTP gateway's commands: gateway, keys
+
+app.command("gateway")(_gateway_cli.gateway)
+app.add_typer(_gateway_cli.keys_app, name="keys")
 
 
 def main() -> None:

@@ -94,6 +94,11 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
                             data / "runner.log"))
         console.print(f"  workers      functions (pid {procs[0].pid}), tiny-wan runner (pid {procs[1].pid}); "
                       f"logs: {data}/*.log")
+        from gateway.cli import console_url, create_key, start_gateway_process  # HTTP gateway + console
+        gw_proc, gw_url = start_gateway_process(s, data / "gateway.log", env)
+        procs.append(gw_proc)
+        console_at = console_url(gw_url, await create_key(s, "default", "demo"))
+        console.print(f"  gateway      {gw_url}/v1/videos  console: {console_at}")
         secret = s.webhook_secret.get_secret_value().split()[0]
         async with WebhookReceiver(secret) as receiver, Bus(s, "videogen-demo") as bus:
             job = JobRequest(
@@ -110,8 +115,9 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
             if ok:
                 ok = await _verify(console, receiver, last)
             console.print(f"[bold]{'demo OK' if ok else 'demo FAILED'}[/] in {time.monotonic() - t0:.1f}s")
-        if keep:
-            console.print(f"stack kept running; in another terminal:\n  export VIDEOGEN_DATA_DIR={data}\n"
+        if keep:  # keep the stack and the console up for a newcomer to explore
+            console.print(f"stack kept running: console {console_at}\nin another terminal:\n"
+                          f"  export VIDEOGEN_DATA_DIR={data}\n"
                           "  videogen submit 'a paper boat on a pond' --num-frames 9\nCtrl-C to stop.")
             await wait_until_stopped(procs, console)
         return 0 if ok else 1

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     max_queued_jobs_per_tenant: int = Field(100, ge=1, description="queued + preprocessing jobs per tenant")
     max_running_jobs_per_tenant: int = Field(20, ge=1, description="running + stitching jobs per tenant")
     submit_rate_per_minute: int = Field(120, ge=1, description="submissions per tenant per minute")
+    gateway_host: str = Field("127.0.0.1", description="HTTP gateway listen address (0.0.0.0 in a container)")
+    gateway_port: int = Field(8080, ge=0, le=65535, description="HTTP gateway port (/v1/videos, console at /)")
 
     def masked(self) -> dict[str, Any]:
         from runtime.trust import strip_credentials

@@ -151,6 +151,7 @@ SWEPT_STREAMS = (STREAM_JOBS, STREAM_WORK, STREAM_SEGMENTS, STREAM_EVENTS, STREA
 
 # ---- key-value ----------------------------------------------------------------------------
 KV_JOBS = "videogen-jobs"
+KV_APIKEYS = "videogen-apikeys"  # HTTP gateway: sha256(api key) -> {tenant, ...}; never the key itself
 
 # ---- S3 -----------------------------------------------------------------------------------
 DEFAULT_BUCKET = "videogen"

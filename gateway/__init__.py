@@ -1,0 +1,1 @@
+"""videogen's HTTP edge: OpenAI-compatible ``/v1/videos``, API keys, the web console."""
