@@ -387,10 +387,10 @@ tenants_app = typer.Typer(no_args_is_help=True, help="Tenants: NATS accounts the
 app.add_typer(tenants_app, name="tenants")
 
 
-@tenants_app.command("add")
 _ROTATE_HELP = "new webhook secret; the previous one keeps verifying until the next rotation"
 
 
+@tenants_app.command("add")
 def tenants_add(name: str,
                 rotate_secret: Annotated[bool, typer.Option("--rotate-secret", help=_ROTATE_HELP)] = False) -> None:
     """Create tenant NAME (its NATS account, user and webhook secret), or rotate its webhook secret.
