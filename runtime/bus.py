@@ -50,6 +50,16 @@ def _stored(stream: str, raw: Any) -> StoredMessage:
                          headers={k: str(v) for k, v in (raw.headers or {}).items()})
 
 
+def _without_userinfo(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    p = urlsplit(url)
+    if p.username is None and p.password is None:
+        return url
+    host = f"[{p.hostname}]" if p.hostname and ":" in p.hostname else (p.hostname or "")
+    return urlunsplit((p.scheme, f"{host}:{p.port}" if p.port else host, p.path, p.query, p.fragment))
+
+
 def stream_config(spec: StreamSpec) -> js_api.StreamConfig:
     return js_api.StreamConfig(
         name=spec.name,
@@ -70,7 +80,8 @@ def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
         name=spec.durable,
         durable_name=spec.durable,
         description=spec.description,
-        filter_subject=spec.filter_subject,
+        filter_subject=None if spec.extra_filters else spec.filter_subject,
+        filter_subjects=list(spec.filters) if spec.extra_filters else None,
         ack_policy=js_api.AckPolicy.EXPLICIT,
         deliver_policy=js_api.DeliverPolicy.ALL,
         ack_wait=float(spec.ack_wait_s),
@@ -126,8 +137,11 @@ class Bus:
         async def _reconnected_cb() -> None:
             log.info("nats_reconnected")
 
+        servers = [u.strip() for u in s.nats_url.split(",") if u.strip()]
+        if s.nats_user:  # explicit credentials win over any user:pass@ in the URL
+            servers = [_without_userinfo(u) for u in servers]
         opts: dict[str, Any] = {
-            "servers": [u.strip() for u in s.nats_url.split(",") if u.strip()],
+            "servers": servers,
             "name": self.name,
             "connect_timeout": connect_timeout_s,
             "max_reconnect_attempts": max_reconnect_attempts,
@@ -193,6 +207,7 @@ class Bus:
                     bucket=KV_JOBS,
                     description="latest JobStatus per job_id",
                     history=5,
+                    direct=True,  # reads by key on $JS.API.DIRECT.GET.<bucket stream>.<key>: permission-filterable
                     ttl=float(self.settings.status_ttl_s),
                     storage=js_api.StorageType.FILE,
                 )
@@ -206,6 +221,22 @@ class Bus:
             await self.js.add_consumer(spec.stream, config=cfg)  # create or update (same name)
         except BadRequestError as e:
             log.warning("consumer_update_refused", consumer=spec.durable, error=str(e))
+
+    # ---- request/reply (core NATS) ------------------------------------------------------
+    async def serve(self, subjects: list[str], answer: Any, *, queue: str) -> list[Any]:
+        """Answer requests on ``subjects`` (queue group ``queue``): ``await answer(subject) -> bytes``."""
+
+        async def on_request(msg: Any) -> None:
+            try:
+                reply = await answer(msg.subject)
+            except Exception as e:  # one bad request never stops the responder
+                log.warning("request_failed", subject=msg.subject, error=str(e))
+                reply = b'{"error":"internal"}'
+            if msg.reply:
+                await msg.respond(reply)
+
+        assert self.nc is not None
+        return [await self.nc.subscribe(subj, queue=queue, cb=on_request) for subj in subjects]
 
     # ---- publishing -------------------------------------------------------------------
     async def publish(self, subject: str, payload: BaseModel | bytes, *, msg_id: str | None = None,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 from rich.live import Live
 
 from runtime.bus import Bus
@@ -159,6 +160,17 @@ def write_webhook_secret(settings: Settings) -> Path:
     return path
 
 
+def default_tenant_url(settings: Settings) -> str:
+    """The NATS URL a `default`-tenant client (README, your own code) connects with: user:pass@host."""
+    from runtime import accounts
+
+    if not settings.embedded or not (Path(settings.data_dir) / accounts.TENANTS_FILE).is_file():
+        return settings.nats_url
+    pw = accounts.load_credentials(Path(settings.data_dir)).default_password
+    return ",".join(u.replace("://", f"://default:{pw}@", 1) if "@" not in u else u
+                    for u in (x.strip() for x in settings.nats_url.split(",")) if u)
+
+
 def up_banner(settings: Settings, secret_file: Path) -> list[str]:
     """What ``videogen up`` prints: where everything is (no passwords) and how to verify a webhook."""
     data = Path(settings.data_dir).resolve()
@@ -177,9 +189,10 @@ def up_banner(settings: Settings, secret_file: Path) -> list[str]:
         f"    event = Webhook(open({str(secret_file)!r}).read().split()[0]).verify(body, headers)",
         "  other terminals (submit, functions, runner) find the stack through its stack.env:",
     ]
-    lines += [f"    export {k}={safe_url(v) if k.endswith(('_URL', '_ENDPOINT')) else v}"
-              for k, v in {"VIDEOGEN_DATA_DIR": str(data), "VIDEOGEN_NATS_URL": settings.nats_url,
+    lines += [f"    export {k}={safe_url(v) if k.endswith('_ENDPOINT') else v}"
+              for k, v in {"VIDEOGEN_DATA_DIR": str(data), "VIDEOGEN_NATS_URL": default_tenant_url(settings),
                            "VIDEOGEN_S3_ENDPOINT": settings.s3_endpoint or ""}.items() if v]
+    lines.append("  (VIDEOGEN_NATS_URL carries the `default` tenant's credentials: anonymous clients are refused)")
     lines.append("Ctrl-C to stop.")
     return lines
 
@@ -368,6 +381,51 @@ def cancel(job_id: str, reason: Annotated[str, typer.Option()] = "") -> None:
         console.print(f"cancel requested for {job_id}")
 
     raise typer.Exit(run_client(settings, _run()))
+
+
+tenants_app = typer.Typer(no_args_is_help=True, help="Tenants: NATS accounts the broker vouches for.")
+app.add_typer(tenants_app, name="tenants")
+
+
+_ROTATE_HELP = "new webhook secret; the previous one keeps verifying until the next rotation"
+
+
+@tenants_app.command("add")
+def tenants_add(name: str,
+                rotate_secret: Annotated[bool, typer.Option("--rotate-secret", help=_ROTATE_HELP)] = False) -> None:
+    """Create tenant NAME (its NATS account, user and webhook secret), or rotate its webhook secret.
+
+    Embedded stack: the accounts config is regenerated and nats-server reloaded; restart
+    `videogen functions` so the dispatcher signs with the new secret. Prints the tenant's credentials
+    and the Terraform/Helm values for infra/."""
+    from runtime import accounts
+    from runtime.embedded import reload_accounts
+
+    settings = _settings()
+    data = Path(settings.data_dir)
+    try:
+        creds, entry = accounts.add_tenant(data, name, rotate_secret=rotate_secret)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    reloaded = reload_accounts(data, accounts.accounts_config(creds))
+    from runtime.stack import write_stack_env
+
+    env_file = data / "stack.env"
+    if env_file.is_file():
+        secrets_now = {t: e["webhook_secret"] for t, e in creds.tenants.items()}
+        write_stack_env(settings.model_copy(update={"webhook_tenant_secrets": {
+            t: SecretStr(v) for t, v in secrets_now.items()}}), env_file)
+    typer.echo(f"tenant {name}: NATS user {name} (account {name}); config "
+               f"{'rewritten, nats-server reloaded' if reloaded else 'applies at the next videogen up'}")
+    hostport = safe_url(settings.nats_url).split("//", 1)[-1]
+    typer.echo(f"  NATS URL        nats://{name}:{entry['nats_password']}@{hostport}")
+    typer.echo("  a new account's imports take effect when nats-server restarts: restart `videogen up`")
+    typer.echo(f"  webhook secret  {entry['webhook_secret'].split()[0]}"
+               + ("  (previous one still signs until the next rotation)" if rotate_secret else ""))
+    typer.echo("  infra values (terraform.tfvars.json / Helm values):")
+    typer.echo("  " + json.dumps({"videogen_tenants": {name: {"nats_password": entry["nats_password"],
+                                                              "webhook_secrets": entry["webhook_secret"]}}}))
 
 
 webhooks_app = typer.Typer(no_args_is_help=True, help="Inspect and replay webhook deliveries.")

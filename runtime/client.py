@@ -34,6 +34,7 @@ from schemas.names import (
     SUBJECT_EVENTS_PREFIX,
     SUBJECT_SUBMIT,
     events_subject,
+    job_key_of_subject,
     webhook_attempts_subject,
     webhook_disabled_subject,
     webhook_replay_subject,
@@ -163,7 +164,7 @@ async def find_event(bus: Bus, event_id: str, job_id: str | None = None) -> tupl
         info = await bus.js.stream_info(STREAM_WEBHOOKS, subjects_filter=webhook_attempts_subject("*", event_id))
         subjects = list(info.state.subjects or {})
         if subjects:
-            job_id = subjects[0].split(".")[-2]
+            job_id = job_key_of_subject(subjects[0])
     subject = events_subject(job_id) if job_id else f"{SUBJECT_EVENTS_PREFIX}.>"
     async for msg in stream_messages(bus, STREAM_EVENTS, subject, exact_count=job_id is not None):
         if needle in msg.data.replace(b" ", b""):
@@ -176,7 +177,7 @@ async def find_event(bus: Bus, event_id: str, job_id: str | None = None) -> tupl
 async def replay_webhook(bus: Bus, raw_event: bytes, event: JobEvent) -> str:
     """Ask the dispatcher to deliver ``event`` again (same body, same ``webhook-id``); returns the request id."""
     request_id = f"replay:{event.id}:{uuid.uuid4().hex[:12]}"
-    await bus.publish(webhook_replay_subject(event.job_id), raw_event, msg_id=request_id)
+    await bus.publish(webhook_replay_subject(event.job_id), raw_event, msg_id=request_id)  # default's jobs
     return request_id
 
 

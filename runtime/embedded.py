@@ -93,20 +93,15 @@ class NatsServer:
     port: int = 0
     monitor_port: int = 0
     process: ServerProcess | None = None
+    accounts: str = ""  # runtime.accounts.accounts_config(): no anonymous clients when set
 
     @property
-    def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+    def conf_path(self) -> Path:
+        return self.data_dir / "nats-server.conf"
 
-    def start(self, timeout_s: float = 20.0) -> NatsServer:
-        require_loopback(self.host, "nats-server")
-        self.port = self.port or free_port(self.host)
-        self.monitor_port = self.monitor_port or free_port(self.host)
-        private_dir(self.data_dir)
-        store = private_dir(self.data_dir / "nats")
-        conf = self.data_dir / "nats-server.conf"
+    def write_config(self, store: Path) -> None:
         write_private_file(
-            conf,
+            self.conf_path,
             "\n".join(
                 [
                     "server_name: videogen_embedded",
@@ -119,15 +114,37 @@ class NatsServer:
                     "  max_memory_store: 256MB",
                     "  max_file_store: 20GB",
                     "}",
+                    self.accounts,
                     "",
                 ]
             )
         )
+
+    def reload(self, accounts: str) -> None:
+        """Rewrite the accounts (``videogen tenants add``) and have the running server re-read them."""
+        self.accounts = accounts
+        self.write_config(self.data_dir / "nats")
+        if self.process is not None and self.process.proc.poll() is None:
+            self.process.proc.send_signal(signal.SIGHUP)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> NatsServer:
+        require_loopback(self.host, "nats-server")
+        self.port = self.port or free_port(self.host)
+        self.monitor_port = self.monitor_port or free_port(self.host)
+        private_dir(self.data_dir)
+        store = private_dir(self.data_dir / "nats")
+        conf = self.conf_path
+        self.write_config(store)
         logfile = self.data_dir / "nats-server.log"
         out = logfile.open("ab")
         proc = subprocess.Popen([_binary("nats-server"), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.process = ServerProcess("nats-server", proc, logfile)
+        write_private_file(self.data_dir / "nats-server.pid", f"{proc.pid}\n")  # `videogen tenants add` reloads it
         _wait_tcp(self.host, self.port, timeout_s, proc, "nats-server", logfile)
         # JetStream is ready once /healthz says so
         deadline = time.monotonic() + timeout_s
@@ -144,6 +161,26 @@ class NatsServer:
     def stop(self) -> None:
         if self.process:
             self.process.stop()
+
+
+def reload_accounts(data_dir: Path, accounts: str) -> bool:
+    """Replace the accounts of the embedded nats-server's config under ``data_dir`` and SIGHUP it.
+
+    False when no embedded server is running there (the new config applies at the next start)."""
+    import os
+
+    conf = Path(data_dir) / "nats-server.conf"
+    if not conf.is_file():
+        return False
+    head = conf.read_text().split("\naccounts: ", 1)[0].rstrip("\n")
+    write_private_file(conf, head + "\n" + accounts + "\n")
+    pid_file = Path(data_dir) / "nats-server.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def security_toml() -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from runtime.jobs import JobTracker
 from runtime.work import FailureHook, WorkItem, job_id_of
 from schemas.errors import ErrorCode, VideogenError
-from schemas.messages import EventType, FailedData, JobEvent, RejectedData, valid_job_id
+from schemas.messages import EventType, FailedData, JobEvent, RejectedData, valid_job_key
+from schemas.names import job_key_for
 
 
 def failure_hooks(tracker: JobTracker, stage: str, *, rejects: bool = False) -> tuple[FailureHook, FailureHook]:
@@ -13,7 +14,8 @@ def failure_hooks(tracker: JobTracker, stage: str, *, rejects: bool = False) -> 
 
     async def on_permanent(payload: bytes, err: VideogenError, d: WorkItem) -> bool:
         job_id = getattr(err, "job_id", None) or job_id_of(payload)
-        if not valid_job_id(job_id):
+        job_id = job_key_for(d.subject, job_id) if isinstance(job_id, str) else job_id
+        if not valid_job_key(job_id):
             return False  # nothing to attach it to: DLQ
         assert job_id is not None
         if rejects:
@@ -27,7 +29,8 @@ def failure_hooks(tracker: JobTracker, stage: str, *, rejects: bool = False) -> 
 
     async def on_exhausted(payload: bytes, err: VideogenError, d: WorkItem) -> bool:
         job_id = job_id_of(payload)
-        if not valid_job_id(job_id):
+        job_id = job_key_for(d.subject, job_id) if isinstance(job_id, str) else job_id
+        if not valid_job_key(job_id):
             return False
         assert job_id is not None
         data = FailedData(

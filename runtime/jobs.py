@@ -36,7 +36,7 @@ from schemas.messages import (
     RejectedData,
     utcnow,
 )
-from schemas.names import STREAM_SEGMENTS, events_subject, job_prefix, request_key
+from schemas.names import STREAM_SEGMENTS, events_subject, job_prefix, public_job_id, request_key
 
 log = get_logger(component="jobs")
 
@@ -158,7 +158,10 @@ class JobTracker:
 
     async def publish_event(self, event: JobEvent) -> None:
         # Nats-Msg-Id = event id: a redelivered stage re-emitting the same change is de-duplicated.
-        await self.bus.publish(events_subject(event.job_id), event, msg_id=event.id)
+        # internal job key in, the tenant's own job id out (on the tenant's events subject)
+        public = event if "." not in event.job_id else event.model_copy(
+            update={"job_id": public_job_id(event.job_id)})
+        await self.bus.publish(events_subject(event.job_id), public, msg_id=event.id)
 
     async def record(self, event: JobEvent, *, alongside: Awaitable[Any] | None = None,
                      state: JobState | None = None, **fields: Any) -> JobStatus | None:

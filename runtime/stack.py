@@ -6,9 +6,11 @@ provisions streams, consumers, KV and the bucket on the configured NATS and S3.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime import accounts
 from runtime.bus import Bus
 from runtime.embedded import NatsServer, S3Server, port_of
 from runtime.logging import get_logger
@@ -53,6 +55,12 @@ def write_stack_env(settings: Settings, path: Path) -> None:
         f"VIDEOGEN_S3_ACCESS_KEY={settings.s3_access_key.get_secret_value()}",
         f"VIDEOGEN_S3_SECRET_KEY={settings.s3_secret_key.get_secret_value()}",
     ]
+    if settings.nats_user and settings.nats_password:  # the stack's own processes: the service user
+        lines += [f"VIDEOGEN_NATS_USER={settings.nats_user}",
+                  f"VIDEOGEN_NATS_PASSWORD={settings.nats_password.get_secret_value()}"]
+    if settings.webhook_tenant_secrets:
+        lines.append("VIDEOGEN_WEBHOOK_TENANT_SECRETS=" + json.dumps(
+            {t: s.get_secret_value() for t, s in sorted(settings.webhook_tenant_secrets.items())}))
     write_private_file(path, "\n".join(lines) + "\n")  # 0600 from its first byte, renamed into place
 
 
@@ -63,12 +71,17 @@ def start_servers(settings: Settings, *, fixed_ports: bool = True) -> tuple[Sett
     shost, sport = port_of(settings.s3_endpoint or "http://127.0.0.1:8333", 8333)
     require_loopback(nhost, "nats-server")
     require_loopback(shost, "S3 server")
-    nats = NatsServer(data, host=nhost, port=nport if fixed_ports else 0).start()
+    creds = accounts.load_credentials(data)
+    nats = NatsServer(data, host=nhost, port=nport if fixed_ports else 0,
+                      accounts=accounts.accounts_config(creds)).start()
     s3 = S3Server(data, settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value(),
                   host=shost, port=sport if fixed_ports else 0).start()
     new = load_settings(**{
         **{k: v for k, v in settings.model_dump().items()},
         "data_dir": data, "nats_url": nats.url, "s3_endpoint": s3.endpoint,
+        "nats_user": accounts.SERVICE_USER, "nats_password": creds.service_password,
+        "webhook_tenant_secrets": {**{t: e["webhook_secret"] for t, e in creds.tenants.items()},
+                                   **{t: v.get_secret_value() for t, v in settings.webhook_tenant_secrets.items()}},
     })
     write_stack_env(new, data / "stack.env")
     return new, nats, s3

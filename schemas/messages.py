@@ -37,6 +37,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_JOB_KEY_RE = re.compile(r"(?:[a-z][a-z0-9-]{0,30}\.)?[A-Za-z0-9_-]{1,64}")
+
+
+def valid_job_key(value: object) -> bool:
+    """An internal job key (``schemas.names.job_key``): a job id, or ``<tenant>.<job_id>``."""
+    return isinstance(value, str) and bool(_JOB_KEY_RE.fullmatch(value))
+
+
 def valid_job_id(value: object) -> bool:
     # fullmatch: ``$`` alone would accept a trailing newline ("j1\n")
     return isinstance(value, str) and bool(_JOB_ID_RE.fullmatch(value))

@@ -6,6 +6,7 @@ under ``videogen.`` too and may change freely between releases.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 CONTRACT_VERSION = "1"
@@ -27,6 +28,105 @@ SUBJECT_WEBHOOKS_PREFIX = "videogen.webhooks"
 SUBJECT_WEBHOOK_ATTEMPTS_PREFIX = "videogen.webhooks.attempts"  # .<job_id>.<event_id>: one WebhookAttempt per attempt
 SUBJECT_WEBHOOK_DISABLED_PREFIX = "videogen.webhooks.disabled"  # .<job_id>: WebhookDisabled (410 Gone seen)
 SUBJECT_WEBHOOK_REPLAY_PREFIX = "videogen.webhooks.replay"  # .<job_id>: a JobEvent to deliver again
+
+# ---- tenants (issue 13): who a message belongs to comes from its subject, never its payload ----
+# A tenant is a NATS account (see runtime/accounts.py): it publishes and reads the public subjects
+# above unchanged, and the broker maps them into the service account under ``videogen.t.<tenant>.``
+# (submit, cancel, events, status). The ``default`` tenant keeps today's names and layout exactly.
+DEFAULT_TENANT = "default"
+TENANT_PATTERN = r"^[a-z][a-z0-9-]{0,30}$"
+_TENANT_RE = re.compile(TENANT_PATTERN)
+SUBJECT_TENANT_PREFIX = "videogen.t"
+SUBJECT_STATUS_PREFIX = "videogen.status"  # request/reply: videogen.status.<job_id> -> JobStatus JSON
+SUBJECT_EVENT_HISTORY_PREFIX = "videogen.history"  # request/reply: videogen.history.<job_id> -> [JobEvent]
+RESERVED_TENANTS = frozenset({"service", "sys", "operator", "t"})
+
+
+def valid_tenant(name: object) -> bool:
+    return isinstance(name, str) and bool(_TENANT_RE.fullmatch(name)) and name not in RESERVED_TENANTS
+
+
+def job_key(tenant: str, job_id: str) -> str:
+    """The internal id of tenant ``tenant``'s job ``job_id``: every KV key, object key and internal
+    subject is built from it. ``default``'s keys are its job ids (today's layout); another
+    tenant's are ``<tenant>.<job_id>`` (job ids never contain a dot, so this never collides)."""
+    return job_id if tenant == DEFAULT_TENANT else f"{tenant}.{job_id}"
+
+
+def split_job_key(key: str) -> tuple[str, str]:
+    """``(tenant, job_id)`` of an internal job key."""
+    tenant, dot, job_id = key.partition(".")
+    return (tenant, job_id) if dot else (DEFAULT_TENANT, key)
+
+
+def tenant_of(key: str) -> str:
+    return split_job_key(key)[0]
+
+
+def public_job_id(key: str) -> str:
+    """The job id its tenant knows (what events, webhooks and status replies carry)."""
+    return split_job_key(key)[1]
+
+
+def scoped_subject(tenant: str, tail: str) -> str:
+    """``videogen.<tail>`` for ``default``, ``videogen.t.<tenant>.<tail>`` for another tenant."""
+    return f"videogen.{tail}" if tenant == DEFAULT_TENANT else f"{SUBJECT_TENANT_PREFIX}.{tenant}.{tail}"
+
+
+def all_tenants(tail: str) -> tuple[str, ...]:
+    """Filters matching ``tail`` of every tenant (default's and the tenant-qualified form)."""
+    return (f"videogen.{tail}", f"{SUBJECT_TENANT_PREFIX}.*.{tail}")
+
+
+def submit_subject(tenant: str = DEFAULT_TENANT) -> str:
+    return scoped_subject(tenant, "jobs.submit")
+
+
+def cancel_subject(tenant: str = DEFAULT_TENANT) -> str:
+    return scoped_subject(tenant, "jobs.cancel")
+
+
+def status_subject(tenant: str, job_id: str) -> str:
+    return f"{scoped_subject(tenant, 'status')}.{job_id}"
+
+
+def history_subject(tenant: str, job_id: str) -> str:
+    return f"{scoped_subject(tenant, 'history')}.{job_id}"
+
+
+def _unscoped(subject: str) -> tuple[str, list[str]]:
+    tokens = subject.split(".")
+    if tokens[:2] == ["videogen", "t"] and len(tokens) > 3:
+        return tokens[2], ["videogen", *tokens[3:]]
+    return DEFAULT_TENANT, tokens
+
+
+def tenant_of_subject(subject: str) -> str:
+    """The tenant a subject belongs to (``videogen.t.<tenant>.…``; anything else: ``default``)."""
+    return _unscoped(subject)[0]
+
+
+def job_key_for(subject: str, job_id: str) -> str:
+    """The internal key of ``job_id`` as named in a message on ``subject``: a public submit or
+    cancel arriving under ``videogen.t.<tenant>.`` names the tenant's job; internal messages
+    already carry keys."""
+    tenant = tenant_of_subject(subject)
+    return job_key(tenant, job_id) if tenant != DEFAULT_TENANT and "." not in job_id else job_id
+
+
+_JOB_TOKEN = {"events": 2, "status": 2, "history": 2, "webhooks": 3}
+
+
+def job_key_of_subject(subject: str) -> str | None:
+    """The internal job key named by a job-scoped subject (events, status, webhook records), or None."""
+    tenant, tokens = _unscoped(subject)
+    if len(tokens) < 3 or tokens[0] != "videogen" or tokens[1] not in _JOB_TOKEN:
+        return None
+    pos = _JOB_TOKEN[tokens[1]]
+    if len(tokens) <= pos or not tokens[pos]:
+        return None
+    return job_key(tenant, tokens[pos])
+
 
 # ---- server advisories (published by JetStream itself, captured in VIDEOGEN_ADVISORIES) ------
 # .<stream>.<consumer>: a message reached the consumer's max_deliver without being acked or
@@ -61,7 +161,9 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 
 
 def events_subject(job_id: str) -> str:
-    return f"{SUBJECT_EVENTS_PREFIX}.{job_id}"
+    """Events of a job, by its internal key (``default``: ``videogen.events.<job_id>``)."""
+    tenant, jid = split_job_key(job_id)
+    return f"{scoped_subject(tenant, 'events')}.{jid}"
 
 
 def dlq_subject(stage: str) -> str:
@@ -70,15 +172,18 @@ def dlq_subject(stage: str) -> str:
 
 def webhook_attempts_subject(job_id: str, event_id: str = "*") -> str:
     """Attempts of one event (or, with the default ``*``, a filter for every event of the job)."""
-    return f"{SUBJECT_WEBHOOK_ATTEMPTS_PREFIX}.{job_id}.{event_id}"
+    tenant, jid = split_job_key(job_id)
+    return f"{scoped_subject(tenant, 'webhooks.attempts')}.{jid}.{event_id}"
 
 
 def webhook_disabled_subject(job_id: str) -> str:
-    return f"{SUBJECT_WEBHOOK_DISABLED_PREFIX}.{job_id}"
+    tenant, jid = split_job_key(job_id)
+    return f"{scoped_subject(tenant, 'webhooks.disabled')}.{jid}"
 
 
 def webhook_replay_subject(job_id: str) -> str:
-    return f"{SUBJECT_WEBHOOK_REPLAY_PREFIX}.{job_id}"
+    tenant, jid = split_job_key(job_id)
+    return f"{scoped_subject(tenant, 'webhooks.replay')}.{jid}"
 
 
 def segments_subject(model: str) -> str:
@@ -113,46 +218,58 @@ def replan_msg_id(job_id: str, index: int, plan_revision: int) -> str:
 
 
 # ---- object keys --------------------------------------------------------------------------
+# ``default``: jobs/<job_id>/…, uploads/…  (today's layout); tenant t: tenants/<t>/jobs/<job_id>/…,
+# tenants/<t>/uploads/… . Every key below takes the internal job key (see ``job_key``).
+def tenant_prefix(tenant: str) -> str:
+    return "" if tenant == DEFAULT_TENANT else f"tenants/{tenant}/"
+
+
+def uploads_prefix(tenant: str = DEFAULT_TENANT) -> str:
+    """Where tenant ``tenant`` uploads inputs it names as ``s3://<bucket>/<key>`` (the only place)."""
+    return f"{tenant_prefix(tenant)}uploads/"
+
+
 def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/"
+    tenant, jid = split_job_key(job_id)
+    return f"{tenant_prefix(tenant)}jobs/{jid}/"
 
 
 def request_key(job_id: str) -> str:
-    return f"jobs/{job_id}/inputs/request.json"
+    return f"{job_prefix(job_id)}inputs/request.json"
 
 
 def input_key(job_id: str, name: str) -> str:
-    return f"jobs/{job_id}/inputs/{name}"
+    return f"{job_prefix(job_id)}inputs/{name}"
 
 
 def frames_key(job_id: str, name: str) -> str:
-    return f"jobs/{job_id}/frames/{name}"
+    return f"{job_prefix(job_id)}frames/{name}"
 
 
 def keypoints_key(job_id: str, name: str) -> str:
-    return f"jobs/{job_id}/keypoints/{name}"
+    return f"{job_prefix(job_id)}keypoints/{name}"
 
 
 def plan_key(job_id: str) -> str:
-    return f"jobs/{job_id}/plan.json"
+    return f"{job_prefix(job_id)}plan.json"
 
 
 def segment_key(job_id: str, index: int) -> str:
-    return f"jobs/{job_id}/segments/{index}.mp4"
+    return f"{job_prefix(job_id)}segments/{index}.mp4"
 
 
 def segment_tail_key(job_id: str, index: int) -> str:
     """Last overlap frames of a segment (uint8 .npy), the conditioning for the next one."""
-    return f"jobs/{job_id}/segments/{index}.tail.npy"
+    return f"{job_prefix(job_id)}segments/{index}.tail.npy"
 
 
 def segment_result_key(job_id: str, index: int) -> str:
     """The runner's SegmentResult for segment ``index`` (JSON), read back by the stitch step."""
-    return f"jobs/{job_id}/segments/{index}.json"
+    return f"{job_prefix(job_id)}segments/{index}.json"
 
 
 def output_key(job_id: str) -> str:
-    return f"jobs/{job_id}/output.mp4"
+    return f"{job_prefix(job_id)}output.mp4"
 
 
 def temp_key(final_key: str, token: str) -> str:
@@ -190,6 +307,11 @@ class ConsumerSpec:
     # are retried with the nak delay ``runtime.consumer`` computes, not with these.
     backoff_s: tuple[float, ...] = field(default_factory=tuple)
     description: str = ""
+    extra_filters: tuple[str, ...] = ()  # more subjects it drains (other tenants' form of the same subject)
+
+    @property
+    def filters(self) -> tuple[str, ...]:
+        return (self.filter_subject, *self.extra_filters)
 
 
 DAY_S = 86_400
@@ -197,7 +319,7 @@ DAY_S = 86_400
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec(
         STREAM_JOBS,
-        (SUBJECT_SUBMIT, SUBJECT_CANCEL),
+        (SUBJECT_SUBMIT, SUBJECT_CANCEL, submit_subject("*"), cancel_subject("*")),
         retention="limits",
         max_age_s=7 * DAY_S,
         duplicate_window_s=3600,
@@ -208,7 +330,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     ),
     StreamSpec(
         STREAM_EVENTS,
-        (f"{SUBJECT_EVENTS_PREFIX}.>",),
+        all_tenants("events.>"),
         retention="limits",
         max_age_s=7 * DAY_S,
         duplicate_window_s=3600,
@@ -247,7 +369,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     ),
     StreamSpec(
         STREAM_WEBHOOKS,
-        (f"{SUBJECT_WEBHOOKS_PREFIX}.>",),
+        all_tenants("webhooks.>"),
         retention="limits",
         max_age_s=30 * DAY_S,  # longer than the whole retry schedule (~27.6 h) and the events stream
         duplicate_window_s=3600,
@@ -268,7 +390,7 @@ STREAMS: tuple[StreamSpec, ...] = (
 )
 
 CONSUMER_PREPROCESS = ConsumerSpec(
-    STREAM_JOBS, "preprocess", SUBJECT_SUBMIT, ack_wait_s=60, max_deliver=5,
+    STREAM_JOBS, "preprocess", SUBJECT_SUBMIT, ack_wait_s=60, max_deliver=5, extra_filters=(submit_subject("*"),),
     backoff_s=(60, 120, 300, 600), description="Validates and preprocesses submissions.",
 )
 CONSUMER_PLANNER = ConsumerSpec(
@@ -285,6 +407,7 @@ CONSUMER_STITCH = ConsumerSpec(
 )
 CONSUMER_WEBHOOK = ConsumerSpec(
     STREAM_EVENTS, "webhook", f"{SUBJECT_EVENTS_PREFIX}.>", ack_wait_s=30, max_deliver=9,
+    extra_filters=(all_tenants("events.>")[1],),
     # an event waiting for its next attempt (nak with a delay of up to 10 h) keeps its ack-pending
     # slot: when this many wait, no new event is delivered to anyone (see functions/webhook/README.md)
     max_ack_pending=20_000, description="Delivers subscribed events to client webhooks.",
@@ -292,10 +415,11 @@ CONSUMER_WEBHOOK = ConsumerSpec(
 
 CONSUMER_WEBHOOK_REPLAY = ConsumerSpec(
     STREAM_WEBHOOKS, "webhook-replay", f"{SUBJECT_WEBHOOK_REPLAY_PREFIX}.>", ack_wait_s=30, max_deliver=9,
+    extra_filters=(all_tenants("webhooks.replay.>")[1],),
     max_ack_pending=256, description="Delivers events again on request (`videogen webhooks replay`).",
 )
 CONSUMER_CANCEL = ConsumerSpec(
-    STREAM_JOBS, "cancel", SUBJECT_CANCEL, ack_wait_s=60, max_deliver=5,
+    STREAM_JOBS, "cancel", SUBJECT_CANCEL, ack_wait_s=60, max_deliver=5, extra_filters=(cancel_subject("*"),),
     backoff_s=(60, 120, 300, 600), description="Cancels queued and running jobs; deletes their partial objects.",
 )
 CONSUMER_SWEEPER = ConsumerSpec(

@@ -73,6 +73,8 @@ _TABLE: tuple[StageDef, ...] = (
     StageDef("cancel", "functions.cancel.handler:handle_cancel", names.CONSUMER_CANCEL,
              concurrency=4, records_failures=False),
     StageDef("queue", "functions.queue.handler:QueueTracker", interval_s=1.0),
+    # answers videogen[.t.<tenant>].status|history.<job_id> (what tenant accounts read instead of KV/streams)
+    StageDef("status", "functions.status.handler:StatusResponder", interval_s=30.0),
     # records its own job.failed (the stranded message's stage decides); its own failures: DLQ only
     StageDef("sweeper", "functions.sweeper.handler:handle_advisory", names.CONSUMER_SWEEPER,
              concurrency=2, records_failures=False),

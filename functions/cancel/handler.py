@@ -18,7 +18,7 @@ from runtime.queue import WorkQueueView
 from runtime.work import WorkItem
 from schemas.errors import ErrorCode, Permanent
 from schemas.messages import CancelledData, CancelRequest, EventType, JobEvent, JobState
-from schemas.names import segments_subject
+from schemas.names import job_key_for, segments_subject
 
 log = get_logger(stage="cancel")
 
@@ -32,7 +32,7 @@ def parse_cancel(payload: bytes) -> CancelRequest:
 
 async def handle_cancel(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     req = parse_cancel(payload)
-    job_id = req.job_id
+    job_id = job_key_for(delivery.subject, req.job_id)  # the tenant comes from the subject, never the body
     status, _ = await ports.tracker.status.get(job_id)
     if status is None:
         log.info("cancel_ignored", job_id=job_id, why="unknown job (no status in KV videogen-jobs)")

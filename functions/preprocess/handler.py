@@ -9,6 +9,7 @@ from __future__ import annotations
 from functions.preprocess.admission import Limits, admit
 from functions.preprocess.validate import (
     RequestRejected,
+    check_input_scope,
     check_loras,
     parse_request,
     resolve,
@@ -31,7 +32,7 @@ from schemas.messages import (
     Task,
     utcnow,
 )
-from schemas.names import SUBJECT_WORK_PLAN, request_key
+from schemas.names import SUBJECT_WORK_PLAN, job_key, request_key, tenant_of_subject
 
 log = get_logger(stage="preprocess")
 
@@ -96,18 +97,25 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
 
 
 async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> None:
+    # the tenant is the subject's (the broker maps each tenant account's videogen.jobs.submit to
+    # videogen.t.<tenant>.jobs.submit), never the payload's; from here on job_id is the internal key
+    tenant = tenant_of_subject(delivery.subject)
     try:
         req = parse_request(payload)
     except RequestRejected as e:
+        if e.job_id is not None:
+            e.job_id = job_key(tenant, e.job_id)
         # a bad request naming an existing job must not turn that job FAILED
         if e.job_id is not None and (await ports.tracker.status.get(e.job_id))[0] is not None:
             await refuse_duplicate(payload, delivery, ports, e.job_id, f"{e.code.value}: {e}")
             return
         raise
+    req = req.model_copy(update={"job_id": job_key(tenant, req.job_id)})
     if not await claim(req.job_id, payload, delivery, ports):
         return
     job, _spec = resolve(req)
     settings = ports.settings
+    check_input_scope(req, tenant, settings.bucket, settings.input_buckets)
     check_loras(req, settings.bucket, settings.lora_allow_prefixes, settings.input_buckets)
     admit(job, Limits(max_frame_pixels=settings.max_job_frame_pixels, max_gpu_seconds=settings.max_job_gpu_seconds,
                       max_stitch_bytes=settings.max_stitch_bytes, budget_bytes=settings.runner_memory_budget_bytes))

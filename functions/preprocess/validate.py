@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, Rejected
 from schemas.messages import JobRequest, ResolvedJob, Task, valid_job_id
+from schemas.names import uploads_prefix
 from schemas.registry import MODELS, ModelSpec
 
 
@@ -85,6 +86,36 @@ def check_loras(req: JobRequest, bucket: str, allow_prefixes: list[str], input_b
             allowed = ", ".join(f"s3://{bucket}/{p}" for p in allow_prefixes) or "(none)"
             raise RequestRejected(f"{where}: needs a sha256 unless it is under {allowed}",
                                   code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
+
+
+def check_input_scope(req: JobRequest, tenant: str, bucket: str, input_buckets: list[str]) -> None:
+    """``s3://`` inputs (image, video, LoRA) come from the tenant's own upload prefix only.
+
+    In ``bucket`` a key must be under ``uploads_prefix(tenant)`` (``uploads/`` for ``default``,
+    ``tenants/<t>/uploads/`` for another tenant) -- never another job's or tenant's objects; LoRAs may
+    also come from the operator's shared ``loras/``. Other buckets only when listed in
+    ``input_buckets`` (operator-configured, shared). ``..`` and empty segments are refused.
+    """
+    own = uploads_prefix(tenant)
+    sources = [("image", req.image), ("video", req.video)]
+    sources += [(f"loras.{i}.source", lora.source) for i, lora in enumerate(req.loras)]
+    for where, uri in sources:
+        if not uri or not uri.startswith("s3://"):
+            continue
+        src_bucket, _, key = uri.removeprefix("s3://").partition("/")
+        parts = key.split("/")
+        if ".." in parts or "." in parts or key.startswith("/") or "" in parts[:-1]:
+            raise RequestRejected(f"{where}: '..', '.' and empty path segments are not allowed",
+                                  code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
+        if src_bucket != bucket:
+            if src_bucket in input_buckets:
+                continue
+            raise RequestRejected(f"{where}: bucket {src_bucket!r} is not allowed",
+                                  code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
+        if key.startswith(own) or (where.startswith("loras.") and key.startswith("loras/")):
+            continue
+        raise RequestRejected(f"{where}: s3:// inputs must be under s3://{bucket}/{own} (your upload prefix)",
+                              code=ErrorCode.INPUT_FORBIDDEN, job_id=req.job_id)
 
 
 def _check_range(name: str, value: int, lo: int, hi: int, job_id: str) -> None:

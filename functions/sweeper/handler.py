@@ -18,8 +18,8 @@ from runtime.logging import get_logger
 from runtime.ports import Ports
 from runtime.work import WorkItem, dead_letter, job_id_of
 from schemas.errors import ErrorCode
-from schemas.messages import EventType, FailedData, JobEvent, MaxDeliveriesAdvisory, valid_job_id
-from schemas.names import STREAMS, SWEPT_STREAMS
+from schemas.messages import EventType, FailedData, JobEvent, MaxDeliveriesAdvisory, valid_job_key
+from schemas.names import STREAMS, SWEPT_STREAMS, job_key_for
 from schemas.stages import RUNNER_STAGE, STAGES, stage_of_consumer
 
 log = get_logger(stage="sweeper")
@@ -55,11 +55,12 @@ async def handle_advisory(payload: bytes, delivery: WorkItem, ports: Ports) -> N
     reason = (f"{adv.consumer}: no worker finished it in {adv.deliveries} deliveries "
               "(the worker crashed, was killed or timed out on each)")
     job_id = job_id_of(data)
+    job_id = job_key_for(raw.subject, job_id) if job_id is not None else None  # a tenant's submit: its key
     # the DLQ entry first: once the job is failed or the message deleted, this is the only copy
     await dead_letter(ports.bus, stage, subject=raw.subject, data=data, headers=raw.headers,
                       stream_seq=adv.stream_seq, num_delivered=adv.deliveries,
                       code=ErrorCode.MAX_DELIVERIES.value, reason=reason)
-    if job_id is not None and valid_job_id(job_id) and fails_job(stage):
+    if job_id is not None and valid_job_key(job_id) and fails_job(stage):
         failed = FailedData(code=ErrorCode.MAX_DELIVERIES.value, message=f"{stage}: {reason}", retryable=True)
         # same event id as a handler's own exhaustion (runtime.failures): one job.failed either way
         await ports.tracker.record(JobEvent.build(job_id, EventType.FAILED, failed, stage, "exhausted"))

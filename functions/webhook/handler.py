@@ -16,7 +16,7 @@ import aiohttp
 
 from functions.webhook.delivery import DeliveryResult, Outcome, deliver, next_delay_s
 from functions.webhook.replay import stored_event
-from functions.webhook.signing import DEFAULT_TENANT, secret_for
+from functions.webhook.signing import secret_for
 from runtime.logging import get_logger
 from runtime.netguard import guarded_connector
 from runtime.ports import Ports
@@ -32,7 +32,10 @@ from schemas.messages import (
 )
 from schemas.names import (
     STREAM_WEBHOOKS,
+    job_key_of_subject,
+    public_job_id,
     request_key,
+    tenant_of,
     webhook_attempts_subject,
     webhook_disabled_subject,
 )
@@ -116,8 +119,17 @@ def _http(ports: Ports) -> aiohttp.ClientSession:
     return sess
 
 
+def _keyed(event: JobEvent, subject: str) -> JobEvent:
+    """The event with its internal job key (tenant from the subject) for our own bookkeeping; the
+    bytes POSTed are always the published ones (the tenant's own job id)."""
+    key = job_key_of_subject(subject) or event.job_id
+    if public_job_id(key) != event.job_id:
+        raise Permanent(f"event {event.id} names job {event.job_id} on {subject}", code=ErrorCode.INVALID_REQUEST)
+    return event if key == event.job_id else event.model_copy(update={"job_id": key})
+
+
 async def handle_event(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
-    event = JobEvent.model_validate_json(payload)
+    event = _keyed(JobEvent.model_validate_json(payload), delivery.subject)
     spec = await webhook_for(event.job_id, ports)
     if spec is None or event.type not in spec.events:
         return
@@ -137,6 +149,7 @@ async def handle_replay(payload: bytes, delivery: WorkItem, ports: Ports) -> Non
     if found is None:
         return
     payload, event = found
+    event = _keyed(event, delivery.subject)
     spec = await webhook_for(event.job_id, ports)
     if spec is None or event.type not in spec.events:
         log.warning("webhook_replay_skipped", job_id=event.job_id, event_id=event.id,
@@ -150,7 +163,7 @@ async def _attempt(event: JobEvent, payload: bytes, spec: WebhookSpec, delivery:
     if not replay and await is_disabled(event.job_id, ports):  # re-read right before the POST (410 in flight)
         log.info("webhook_skipped_disabled", job_id=event.job_id, event_id=event.id)
         return
-    secrets = secret_for(DEFAULT_TENANT, ports.settings)  # per tenant once tenants land (issue 13)
+    secrets = secret_for(tenant_of(event.job_id), ports.settings)  # the tenant's own secret(s), never another's
     result = await deliver(
         _http(ports), spec.url, payload, event.id, secrets,
         timeout_s=ports.settings.webhook_timeout_s, allow=ports.settings.webhook_allow_hosts,

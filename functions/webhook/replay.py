@@ -13,8 +13,8 @@ import json
 from runtime.bus import Bus
 from runtime.client import find_event
 from runtime.logging import get_logger
-from schemas.messages import JobEvent, valid_job_id
-from schemas.names import SUBJECT_WEBHOOK_REPLAY_PREFIX
+from schemas.messages import JobEvent, valid_job_key
+from schemas.names import job_key_of_subject, public_job_id
 
 log = get_logger(stage="webhook-replay")
 
@@ -25,16 +25,17 @@ def replay_reference(payload: bytes, subject: str) -> tuple[str, str] | None:
     The job comes from the subject; an ``id`` (and, when present, a ``job_id`` that agrees with
     the subject) from the body. Nothing else in the body is used.
     """
-    prefix = SUBJECT_WEBHOOK_REPLAY_PREFIX + "."
-    job_id = subject[len(prefix):] if subject.startswith(prefix) else ""
+    key = job_key_of_subject(subject) if ".webhooks.replay." in f".{subject}" else None
+    job_id = key or ""
     try:
         body = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(body, dict) or not valid_job_id(job_id):
+    if not isinstance(body, dict) or not valid_job_key(job_id):
         return None
-    event_id, named_job = body.get("id"), body.get("job_id", job_id)
-    if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 64 or named_job != job_id:
+    event_id, named_job = body.get("id"), body.get("job_id", public_job_id(job_id))
+    if (not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 64
+            or named_job != public_job_id(job_id)):
         return None
     return job_id, event_id
 
@@ -47,7 +48,7 @@ async def stored_event(bus: Bus, payload: bytes, subject: str) -> tuple[bytes, J
         return None
     job_id, event_id = ref
     found = await find_event(bus, event_id, job_id)  # the job's subject only: never a stream scan
-    if found is None or found[1].job_id != job_id:
+    if found is None or found[1].job_id != public_job_id(job_id):
         log.warning("webhook_replay_refused", job_id=job_id, event_id=event_id, why="not in VIDEOGEN_EVENTS")
         return None
     if found[0] != payload:

@@ -94,7 +94,7 @@ def consumer_attrs(c: names.ConsumerSpec) -> dict:
     return {
         "durable_name": c.durable,
         "description": c.description,
-        "filter_subject": c.filter_subject,
+        **({"filter_subjects": list(c.filters)} if c.extra_filters else {"filter_subject": c.filter_subject}),
         "ack_wait": c.ack_wait_s,
         "max_delivery": c.max_deliver,
         "max_ack_pending": c.max_ack_pending,

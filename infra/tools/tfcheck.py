@@ -169,7 +169,7 @@ def _check_streams(parsed: dict[Path, dict]) -> list[str]:
 
 def _consumer_want(c: names.ConsumerSpec) -> dict[str, Any]:
     return {
-        "filter_subject": c.filter_subject,
+        **({"filter_subjects": list(c.filters)} if c.extra_filters else {"filter_subject": c.filter_subject}),
         "ack_wait": c.ack_wait_s,
         "max_delivery": c.max_deliver,
         "max_ack_pending": c.max_ack_pending,

@@ -271,6 +271,7 @@ class FakeDelivery:
     stream_seq: int | None = 1
     stage: str = "test"
     heartbeats: int = 0
+    subject: str = ""  # the subject it came on (a tenant's: ``videogen.t.<tenant>.…``)
 
     @property
     def final_attempt(self) -> bool:

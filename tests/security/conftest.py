@@ -10,8 +10,30 @@ from pathlib import Path
 import pytest
 
 from runtime.settings import Settings
-from tests.integration.conftest import bus, stack, storage  # noqa: F401  (re-exported fixtures)
+from tests.integration.conftest import bus, storage  # noqa: F401  (re-exported fixtures)
 from tests.stack import start_functions, stop, wait_for_log
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The integration stack, with two tenant accounts (acme, bob) configured before nats-server starts."""
+    import asyncio
+
+    from runtime import accounts
+    from runtime.settings import load_settings
+    from runtime.stack import provision, start_servers
+
+    data = tmp_path_factory.mktemp("videogen")
+    for name in ("acme", "bob"):
+        accounts.add_tenant(data, name)
+    base = load_settings(data_dir=data, embedded=True, webhook_allow_hosts=["127.0.0.1"], heartbeat_s=2.0)
+    settings, nats, s3 = start_servers(base, fixed_ports=False)
+    asyncio.run(provision(settings))
+    try:
+        yield settings
+    finally:
+        s3.stop()
+        nats.stop()
 
 
 @pytest.fixture(scope="session")

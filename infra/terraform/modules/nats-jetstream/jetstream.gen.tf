@@ -2,9 +2,14 @@
 # Regenerate: .venv/bin/python infra/tools/gen_infra.py   (CI: --check fails when stale)
 
 resource "jetstream_stream" "VIDEOGEN_JOBS" {
-  name             = "VIDEOGEN_JOBS"
-  description      = "Client job submissions and cancellations (public)."
-  subjects         = ["videogen.jobs.submit", "videogen.jobs.cancel"]
+  name        = "VIDEOGEN_JOBS"
+  description = "Client job submissions and cancellations (public)."
+  subjects = [
+    "videogen.jobs.submit",
+    "videogen.jobs.cancel",
+    "videogen.t.*.jobs.submit",
+    "videogen.t.*.jobs.cancel",
+  ]
   retention        = "limits"
   storage          = "file"
   discard          = "old"
@@ -17,7 +22,7 @@ resource "jetstream_stream" "VIDEOGEN_JOBS" {
 resource "jetstream_stream" "VIDEOGEN_EVENTS" {
   name             = "VIDEOGEN_EVENTS"
   description      = "Every state change of every job, as JobEvent (public)."
-  subjects         = ["videogen.events.>"]
+  subjects         = ["videogen.events.>", "videogen.t.*.events.>"]
   retention        = "limits"
   storage          = "file"
   discard          = "old"
@@ -69,7 +74,7 @@ resource "jetstream_stream" "VIDEOGEN_SEGMENTS" {
 resource "jetstream_stream" "VIDEOGEN_WEBHOOKS" {
   name             = "VIDEOGEN_WEBHOOKS"
   description      = "Webhook delivery records (one per attempt), disabled endpoints (410), replay requests."
-  subjects         = ["videogen.webhooks.>"]
+  subjects         = ["videogen.webhooks.>", "videogen.t.*.webhooks.>"]
   retention        = "limits"
   storage          = "file"
   discard          = "old"
@@ -102,7 +107,7 @@ resource "jetstream_consumer" "preprocess" {
   stream_id       = jetstream_stream.VIDEOGEN_JOBS.id
   durable_name    = "preprocess"
   description     = "Validates and preprocesses submissions."
-  filter_subject  = "videogen.jobs.submit"
+  filter_subjects = ["videogen.jobs.submit", "videogen.t.*.jobs.submit"]
   ack_wait        = 60
   max_delivery    = 5
   max_ack_pending = 64
@@ -158,7 +163,7 @@ resource "jetstream_consumer" "webhook" {
   stream_id       = jetstream_stream.VIDEOGEN_EVENTS.id
   durable_name    = "webhook"
   description     = "Delivers subscribed events to client webhooks."
-  filter_subject  = "videogen.events.>"
+  filter_subjects = ["videogen.events.>", "videogen.t.*.events.>"]
   ack_wait        = 30
   max_delivery    = 9
   max_ack_pending = 20000
@@ -171,7 +176,7 @@ resource "jetstream_consumer" "webhook_replay" {
   stream_id       = jetstream_stream.VIDEOGEN_WEBHOOKS.id
   durable_name    = "webhook-replay"
   description     = "Delivers events again on request (`videogen webhooks replay`)."
-  filter_subject  = "videogen.webhooks.replay.>"
+  filter_subjects = ["videogen.webhooks.replay.>", "videogen.t.*.webhooks.replay.>"]
   ack_wait        = 30
   max_delivery    = 9
   max_ack_pending = 256
@@ -184,7 +189,7 @@ resource "jetstream_consumer" "cancel" {
   stream_id       = jetstream_stream.VIDEOGEN_JOBS.id
   durable_name    = "cancel"
   description     = "Cancels queued and running jobs; deletes their partial objects."
-  filter_subject  = "videogen.jobs.cancel"
+  filter_subjects = ["videogen.jobs.cancel", "videogen.t.*.jobs.cancel"]
   ack_wait        = 60
   max_delivery    = 5
   max_ack_pending = 64
