@@ -149,14 +149,26 @@ WEBHOOK_SECRET_FILE = "webhook-secret"
 
 
 def write_webhook_secret(settings: Settings) -> Path:
-    """``<data_dir>/webhook-secret`` (0600): the secret(s) this stack signs webhooks with, so a
-    receiver can read it. Written atomically: a private temporary file renamed into place."""
+    """``<data_dir>/webhook-secret`` (0600, written atomically): the secret(s) this stack signs
+    webhooks with, so a receiver can read it."""
+    from runtime.trust import write_private_file
+
     path = Path(settings.data_dir).resolve() / WEBHOOK_SECRET_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(settings.webhook_secret.get_secret_value().strip() + "\n")
-    os.replace(tmp, path)
+    write_private_file(path, settings.webhook_secret.get_secret_value().strip() + "\n")
+    return path
+
+
+NATS_URL_FILE = "nats-url"
+
+
+def write_client_url(settings: Settings) -> Path:
+    """``<data_dir>/nats-url`` (0600): the NATS URL a `default`-tenant client connects with,
+    credentials included — read by ``export VIDEOGEN_NATS_URL="$(cat …)"`` so the banner never
+    prints a password."""
+    from runtime.trust import write_private_file
+
+    path = Path(settings.data_dir).resolve() / NATS_URL_FILE
+    write_private_file(path, default_tenant_url(settings) + "\n")
     return path
 
 
@@ -189,10 +201,13 @@ def up_banner(settings: Settings, secret_file: Path) -> list[str]:
         f"    event = Webhook(open({str(secret_file)!r}).read().split()[0]).verify(body, headers)",
         "  other terminals (submit, functions, runner) find the stack through its stack.env:",
     ]
-    lines += [f"    export {k}={safe_url(v) if k.endswith('_ENDPOINT') else v}"
-              for k, v in {"VIDEOGEN_DATA_DIR": str(data), "VIDEOGEN_NATS_URL": default_tenant_url(settings),
-                           "VIDEOGEN_S3_ENDPOINT": settings.s3_endpoint or ""}.items() if v]
-    lines.append("  (VIDEOGEN_NATS_URL carries the `default` tenant's credentials: anonymous clients are refused)")
+    url_file = write_client_url(settings)
+    lines += [f"    export {k}={v}"
+              for k, v in {"VIDEOGEN_DATA_DIR": str(data),
+                           "VIDEOGEN_NATS_URL": f'"$(cat {url_file})"',
+                           "VIDEOGEN_S3_ENDPOINT": safe_url(settings.s3_endpoint or "")}.items() if v]
+    lines.append(f"  ({url_file} holds the `default` tenant's NATS URL with its credentials, mode 0600: "
+                 "anonymous clients are refused)")
     lines.append("Ctrl-C to stop.")
     return lines
 

@@ -24,6 +24,7 @@ webhook-replay  inputs/request.json                           -
 cancel          - (lists jobs/<id>/)                          - ; deletes under jobs/ but never request.json
 queue           -                                             -  (reads the NATS stream only)
 sweeper         -                                             -  (NATS only: advisories, DLQ, job status)
+status          -                                             -  (NATS only: KV status, stored events)
 provision       bucket metadata                               bucket, lifecycle rule (``videogen up`` only)
 ==============  ============================================  ============================================
 
@@ -148,6 +149,7 @@ def stage_access() -> dict[str, StageAccess]:
         StageAccess("cancel", delete=(names.job_prefix(ANY) + ANY,), keep=cat("request"), list_prefixes=jobs),
         StageAccess("queue"),
         StageAccess("sweeper"),
+        StageAccess("status"),  # answers tenants' status/history requests from KV and the events stream only
         StageAccess(PROVISION, bucket_admin=True),
     )
     can_run = deployable()

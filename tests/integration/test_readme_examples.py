@@ -74,7 +74,8 @@ def newcomer_env(stack: Settings) -> dict[str, str]:
     for line in up_banner(stack, Path(stack.data_dir) / "webhook-secret"):
         if line.strip().startswith("export "):
             key, value = line.strip().removeprefix("export ").split("=", 1)
-            env[key] = value
+            cat = re.fullmatch(r'"\$\(cat (.+)\)"', value)  # a secret the banner points at, never prints
+            env[key] = Path(cat.group(1)).read_text().strip() if cat else value
     assert {"VIDEOGEN_NATS_URL", "VIDEOGEN_DATA_DIR"} <= env.keys()
     env.setdefault("OMP_NUM_THREADS", "1")
     return env

@@ -201,13 +201,13 @@ async def test_stage_user_is_refused_subjects_outside_its_list(stack: Settings, 
     nc = await connect(stack, "stage-planner", creds.stage_passwords["planner"], errors)
     try:
         allowed = names.dlq_subject("planner")
-        refused = [names.webhook_replay_subject("job-1"), names.SUBJECT_SUBMIT, names.dlq_subject("stitch"),
+        outside = [names.webhook_replay_subject("job-1"), names.SUBJECT_SUBMIT, names.dlq_subject("stitch"),
                    "$JS.API.STREAM.DELETE.VIDEOGEN_JOBS", f"$JS.API.CONSUMER.MSG.NEXT.{names.STREAM_WORK}.stitch"]
-        for subject in [allowed, *refused]:
+        for subject in [allowed, *outside]:
             await nc.publish(subject, b"{}")
         await nc.flush()
         await asyncio.sleep(0.5)
-        for subject in refused:
+        for subject in outside:
             assert refused(errors, subject), (subject, "\n".join(errors))
         assert not any(allowed in e for e in errors), errors
         perms = accounts.stage_permissions("planner")["publish"]["allow"]

@@ -145,6 +145,16 @@ locals {
       internet      = false
       deployed      = true
     }
+    status = {
+      read          = []
+      write         = []
+      delete        = []
+      keep          = []
+      list_prefixes = []
+      bucket_admin  = false
+      internet      = false
+      deployed      = true
+    }
     provision = {
       read          = []
       write         = []

@@ -57,6 +57,10 @@ locals {
       interval_s      = 1
       internet_egress = false
     }
+    status = {
+      interval_s      = 30
+      internet_egress = false
+    }
   }
   runner_consumers = {
     "tiny-wan" = {
