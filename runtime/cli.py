@@ -117,30 +117,37 @@ def up(
         console.print_json(json.dumps(report))
         return
     stack = asyncio.run(start_stack(settings))
-    for line in up_banner(stack.settings, write_webhook_secret(stack.settings)):
-        console.print(line, highlight=False, markup=False)
-    stop = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
     gw: subprocess.Popen[bytes] | None = None
     try:
-        from gateway.cli import console_url, create_key, start_gateway_process  # HTTP gateway + console
+        from gateway.cli import create_key, start_gateway_process  # HTTP gateway + console
+
         gw, gw_url = start_gateway_process(stack.settings, Path(stack.settings.data_dir) / "gateway.log")
-        console.print(f"  gateway: {gw_url}/v1/videos  console: {console_url(gw_url, asyncio.run(create_key(stack.settings, 'default', 'up')))}")
+        api_key = asyncio.run(create_key(stack.settings, "default", "up"))  # a development key for this stack
+        for line in up_banner(stack.settings, write_webhook_secret(stack.settings), gateway_url=gw_url,
+                              api_key=api_key):
+            console.print(line, highlight=False, markup=False)
+        stop = False
+
+        def _stop(*_: object) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
         while not stop:
             for server in (stack.nats, stack.s3):
                 if server and server.process and server.process.proc.poll() is not None:
                     err.print(f"[red]{server.process.name} exited[/] (see {server.process.logfile})")
                     stop = True
+            if gw is not None and gw.poll() is not None:
+                err.print(f"[red]gateway exited[/] (see {Path(stack.settings.data_dir) / 'gateway.log'})")
+                stop = True
             time.sleep(0.5)
     finally:
         if gw is not None:
             gw.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                gw.wait(timeout=15)
         stack.stop()
         console.print("stopped.")
 
@@ -183,8 +190,14 @@ def default_tenant_url(settings: Settings) -> str:
                     for u in (x.strip() for x in settings.nats_url.split(",")) if u)
 
 
-def up_banner(settings: Settings, secret_file: Path) -> list[str]:
-    """What ``videogen up`` prints: where everything is (no passwords) and how to verify a webhook."""
+def up_banner(settings: Settings, secret_file: Path, *, gateway_url: str | None = None,
+              api_key: str | None = None) -> list[str]:
+    """What ``videogen up`` prints: where everything is (no passwords), how to verify a webhook, and
+    the ``export`` lines for other terminals. ``gateway_url``/``api_key``: the HTTP gateway ``up``
+    started and a key of tenant ``default`` it made for this stack (a development convenience:
+    printed once, like the console URL that carries it)."""
+    from gateway.cli import console_url
+
     data = Path(settings.data_dir).resolve()
     dev_secret = Settings.model_fields["webhook_secret"].default.get_secret_value()
     source = ("from VIDEOGEN_WEBHOOK_SECRET" if settings.webhook_secret.get_secret_value() != dev_secret else
@@ -195,17 +208,26 @@ def up_banner(settings: Settings, secret_file: Path) -> list[str]:
         f"  NATS      {safe_url(settings.nats_url)}",
         f"  S3        {safe_url(settings.s3_endpoint)}  bucket '{settings.bucket}' "
         f"(access keys in {data / 'stack.env'})",
+    ]
+    if gateway_url:
+        lines.append(f"  gateway   {gateway_url}/v1/videos (OpenAI-compatible)"
+                     + (f"  console: {console_url(gateway_url, api_key)}" if api_key else ""))
+    if api_key:
+        lines.append("  API key   a development key of tenant 'default', made for this stack "
+                     "(`videogen keys create --tenant T` for more, `videogen keys revoke` to drop one)")
+    lines += [
         f"  webhooks  signed with the secret in {secret_file} ({source})",
         "  verify a webhook in your receiver (pip install standardwebhooks); raises if forged or stale:",
         "    from standardwebhooks.webhooks import Webhook",
         f"    event = Webhook(open({str(secret_file)!r}).read().split()[0]).verify(body, headers)",
-        "  other terminals (submit, functions, runner) find the stack through its stack.env:",
+        "  other terminals (submit, functions, runner, the HTTP examples) find the stack with:",
     ]
     url_file = write_client_url(settings)
-    lines += [f"    export {k}={v}"
-              for k, v in {"VIDEOGEN_DATA_DIR": str(data),
-                           "VIDEOGEN_NATS_URL": f'"$(cat {url_file})"',
-                           "VIDEOGEN_S3_ENDPOINT": safe_url(settings.s3_endpoint or "")}.items() if v]
+    exports = {"VIDEOGEN_DATA_DIR": str(data), "VIDEOGEN_NATS_URL": f'"$(cat {url_file})"',
+               "VIDEOGEN_S3_ENDPOINT": safe_url(settings.s3_endpoint or ""),
+               "VIDEOGEN_GATEWAY_URL": gateway_url or "",
+               "VIDEOGEN_API_KEY": api_key or ""}
+    lines += [f"    export {k}={v}" for k, v in exports.items() if v]
     lines.append(f"  ({url_file} holds the `default` tenant's NATS URL with its credentials, mode 0600: "
                  "anonymous clients are refused)")
     lines.append("Ctrl-C to stop.")

@@ -86,11 +86,18 @@ def print_outcome(event: JobEvent, out: Console | None = None) -> None:
                   f"{getattr(d, 'message', None) or getattr(d, 'reason', '')}")
 
 
+STATUS_COLUMN_WIDTHS = {"state": len("stitching"), "queue": len("99 ahead"), "progress": len("░" * 10 + " 100.0%"),
+                        "segments": len("segments"), "updated": len("00:00:00")}
+
+
 def status_table(statuses: list[JobStatus]) -> Table:
     """One row per job: state, queue position, a progress bar, segments, last update."""
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("job", "state", "queue", "progress", "segments", "updated"):
-        table.add_column(col, no_wrap=True, overflow="fold" if col == "job" else "ellipsis")
+    # every column but the job id keeps its full width; a long id (the gateway's are 54 characters)
+    # folds onto more lines instead of squeezing the state out of an 80-column terminal
+    table.add_column("job", overflow="fold", min_width=16)
+    for col, width in STATUS_COLUMN_WIDTHS.items():
+        table.add_column(col, no_wrap=True, min_width=width)
     for st in statuses:
         filled = int(round(st.progress / 10))
         bar = f"{'█' * filled}{'░' * (10 - filled)} {st.progress:5.1f}%"

@@ -97,7 +97,8 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
         from gateway.cli import console_url, create_key, start_gateway_process  # HTTP gateway + console
         gw_proc, gw_url = start_gateway_process(s, data / "gateway.log", env)
         procs.append(gw_proc)
-        console_at = console_url(gw_url, await create_key(s, "default", "demo"))
+        api_key = await create_key(s, "default", "demo")  # a development key of this stack
+        console_at = console_url(gw_url, api_key)
         console.print(f"  gateway      {gw_url}/v1/videos  console: {console_at}")
         secret = s.webhook_secret.get_secret_value().split()[0]
         async with WebhookReceiver(secret) as receiver, Bus(s, "videogen-demo") as bus:
@@ -118,6 +119,8 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
         if keep:  # keep the stack and the console up for a newcomer to explore
             console.print(f"stack kept running: console {console_at}\nin another terminal:\n"
                           f"  export VIDEOGEN_DATA_DIR={data}\n"
+                          f"  export VIDEOGEN_GATEWAY_URL={gw_url}\n"
+                          f"  export VIDEOGEN_API_KEY={api_key}\n"
                           "  videogen submit 'a paper boat on a pond' --num-frames 9\nCtrl-C to stop.")
             await wait_until_stopped(procs, console)
         return 0 if ok else 1

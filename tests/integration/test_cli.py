@@ -4,11 +4,14 @@ everything is, serves client commands and stops on Ctrl-C — against real serve
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -55,7 +58,8 @@ def test_up_prints_addresses_and_webhook_verification_and_serves_clients(tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOGEN_")}
     env.update({"VIDEOGEN_DATA_DIR": str(tmp_path), "VIDEOGEN_NATS_URL": f"nats://127.0.0.1:{nats_port}",
                 "VIDEOGEN_S3_ENDPOINT": f"http://127.0.0.1:{s3_port}", "PYTHONUNBUFFERED": "1",
-                "VIDEOGEN_S3_ACCESS_KEY": "AKIDUPTEST", "VIDEOGEN_S3_SECRET_KEY": "up-test-s3-secret"})
+                "VIDEOGEN_S3_ACCESS_KEY": "AKIDUPTEST", "VIDEOGEN_S3_SECRET_KEY": "up-test-s3-secret",
+                "VIDEOGEN_GATEWAY_PORT": str(free_port())})
     up = subprocess.Popen([sys.executable, "-m", "runtime.cli", "up"], env=env, cwd=str(REPO),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -79,6 +83,18 @@ def test_up_prints_addresses_and_webhook_verification_and_serves_clients(tmp_pat
         stack_env = (tmp_path / "stack.env").read_text()
         assert "VIDEOGEN_S3_SECRET_KEY=up-test-s3-secret" in stack_env
         assert "AKIDUPTEST" not in text and "up-test-s3-secret" not in text  # no credentials printed
+
+        # the gateway `up` started, and the development key it printed, answer the HTTP API
+        exports = dict(line.strip().removeprefix("export ").split("=", 1) for line in lines
+                       if line.strip().startswith("export "))
+        gw, key = exports["VIDEOGEN_GATEWAY_URL"], exports["VIDEOGEN_API_KEY"]
+        assert key.startswith("vg_") and f"{gw}/#key={key}" in text, text
+        listed = urllib.request.urlopen(urllib.request.Request(  # noqa: S310 - the local gateway
+            f"{gw}/v1/videos", headers={"Authorization": f"Bearer {key}"}), timeout=30)
+        assert listed.status == 200 and json.loads(listed.read())["object"] == "list"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"{gw}/v1/videos", timeout=30)  # noqa: S310
+        assert denied.value.code == 401
 
         # a newcomer's next terminal: only VIDEOGEN_DATA_DIR, everything else from stack.env
         client_env = {k: v for k, v in env.items() if k not in ("VIDEOGEN_NATS_URL", "VIDEOGEN_S3_ENDPOINT")}

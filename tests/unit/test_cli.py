@@ -153,6 +153,20 @@ def test_up_banner_says_where_everything_is_and_its_snippet_verifies_a_webhook(
     with pytest.raises(WebhookVerificationError):
         exec(snippet, {"body": body.replace(b"http://x", b"http://evil"), "headers": headers})  # noqa: S102
 
+    # with the gateway `up` started: its URL and the development key, as exports and in the console URL
+    assert "VIDEOGEN_GATEWAY_URL" not in text and "VIDEOGEN_API_KEY" not in text
+    key = "vg_" + "k" * 43
+    with_gw = cli.up_banner(s, secret_file, gateway_url="http://127.0.0.1:8123", api_key=key)
+    exports = dict(line.strip().removeprefix("export ").split("=", 1) for line in with_gw
+                   if line.strip().startswith("export "))
+    assert exports["VIDEOGEN_GATEWAY_URL"] == "http://127.0.0.1:8123" and exports["VIDEOGEN_API_KEY"] == key
+    # no password in an export either: the URL with credentials is read from a 0600 file
+    url_file = Path(s.data_dir).resolve() / cli.NATS_URL_FILE
+    assert exports["VIDEOGEN_NATS_URL"] == f'"$(cat {url_file})"'
+    assert url_file.stat().st_mode & 0o777 == 0o600 and url_file.read_text().startswith("nats://")
+    assert f"http://127.0.0.1:8123/#key={key}" in "\n".join(with_gw) and "development key" in "\n".join(with_gw)
+    assert with_gw[-1].startswith("Ctrl-C to stop")
+
     monkeypatch.setenv("VIDEOGEN_WEBHOOK_SECRET", signing.generate_secret())
     own = load_settings(data_dir=tmp_path)
     assert "from VIDEOGEN_WEBHOOK_SECRET" in "\n".join(cli.up_banner(own, cli.write_webhook_secret(own)))
