@@ -42,6 +42,40 @@ EXIT_RESTART = 75
 FETCH_TIMEOUT_S = 5.0
 
 
+# Input errors every rank raises alike, before any collective (``check_params``, missing inputs):
+# safe to fail the job and carry on. Anything else out of ``generate`` in a group ends the group.
+GROUP_SAFE_CODES = frozenset({ErrorCode.OUT_OF_RANGE, ErrorCode.MISSING_INPUT, ErrorCode.INPUT_UNSUPPORTED,
+                              ErrorCode.INPUT_UNREADABLE})
+
+
+class GroupFailed(RuntimeError):
+    """Raised out of the loop after a group-ending failure (the runner exits ``EXIT_RESTART``)."""
+
+
+def is_device_error(error: BaseException) -> bool:
+    """A CUDA or NCCL/distributed failure: the device or the group is in an unknown state (fatal)."""
+    import torch
+
+    kinds = tuple(k for k in (getattr(torch, "AcceleratorError", None),
+                              getattr(torch.distributed, "DistError", None)) if isinstance(k, type))
+    if kinds and isinstance(error, kinds):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(m in text for m in ("CUDA error", "NCCL", "cuDNN error",
+                                                                         "CUBLAS_STATUS"))
+
+
+def ends_group(error: BaseException, world_size: int) -> bool:
+    """True when ``error`` out of ``generate`` must end the process group (see ``Runner._end_group``)."""
+    if isinstance(error, Cancelled):
+        return False
+    if is_device_error(error):
+        return True
+    if world_size <= 1:
+        return False
+    return not (isinstance(error, Permanent) and error.code in GROUP_SAFE_CODES)
+
+
 @dataclass
 class RunnerStats:
     segments: int = 0
@@ -153,16 +187,21 @@ class Runner:
         dist.barrier(self.ctx)
         self.stats.started = time.monotonic()
         self.ready_file.set(True)
+        group_failed = False
         try:
             self._loop()
+        except GroupFailed:
+            group_failed = True  # exit_code is EXIT_RESTART; torchrun ends the peers stuck in a collective
         finally:
             self.ready_file.set(False)
             if self.health is not None:
                 self.health.stop()
             if self.io is not None:
                 self.io.close()
-            log.info("runner_stopped", segments=self.stats.segments, duty_cycle=round(self.stats.duty_cycle, 4))
-            dist.destroy(self.ctx)
+            log.info("runner_stopped", segments=self.stats.segments, duty_cycle=round(self.stats.duty_cycle, 4),
+                     exit_code=self.exit_code)
+            if not group_failed:  # a peer may be inside a collective: do not wait on it
+                dist.destroy(self.ctx)
         return self.stats
 
     # ---- the loop ----------------------------------------------------------------------
@@ -248,6 +287,9 @@ class Runner:
         except Exception as e:
             out_of_memory = oom.is_oom(e)
             refused = isinstance(e, oom.WindowTooLong)
+            if not (out_of_memory or refused) and ends_group(e, self.ctx.world_size):
+                outcome = "group_failed"
+                self._end_group(active, e)  # raises GroupFailed: this rank never re-enters a collective
             outcome = "refused" if refused else "oom" if out_of_memory else "failed"
             if refused:
                 log.warning("segment_window_refused", frames=seg.frames,
@@ -274,6 +316,20 @@ class Runner:
         if self.is_rank0:
             self.io.submit_result(active, frames, elapsed)
         log.info("segment_rendered", frames=int(frames.shape[0]), elapsed_s=round(elapsed, 3))
+
+    def _end_group(self, active: Any, error: BaseException) -> None:
+        """A rank-local failure (or a CUDA/NCCL error): the peers may sit in a collective this rank
+        will never join, so no rank re-enters the broadcast: hand the segment back (rank 0) and exit
+        ``EXIT_RESTART`` on every rank; torchrun/the orchestrator restarts the whole group."""
+        log.error("segment_failed_group_restart", error=str(error), error_type=type(error).__name__,
+                  world_size=self.ctx.world_size, exc_info=True)
+        if self.is_rank0:
+            try:
+                self.io.hand_back(active, delay_s=OOM_RETRY_DELAY_S)
+            except Exception as e:  # noqa: BLE001 - exiting anyway: the message is redelivered after its ack wait
+                log.error("hand_back_failed", error=str(e))
+        self.exit_code = EXIT_RESTART
+        raise GroupFailed(str(error)) from error
 
     def _after_oom(self, seg: SegmentJob, active: Any, refused: oom.WindowTooLong | None) -> None:
         """Out of memory (or a window over this runner's limit): re-plan shorter windows, fail the
