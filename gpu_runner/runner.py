@@ -288,7 +288,7 @@ class Runner:
             out_of_memory = oom.is_oom(e)
             refused = isinstance(e, oom.WindowTooLong)
             if not (out_of_memory or refused) and ends_group(e, self.ctx.world_size):
-                outcome = "group_failed"
+                outcome = "retried"  # handed back for a fresh group
                 self._end_group(active, e)  # raises GroupFailed: this rank never re-enters a collective
             outcome = "refused" if refused else "oom" if out_of_memory else "failed"
             if refused:
