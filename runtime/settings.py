@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         None, ge=1, description="longest window this runner renders (a GPU smaller than the planner's budget): "
                                 "longer segments are re-planned before any compute, like after an out-of-memory")
     sp_backend: str = Field("native", description="sequence-parallel attention of a multi-GPU runner: native | "
-                                                  "ulysses | xfuser (CUDA; see gpu_runner/sequence_parallel.py)")
+                                                  "ulysses (xfuser is refused; see gpu_runner/sequence_parallel.py)")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
     # --- trust boundary (issue 13; docs in README "Security model") ------------------------
     webhook_tenant_secrets: dict[str, SecretStr] = Field(
