@@ -21,6 +21,7 @@ Requesting CFG parallel with an odd world size is a ``Permanent`` error, never a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,9 +124,10 @@ class CfgParallelHook(ModelHook):  # type: ignore[misc]
 
     _is_stateful = True
 
-    def __init__(self, cfg: DistContext) -> None:
+    def __init__(self, cfg: DistContext, guidance_on: Callable[[], bool]) -> None:
         super().__init__()
         self.cfg = cfg
+        self.guidance_on = guidance_on
         self.branch = _BranchState()
         self.pending: torch.Tensor | None = None  # cond: the result (rank 0 of the pair) or the placeholder
         self.stats = CfgStats()
@@ -152,7 +154,8 @@ class CfgParallelHook(ModelHook):  # type: ignore[misc]
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         branch = self.branch.name
-        if branch not in ("cond", "uncond"):  # outside a pipeline's denoising loop: plain forward
+        if branch not in ("cond", "uncond") or not self.guidance_on():
+            # outside a denoising loop, or guidance <= 1 (no uncond call follows): plain forward
             return self._call(module, args, kwargs)
         mine = self.cfg.rank == (0 if branch == "cond" else 1)
         if branch == "cond":
@@ -210,14 +213,18 @@ class CfgParallelHandle:
         self.active = False
 
 
-def apply_cfg_parallel(transformers: list[Any], cfg: DistContext) -> CfgParallelHandle:
-    """Register the CFG hook on every transformer (after sequence parallel: it must be outermost)."""
+def apply_cfg_parallel(transformers: list[Any], cfg: DistContext,
+                       guidance_on: Callable[[], bool]) -> CfgParallelHandle:
+    """Register the CFG hook on every transformer (after sequence parallel: it must be outermost).
+
+    ``guidance_on()`` says whether the current pipeline call makes an ``uncond`` call after each
+    ``cond`` one (the pipeline's ``do_classifier_free_guidance``)."""
     if cfg.world_size != 2:
         raise Permanent(f"CFG parallel runs over pairs of ranks, got a group of {cfg.world_size}",
                         code=ErrorCode.MODEL_ERROR)
     handle = CfgParallelHandle(transformers=list(transformers))
     for transformer in transformers:
-        hook = CfgParallelHook(cfg)
+        hook = CfgParallelHook(cfg, guidance_on)
         HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, _CFG_HOOK)
         handle.hooks.append(hook)
     log.info("cfg_parallel_applied", cfg_rank=cfg.rank, transformers=len(transformers))

@@ -413,7 +413,8 @@ def place_parallel(pipe: Any, ctx: LoadContext, *, sequence_parallel_supported: 
                                 "parallel use 2 ranks", code=ErrorCode.MODEL_ERROR)
             sp_handle = apply_sequence_parallel(pipe, lay.sp)
         if lay.cfg is not None:
-            cfg_handle = parallel.apply_cfg_parallel(accel.transformers_of(pipe), lay.cfg)
+            cfg_handle = parallel.apply_cfg_parallel(
+                accel.transformers_of(pipe), lay.cfg, lambda: bool(getattr(pipe, "do_classifier_free_guidance", False)))
     accel.apply(pipe, config, ctx.device)
     return sp_handle, cfg_handle
 
