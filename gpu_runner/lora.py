@@ -253,6 +253,34 @@ class AdapterCache:
             self._entries.clear()
 
 
+class PeerView:
+    """Rank 0's mirror of which adapters the other ranks' ``AdapterCache`` holds.
+
+    Every rank's cache sees the same sequence (``put`` of what was broadcast, then ``state_dict``
+    of each spec in ``applied_lora``), so the same LRU evictions; rank 0 replays it on keys only
+    and broadcasts a state dict only when the peers lack it — not with every segment.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def missing(self, specs: Sequence[LoraSpec]) -> list[LoraSpec]:
+        """The specs whose tensors must travel with this segment's command."""
+        return [s for s in specs if s.cache_key not in self._keys]
+
+    def record(self, specs: Sequence[LoraSpec], sent: Sequence[str]) -> None:
+        """After a job command went out: replay the peers' puts (``sent``) and touches."""
+        for key in sent:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
+            while len(self._keys) > self.max_entries:
+                self._keys.popitem(last=False)
+        for spec in specs:
+            if spec.cache_key in self._keys:
+                self._keys.move_to_end(spec.cache_key)
+
+
 def _pipeline_of(target: Any) -> Any:
     pipe = getattr(target, "pipe", target)
     if not hasattr(pipe, "load_lora_weights"):

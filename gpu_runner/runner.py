@@ -17,10 +17,12 @@ from typing import Any
 
 from gpu_runner import distributed as dist
 from gpu_runner import oom
+from gpu_runner.accel import AccelConfig, resident_bytes
+from gpu_runner.budget import WindowBudget
 from gpu_runner.caches import CacheConfig, counted_cache
 from gpu_runner.caches import prepare as prepare_cache
 from gpu_runner.inputs import IDLE, STOP, CommandKind, RankCommand, SegmentInputs
-from gpu_runner.lora import AdapterCache, LoraSpec, applied_lora, storage_fetch
+from gpu_runner.lora import AdapterCache, LoraSpec, PeerView, applied_lora, storage_fetch
 from gpu_runner.metrics import HealthServer, ReadinessFile, RunnerMetrics
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, VideoPipeline
 from gpu_runner.registry import load_model
@@ -139,7 +141,9 @@ class Runner:
         self.ready_file = ReadinessFile(settings.data_dir, self.ctx.rank)
         self.cache_config = CacheConfig(kind=settings.runner_cache)  # type: ignore[arg-type]
         # per-job LoRA adapters: rank 0 fetches, every rank keeps the same LRU of state dicts
+        self.budget: WindowBudget | None = None  # measured in load() (CUDA, or runner_memory_budget_bytes)
         self.adapters = AdapterCache(max_entries=8, dir=Path(settings.data_dir) / "lora" / f"rank{self.ctx.rank}")
+        self.peer_adapters = PeerView(self.adapters.max_entries)  # rank 0: what the other ranks hold
 
     @property
     def is_rank0(self) -> bool:
@@ -154,18 +158,38 @@ class Runner:
             signal.signal(sig, _on_signal)
 
     def load(self) -> None:
+        s = self.settings
+        dtype = resolve_dtype(s.runner_dtype, self.ctx.device)
         ctx = LoadContext(
-            device=self.ctx.device, dtype=resolve_dtype(self.settings.runner_dtype, self.ctx.device),
-            rank=self.ctx.rank, world_size=self.ctx.world_size, sequence_parallel=self.ctx.world_size > 1,
+            device=self.ctx.device, dtype=dtype, rank=self.ctx.rank, world_size=self.ctx.world_size,
+            sequence_parallel=self.ctx.world_size > 1, cfg_parallel=s.runner_cfg_parallel and self.ctx.world_size > 1,
+            host_frames=self.is_rank0, offload_text_encoder=s.runner_offload_text_encoder,
+            accel=AccelConfig.from_settings(s),
         )
+        if s.runner_ranks != self.ctx.world_size:
+            log.warning("planner_ranks_mismatch", runner_ranks=s.runner_ranks, world_size=self.ctx.world_size,
+                        hint="set VIDEOGEN_RUNNER_RANKS to the group's size so the planner splits windows alike")
+        spec = MODELS.get(self.model)
+        if spec is not None:  # measured before the weights land on the device
+            self.budget = WindowBudget.measure(
+                spec, self.ctx.device, override=s.runner_memory_budget_bytes, margin=s.runner_memory_margin_bytes,
+                ranks=self.ctx.world_size, cfg_parallel=ctx.cfg_parallel, cache=self.cache_config.kind,
+                dtype_bytes=2 if dtype in ("bfloat16", "bf16", "float16", "fp16") else 4)
+            if self.budget is not None and self.ctx.device.startswith("cuda"):
+                self.budget.check_cache()  # before minutes of loading: a cache that cannot fit is refused now
         t0 = time.monotonic()
-        self.pipe = load_model(self.model, self.settings.models_dir, ctx)
+        self.pipe = load_model(self.model, s.models_dir, ctx)
         if self.settings.runner_warmup:
-            self.pipe.warmup()
+            self.pipe.warmup()  # with runner_compile: the blocks compile here, before the first pull
         if self.cache_config.enabled:
             # calibrates what the cache needs and fails loudly if it would skip nothing
             self.cache_config = prepare_cache(self.pipe, self.cache_config)
             log.info("step_cache_enabled", kind=self.cache_config.kind)
+        pipe = getattr(self.pipe, "pipe", None)
+        if pipe is not None:
+            resident = resident_bytes(pipe, self.ctx.device)
+            log.info("resident_bytes", rank=self.ctx.rank, device=self.ctx.device, total=sum(resident.values()),
+                     **resident)
         self.warmed_up = True
         log.info("model_ready", model=self.model, load_s=round(time.monotonic() - t0, 2), rank=self.ctx.rank)
 
@@ -239,13 +263,19 @@ class Runner:
         """Rank 0: everything the other ranks need for this segment, or idle if it could not be had."""
         try:
             inputs = self.io.fetch_inputs(active)
-            # state_dict() fetches and caches on rank 0; the other ranks get the tensors in the broadcast
-            adapters = {s.cache_key: self.adapters.state_dict(s) for s in lora_specs(active.job)}
+            specs = lora_specs(active.job)
+            # state_dict() fetches and caches on rank 0; the other ranks get the tensors in the broadcast,
+            # only those they do not hold yet (not every segment: a job's segments share its adapters)
+            for spec in specs:
+                self.adapters.state_dict(spec)
+            send = self.peer_adapters.missing(specs) if self.ctx.world_size > 1 else []
+            adapters = {spec.cache_key: self.adapters.state_dict(spec) for spec in send}
         except Exception as e:
             log.error("segment_inputs_failed", job_id=active.job.job.job_id, error=str(e))
             self.io.fail(active, e)
             return IDLE
-        return RankCommand.job(active.job, inputs, adapters if self.ctx.world_size > 1 else {})
+        self.peer_adapters.record(specs, list(adapters))
+        return RankCommand.job(active.job, inputs, adapters)
 
     def _render(self, seg: SegmentJob, inputs: SegmentInputs, active: Any, loras: list[LoraSpec]) -> None:
         assert self.pipe is not None
@@ -271,6 +301,9 @@ class Runner:
         out_of_memory = False
         try:
             cap = self.settings.runner_max_window_frames
+            if self.budget is not None:  # what fits this rank's measured memory at the job's resolution
+                fits = self.budget.cap(seg.job.width, seg.job.height)
+                cap = fits if cap is None else min(cap, fits)
             if cap is not None and seg.frames > cap:
                 raise oom.WindowTooLong(seg.frames, cap)  # before any compute, on every rank alike
             with applied_lora(self.pipe, loras or None, self.adapters), \

@@ -61,3 +61,31 @@ def test_classification() -> None:
     assert not ends_group(Cancelled("stop"), 2)
     assert ends_group(Permanent("model broke", code=ErrorCode.MODEL_ERROR), 2)
     assert not ends_group(Permanent("bad", code=ErrorCode.MISSING_INPUT), 2)
+
+
+def test_lora_state_is_broadcast_once_not_every_segment(runner: Make) -> None:
+    """Rank 0 sends an adapter's tensors only while the other ranks lack it (their LRU is mirrored)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from gpu_runner.inputs import SegmentInputs
+    from gpu_runner.lora import LoraSpec
+    from schemas.messages import LoraRef
+
+    r, _pipe, io = runner()
+    _as_rank(r, 0, 2)
+    io.fetch_inputs = lambda active: SegmentInputs()  # type: ignore[attr-defined]
+    refs = [LoraRef(source="s3://b/loras/a.safetensors"), LoraRef(source="s3://b/loras/b.safetensors")]
+    for ref in refs:  # already fetched on rank 0
+        r.adapters.put(LoraSpec(source=ref.source), {"w": torch.zeros(1)})
+    seg = segment("a", 9)
+    seg = seg.model_copy(update={"job": seg.job.model_copy(update={"loras": refs})})
+    first = r._job_command(SimpleNamespace(job=seg))
+    second = r._job_command(SimpleNamespace(job=seg))
+    assert sorted(first.adapters) == sorted(LoraSpec(source=x.source).cache_key for x in refs)
+    assert second.adapters == {}  # the next segment of the job carries no tensors
+    # after the peers evicted one (8 other adapters used since), it travels again
+    r.peer_adapters.record([], [f"other-{i}" for i in range(r.adapters.max_entries - 1)])
+    third = r._job_command(SimpleNamespace(job=seg))
+    assert len(third.adapters) == 1
