@@ -87,3 +87,24 @@ def test_runner_refuses_a_cache_that_cannot_fit_at_start() -> None:
         budget.check_cache()
     WindowBudget(spec=T2V14, budget_bytes=60 * GIB, cache="taylorseer").check_cache()  # lite fits
     assert WindowBudget(spec=T2V14, budget_bytes=40 * GIB).cap(1280, 720) < 81
+
+
+def test_cost_model_reads_measured_constants_when_present(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from functions.planner import cost
+
+    assert cost.load_cost_model(tmp_path / "absent.json").source == "declared"
+    f = tmp_path / "measured.json"
+    spec = MODELS["wan2.1-t2v-14b"]
+    flops = cost.measured_flops_per_s(spec, 832, 480, 81, 4.0)
+    f.write_text(json.dumps({"flops_per_s": flops, "device_name": "NVIDIA H200"}))
+    monkeypatch.setenv(cost.MEASURED_ENV, str(f))
+    measured = cost.load_cost_model()
+    assert measured.source == "measured on NVIDIA H200 (measured.json)"
+    # the model then predicts the measured s/step back (one step, without the per-segment overhead)
+    one_step = cost.window_cost(spec, 832, 480, 81, 1, model=measured) - measured.overhead_s
+    assert one_step == pytest.approx(4.0)
+    f.write_text(json.dumps({"flops_per_s": -1}))
+    with pytest.raises(ValueError, match="flops_per_s"):
+        cost.load_cost_model()
