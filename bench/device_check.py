@@ -249,7 +249,8 @@ def vae_section(check: Check) -> dict[str, Any]:
     tiled, tiled_s, tiled_peak = decode()
     mse = torch.mean((full.clamp(-1, 1) - tiled.clamp(-1, 1)) ** 2).item()
     psnr = math.inf if mse == 0 else 10 * math.log10(4.0 / mse)  # peak-to-peak 2 in [-1, 1]
-    return {"size": [width, height, frames], "tile": tile, "full_s": round(full_s, 3), "full_peak_gib": round(full_peak, 2),
+    return {"size": [width, height, frames], "tile": tile, "full_s": round(full_s, 3),
+            "full_peak_gib": round(full_peak, 2),
             "tiled_s": round(tiled_s, 3), "tiled_peak_gib": round(tiled_peak, 2), "psnr_db": round(psnr, 2),
             "note": "random weights: PSNR is a lower bound of what trained (smooth) weights give"}
 
@@ -295,10 +296,13 @@ def summary(check: Check) -> str:
         psnr = "inf" if r["psnr_db"] is None or not math.isfinite(r["psnr_db"]) else f"{r['psnr_db']:.1f}"
         lines.append(f"cache {r['cache']:<12} speed-up {r['speedup']:.2f}x  latent PSNR {psnr} dB  "
                      f"skipped {r['skip_fraction']:.0%}")
-    lines.append(f"compile speed-up: {get('compile', 'speedup')} (compile+warm-up {get('compile', 'compile_and_warmup_s')} s)")
-    lines.append(f"FP8 speed-up: {get('fp8', 'speedup')}" + (f" ({get('fp8', 'refused_on_cpu')})" if check.dry_run else ""))
+    lines.append(f"compile speed-up: {get('compile', 'speedup')} "
+                 f"(compile+warm-up {get('compile', 'compile_and_warmup_s')} s)")
+    refused = f" ({get('fp8', 'refused_on_cpu')})" if check.dry_run else ""
+    lines.append(f"FP8 speed-up: {get('fp8', 'speedup')}{refused}")
     lines.append(f"tiled VAE decode: {get('vae', 'tiled_s')} s, peak {get('vae', 'tiled_peak_gib')} GiB "
-                 f"(full: {get('vae', 'full_s')} s, {get('vae', 'full_peak_gib')} GiB), PSNR {get('vae', 'psnr_db')} dB")
+                 f"(full: {get('vae', 'full_s')} s, {get('vae', 'full_peak_gib')} GiB), "
+                 f"PSNR {get('vae', 'psnr_db')} dB")
     lines.append(f"cost constants: {get('cost_file', 'path')} ({get('cost_file', 'cost_model_source')})")
     lines.append(f"failed sections: {check.report['failed'] or 'none'}; total {time.monotonic() - check.started:.0f} s")
     return "\n".join(lines)

@@ -16,8 +16,8 @@ with, summed over the DiT's ``num_layers`` (FLOPs = 2 x multiply-adds):
 segments; it is what keeps the optimiser from choosing many tiny windows. Dividing FLOPs by an
 effective throughput puts both terms in one unit (seconds). The throughput is declared unless a
 GPU run measured it: ``bench/device_check.sh`` writes ``measured_cost.json`` next to this file
-(or ``$VIDEOGEN_COST_CONSTANTS``) from its measured s/step, and :func:`load_cost_model` reads it. Overlap recompute needs no separate
-term: every window's cost includes its overlap frames.
+(or ``$VIDEOGEN_COST_CONSTANTS``) from its measured s/step, and :func:`load_cost_model` reads it.
+Overlap recompute needs no separate term: every window's cost includes its overlap frames.
 """
 
 from __future__ import annotations

@@ -480,7 +480,8 @@ class WanFamily:
         return cls(spec, pipe, ctx, sequence_parallel=sp, cfg_parallel=cfg)
 
     # -- prompts -------------------------------------------------------------------------------
-    def prompt_embeds(self, prompt: str, negative_prompt: str, guidance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def prompt_embeds(self, prompt: str, negative_prompt: str,
+                      guidance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(prompt_embeds, negative_prompt_embeds) as the pipeline would compute them, cached per prompt.
 
         With ``offload_text_encoder`` the encoder is moved to the device for the encode and back to

@@ -120,8 +120,10 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in the tor
     from schemas.errors import Permanent
 
     torch.set_num_threads(1)
-    ctx = distributed.init_from_env("cpu")
+    device = os.environ.get("VIDEOGEN_TEST_DEVICE", "cpu")  # tests/gpu runs this worker on CUDA
+    ctx = distributed.init_from_env(device)
     world = ctx.world_size
+    cuda_kwargs = {"device": ctx.device} if device != "cpu" else {}
 
     def gather(value: Any) -> list[Any]:
         return [distributed.broadcast_object(value if ctx.rank == r else None, src=r, ctx=ctx) for r in range(world)]
@@ -156,10 +158,10 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in the tor
     report: dict[str, Any] = {"cases": []}
     if mode == "cfg2":
         for name in ("tiny-wan", "tiny-wan-i2v", "tiny-wan-animate"):
-            ref = load_model(name, Path("models"), LoadContext(seed=0))
+            ref = load_model(name, Path("models"), LoadContext(seed=0, **cuda_kwargs))
             ref_frames, ref_calls, ref_lat = render(ref, name, 4.0)
             par = load_model(name, Path("models"), LoadContext(seed=0, rank=ctx.rank, world_size=world,
-                                                               cfg_parallel=True))
+                                                               cfg_parallel=True, **cuda_kwargs))
             frames, calls, lat = render(par, name, 4.0)
             stats = par.cfg_parallel.stats
             report["layers"] = len(par.pipe.transformer.blocks)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from functions.planner.memory import (
-    GIB,
     DEVICE_MARGIN_BYTES,
+    GIB,
     MemoryModel,
     device_budget,
     estimate_window,
