@@ -15,6 +15,9 @@ when requested and unavailable — never a silent fallback:
   Refused loudly on the CPU.
 * ``vae_tiling``: tiled VAE decode and encode (``AutoencoderKLWan.enable_tiling``): bounded memory
   (one tile of ``vae_tile`` pixels at a time) at a small blending error along tile seams.
+* ``shard``: ``fsdp`` — FSDP2 ``fully_shard`` of the DiT(s) and the text encoder over the ranks
+  that run the same forwards (the world, or each CFG half); each rank keeps 1/N of the weights and
+  gathers one block at a time. Outputs equal the unsharded model's.
 * ``offload``: ``none`` | ``model`` (diffusers' model CPU offload: each component moves to the GPU
   when used) | ``block`` (group offloading of the transformer blocks: one block group on the GPU
   at a time). For GPUs smaller than the model.
@@ -44,6 +47,8 @@ class AccelConfig(BaseModel):
     vae_tiling: bool = False
     vae_tile: int = Field(256, ge=32, description="tiled VAE: tile side in pixels (stride = 3/4 of it)")
     offload: Offload = "none"
+    shard: Literal["none", "fsdp"] = Field("none", description="FSDP2: DiT blocks and text encoder sharded over "
+                                                               "the ranks that run the same forward")
 
     @classmethod
     def from_settings(cls, settings: Any) -> AccelConfig:
@@ -53,6 +58,7 @@ class AccelConfig(BaseModel):
             fp8=bool(getattr(settings, "runner_fp8", False)),
             vae_tiling=bool(getattr(settings, "runner_vae_tiling", False)),
             offload=getattr(settings, "runner_offload", "none") or "none",
+            shard=getattr(settings, "runner_shard", "none") or "none",
         )
 
 
@@ -94,6 +100,8 @@ def check(config: AccelConfig, device: str) -> None:
             import torchao  # noqa: F401
         except ImportError as e:
             raise _refuse(f"FP8 weights requested but torchao is not installed: {e}") from e
+    if config.shard != "none" and config.offload != "none":
+        raise _refuse("FSDP sharding and CPU offload do not combine: shard over more ranks, or offload on one")
     if config.offload != "none" and not cuda:
         raise _refuse(f"CPU offload ({config.offload}) moves weights between the CPU and a GPU; this runner is on "
                       f"{device}")
@@ -137,6 +145,38 @@ def apply(pipe: Any, config: AccelConfig, device: str) -> list[str]:
     return applied
 
 
+def shard_weights(pipe: Any, mesh: Any) -> dict[str, int]:
+    """FSDP2 (``fully_shard``) of every DiT (each block, then the root) and of the text encoder (each
+    T5 block, then the root) over the 1-D ``mesh`` (the world, or one CFG half: FSDP gathers a
+    block's weights when it runs, so every rank of the mesh must run the same forwards). Returns
+    the local parameter bytes per component (logged). Outputs equal the unsharded model's: the full
+    weights are gathered for each block's forward, then freed.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    out: dict[str, int] = {}
+    for name, model, blocks in _shardable(pipe):
+        for block in blocks:
+            fully_shard(block, mesh=mesh, reshard_after_forward=True)
+        fully_shard(model, mesh=mesh, reshard_after_forward=True)
+        out[name] = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
+    log.info("weights_sharded", ranks=mesh.size(), **out)
+    return out
+
+
+def _shardable(pipe: Any) -> list[tuple[str, Any, list[Any]]]:
+    found: list[tuple[str, Any, list[Any]]] = []
+    for name in ("transformer", "transformer_2"):
+        model = getattr(pipe, name, None)
+        if model is not None:
+            found.append((name, model, list(model.blocks)))
+    encoder = getattr(pipe, "text_encoder", None)
+    if encoder is not None:
+        blocks = list(getattr(getattr(encoder, "encoder", None), "block", []) or [])
+        found.append(("text_encoder", encoder, blocks))
+    return found
+
+
 def resident_bytes(pipe: Any, device: str) -> dict[str, int]:
     """Bytes of parameters and buffers of each component that live on ``device`` now."""
     out: dict[str, int] = {}
@@ -147,7 +187,8 @@ def resident_bytes(pipe: Any, device: str) -> dict[str, int]:
             continue
         total = 0
         for t in list(module.parameters()) + list(module.buffers()):
-            if t.device.type == target.type:
-                total += t.numel() * t.element_size()
+            local = t.to_local() if hasattr(t, "to_local") else t  # FSDP2: this rank's shard
+            if local.device.type == target.type:
+                total += local.numel() * local.element_size()
         out[name] = total
     return out

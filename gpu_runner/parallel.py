@@ -47,6 +47,7 @@ class Layout:
     sp_degree: int = 1
     sp: DistContext | None = None  # this rank's Ulysses group (None: no sequence parallel)
     cfg: DistContext | None = None  # this rank's CFG pair (None: no CFG parallel)
+    sp_mesh: Any = None  # 1-D mesh of this rank's SP group (FSDP shards over it)
 
     @property
     def cfg_rank(self) -> int:
@@ -91,7 +92,7 @@ def layout(world: DistContext, *, cfg_parallel: bool, sequence_parallel: bool = 
     if cfg > 1:
         cfg_ctx = DistContext(rank=world.rank // sp, world_size=cfg, local_rank=world.local_rank, device=world.device,
                               backend=world.backend, group=mesh["cfg"].get_group())
-    out = Layout(world=world, cfg_degree=cfg, sp_degree=sp, sp=sp_ctx, cfg=cfg_ctx)
+    out = Layout(world=world, cfg_degree=cfg, sp_degree=sp, sp=sp_ctx, cfg=cfg_ctx, sp_mesh=mesh["ulysses"])
     _LAYOUTS[key] = out
     log.info("parallel_layout", **out.describe(), rank=world.rank)
     return out

@@ -18,6 +18,7 @@ from typing import Any
 from gpu_runner import distributed as dist
 from gpu_runner import oom
 from gpu_runner.accel import AccelConfig, resident_bytes
+from functions.planner.segments import RunnerTarget
 from gpu_runner.budget import WindowBudget
 from gpu_runner.caches import CacheConfig, counted_cache
 from gpu_runner.caches import prepare as prepare_cache
@@ -174,7 +175,9 @@ class Runner:
             self.budget = WindowBudget.measure(
                 spec, self.ctx.device, override=s.runner_memory_budget_bytes, margin=s.runner_memory_margin_bytes,
                 ranks=self.ctx.world_size, cfg_parallel=ctx.cfg_parallel, cache=self.cache_config.kind,
-                dtype_bytes=2 if dtype in ("bfloat16", "bf16", "float16", "fp16") else 4)
+                dtype_bytes=2 if dtype in ("bfloat16", "bf16", "float16", "fp16") else 4,
+                model=RunnerTarget(ranks=self.ctx.world_size, cfg_parallel=ctx.cfg_parallel,
+                                   shard=s.runner_shard).memory_model())
             if self.budget is not None and self.ctx.device.startswith("cuda"):
                 self.budget.check_cache()  # before minutes of loading: a cache that cannot fit is refused now
         t0 = time.monotonic()

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     runner_vae_tiling: bool = Field(False, description="tiled VAE decode/encode (bounded memory)")
     runner_offload: str = Field("none", description="none | model | block: CPU offload for GPUs smaller than the "
                                                     "model (CUDA)")
+    runner_shard: str = Field("none", description="none | fsdp: DiT + text encoder sharded (FSDP2) over the ranks "
+                                                  "that run the same forwards (the group, or each CFG half)")
     runner_offload_text_encoder: bool | None = Field(
         None, description="text encoder/CLIP on the CPU between encodes (default: on CUDA)")
     runner_memory_margin_bytes: int = Field(3 << 30, ge=0, description="kept free below the device's free memory "

@@ -7,8 +7,9 @@ Peak bytes of rendering a window of ``frames`` frames at ``width`` x ``height``:
 * ``resident``: what stays on the device for the runner's life — every DiT expert (Wan2.2-A14B
   keeps both the high-noise and the low-noise transformer: ``spec.experts``) x ``dtype_bytes``,
   the VAE (fp32), and, when *not* offloaded, the text encoder (UMT5-XXL, 5.68 B params, ~11.4 GB
-  in bf16) and the CLIP image encoder (i2v/animate, fp32). Parameter counts are the checkpoints'
-  real ones (``schemas.registry``: 1.42 B for "1.3B", 14.29 B for T2V-14B, 16.39 B for I2V-14B,
+  in bf16); the CLIP image encoder (i2v/animate, fp32) always. With FSDP (``shard_ranks``) each
+  rank holds 1/N of the DiT(s) and the text encoder plus one gathered block. Parameter counts are
+  the checkpoints' real ones (``schemas.registry``: 1.42 B for "1.3B", 14.29 B for T2V-14B, 16.39 B for I2V-14B,
   ~17.3 B for Animate).
 * ``encode``: with the text encoder offloaded (the runner's default on CUDA,
   ``gpu_runner.pipelines._common.offloads_text_encoder``) it visits the device for one encode per
@@ -62,6 +63,7 @@ class MemoryModel:
     image_encoder_dtype_bytes: int = 4  # CLIP stays fp32 (as Wan recommends)
     offload_text_encoder: bool = True  # the runner's default on CUDA
     vae_tile_pixels: int | None = None  # tiled VAE decode: pixels of one tile (None: whole frames)
+    shard_ranks: int = 1  # FSDP2: ranks the DiT and text encoder are sharded over
 
 
 DEFAULT_MEMORY_MODEL = MemoryModel()
@@ -163,9 +165,15 @@ def estimate_window(
     shape = spec.transformer
     weights = spec.experts * shape.params_b * 1e9 * dtype_bytes + spec.vae_params_b * 1e9 * model.vae_dtype_bytes
     weights += model.extra_resident_bytes
-    encoders = encoder_bytes(spec, model)
-    if not model.offload_text_encoder:
-        weights += encoders
+    text = int(spec.text_encoder_params_b * 1e9 * model.encoder_dtype_bytes)
+    weights += encoder_bytes(spec, model) - text  # CLIP stays resident (small, used once per window)
+    if model.shard_ranks > 1:  # FSDP2: 1/N of the DiT(s) and text encoder, plus one gathered block
+        dit = spec.experts * shape.params_b * 1e9 * dtype_bytes
+        weights -= dit * (1 - 1 / model.shard_ranks) - dit / spec.experts / shape.num_layers
+        text = int(text / model.shard_ranks)
+        weights += text  # a sharded text encoder stays (no offload)
+    elif not model.offload_text_encoder:
+        weights += text
     tokens = spec.latent_tokens(width, height, frames)
     tokens_per_rank = -(-tokens // sp)
     width_per_token = model.hidden_copies * shape.hidden + model.ffn_copies * shape.ffn_dim
@@ -179,7 +187,7 @@ def estimate_window(
         activation_bytes=int(activations),
         vae_bytes=int(vae_work + vae_out),
         reserve_bytes=model.reserve_bytes,
-        encode_bytes=encoders if model.offload_text_encoder else 0,
+        encode_bytes=text if model.offload_text_encoder and model.shard_ranks <= 1 else 0,
         cache_bytes=step_cache_bytes(cache, spec, width, height, frames, ranks=ranks, cfg_parallel=cfg_parallel,
                                      dtype_bytes=dtype_bytes),
     )

@@ -5,9 +5,10 @@ Shared by the planner (segment 0, a re-planned segment k) and the chain (segment
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from functions.planner.memory import DEFAULT_MEMORY_MODEL, MemoryModel
 from functions.planner.plan import plan_segments
 from runtime.jobs import window_progress
 from schemas.messages import JobPlan, ObjectRef, PlanRequest, SegmentJob, WindowSpec
@@ -21,16 +22,29 @@ class RunnerTarget:
     ranks: int = 1
     cfg_parallel: bool = False
     cache: str = "none"
+    shard: str = "none"
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunnerTarget:
         return cls(ranks=int(getattr(settings, "runner_ranks", 1) or 1),
                    cfg_parallel=bool(getattr(settings, "runner_cfg_parallel", False)),
-                   cache=str(getattr(settings, "runner_cache", "none") or "none"))
+                   cache=str(getattr(settings, "runner_cache", "none") or "none"),
+                   shard=str(getattr(settings, "runner_shard", "none") or "none"))
+
+    @property
+    def cfg(self) -> bool:
+        return self.cfg_parallel and self.ranks > 1
+
+    def memory_model(self) -> MemoryModel:
+        """FSDP shards over the ranks that run the same forwards: one CFG half, or all of them."""
+        if self.shard != "fsdp" or self.ranks < 2:
+            return DEFAULT_MEMORY_MODEL
+        return replace(DEFAULT_MEMORY_MODEL, shard_ranks=self.ranks // 2 if self.cfg else self.ranks)
 
     def plan_kwargs(self) -> dict[str, Any]:
         """``plan_segments`` keyword arguments (tokens split over ranks/2 with CFG parallel)."""
-        return {"ranks": self.ranks, "cfg_parallel": self.cfg_parallel and self.ranks > 1, "cache": self.cache}
+        return {"ranks": self.ranks, "cfg_parallel": self.cfg, "cache": self.cache,
+                "memory_model": self.memory_model()}
 
 
 DEFAULT_TARGET = RunnerTarget()

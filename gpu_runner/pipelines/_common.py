@@ -381,7 +381,7 @@ def place_parallel(pipe: Any, ctx: LoadContext, *, sequence_parallel_supported: 
                    family: str = "") -> tuple[Any, Any]:
     """``place`` with CFG parallel: (sequence-parallel handle, CFG-parallel handle), either None.
 
-    The text encoder (and CLIP) stay on the CPU when ``offload_text_encoder`` (default on CUDA):
+    The text encoder stays on the CPU when ``offload_text_encoder`` (default on CUDA):
     ``WanFamily.prompt_embeds`` moves them in for an encode and out again.
     """
     from gpu_runner import accel
@@ -391,10 +391,7 @@ def place_parallel(pipe: Any, ctx: LoadContext, *, sequence_parallel_supported: 
     if config.offload == "none":
         pipe.to(ctx.device)
         if offloads_text_encoder(ctx):
-            for name in ("text_encoder", "image_encoder"):
-                module = getattr(pipe, name, None)
-                if module is not None:
-                    module.to("cpu")
+            pipe.text_encoder.to("cpu")
     pipe.set_progress_bar_config(disable=True)
     sp_handle = cfg_handle = None
     wants_sp = ctx.sequence_parallel and ctx.world_size > 1
@@ -415,12 +412,33 @@ def place_parallel(pipe: Any, ctx: LoadContext, *, sequence_parallel_supported: 
         if lay.cfg is not None:
             cfg_handle = parallel.apply_cfg_parallel(
                 accel.transformers_of(pipe), lay.cfg, lambda: bool(getattr(pipe, "do_classifier_free_guidance", False)))
+    if config.shard == "fsdp":
+        from gpu_runner import distributed, parallel
+
+        world = distributed.current(ctx.device)
+        if not world.distributed:
+            raise Permanent("FSDP sharding needs a process group (launch with torchrun)", code=ErrorCode.MODEL_ERROR)
+        lay = parallel.layout(world, cfg_parallel=ctx.cfg_parallel, sequence_parallel=ctx.sequence_parallel)
+        # the ranks that run the same forwards: one CFG half (its SP group), else the whole world
+        if lay.cfg is not None:
+            if lay.sp is None:
+                raise Permanent("FSDP with CFG parallel shards within a CFG half: use 2·k ranks with k >= 2 "
+                                "(sequence parallel on)", code=ErrorCode.MODEL_ERROR)
+            mesh = lay.sp_mesh
+        elif lay.sp_mesh is not None:
+            mesh = lay.sp_mesh  # the SP group is the whole world here
+        else:
+            mesh = distributed.device_mesh(world, (world.world_size,), ("shard",))
+        accel.shard_weights(pipe, mesh)
     accel.apply(pipe, config, ctx.device)
     return sp_handle, cfg_handle
 
 
 def offloads_text_encoder(ctx: LoadContext) -> bool:
-    """Text encoder (UMT5-XXL, ~11.4 GB bf16) and CLIP live on the CPU between encodes (default on CUDA)."""
+    """The text encoder (UMT5-XXL, ~11.4 GB bf16) lives on the CPU between encodes (default on CUDA;
+    never when sharded: each rank keeps 1/N of it). CLIP (~2.5 GB fp32) stays resident."""
+    if ctx.accel is not None and getattr(ctx.accel, "shard", "none") != "none":
+        return False
     if ctx.offload_text_encoder is not None:
         return bool(ctx.offload_text_encoder) and ctx.device.startswith("cuda")
     return ctx.device.startswith("cuda")

@@ -6,6 +6,8 @@
 * 4 ranks: 2 CFG x 2 Ulysses on tiny-wan (each rank's attention sees half the tokens).
 * ``guidance_scale <= 1`` (step-distilled LoRAs): the unconditional branch is not computed at all
   (block calls counted: half those of a CFG render).
+* FSDP2 (``runner_shard=fsdp``): DiT and text encoder sharded over 2 ranks (alone and with Ulysses),
+  and over each CFG half of 4 ranks; equal frames, each rank holding about half the weights.
 
 The test launches this same file as the worker (``torchrun --nproc_per_node=N <this file> MODE OUT``).
 """
@@ -90,6 +92,26 @@ def test_four_rank_cfg_times_ulysses_matches_one_rank(tmp_path: Path) -> None:
     assert report["attn1_tokens_per_rank"] == [tokens // 2] * 4  # the sequence really is split in each half
     assert report["block_calls_per_rank"] == [STEPS * report["layers"]] * 4
     assert report["animate_refused"] == "model_error"
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_weights_match_one_rank(tmp_path: Path) -> None:
+    report = _torchrun(tmp_path, 2, "fsdp2", timeout=300)
+    for case in report["cases"]:
+        assert case["frames_max_level_diff"] <= 1, case["name"]
+        # each rank holds about half of the DiT and text-encoder parameters
+        for part in ("transformer", "text_encoder"):
+            full, local = case["full_bytes"][part], case["local_bytes"][part]
+            assert all(0.4 * full <= x <= 0.6 * full for x in local), (case["name"], part, full, local)
+    assert {c["name"] for c in report["cases"]} == {"fsdp", "fsdp+sp"}
+
+
+@pytest.mark.slow
+def test_four_rank_fsdp_within_cfg_halves(tmp_path: Path) -> None:
+    report = _torchrun(tmp_path, 4, "fsdp4", timeout=300)
+    assert report["frames_max_level_diff"] <= 1
+    full, local = report["full_bytes"], report["local_bytes"]
+    assert all(0.4 * full <= x <= 0.6 * full for x in local)  # sharded over the 2 ranks of each CFG half
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +235,31 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in the tor
             report["animate_refused"] = None
         except Permanent as e:
             report["animate_refused"] = str(e.code)
+    elif mode in ("fsdp2", "fsdp4"):
+        from gpu_runner import accel
+
+        name = "tiny-wan"
+        ref = load_model(name, Path("models"), LoadContext(seed=0))
+        ref_frames, _, _ = render(ref, name, 4.0)
+        full = {k: v for k, v in accel.resident_bytes(ref.pipe, "cpu").items()}
+        variants = [("fsdp", False, False), ("fsdp+sp", True, False)] if mode == "fsdp2" else [
+            ("fsdp+cfg+sp", True, True)]
+        for label, sp, cfg in variants:
+            par = load_model(name, Path("models"), LoadContext(
+                seed=0, rank=ctx.rank, world_size=world, sequence_parallel=sp, cfg_parallel=cfg,
+                accel=accel.AccelConfig(shard="fsdp")))
+            frames, _, _ = render(par, name, 4.0)
+            local = accel.resident_bytes(par.pipe, "cpu")
+            diff = max(gather(int(np.abs(frames.astype(int) - ref_frames.astype(int)).max())))
+            if mode == "fsdp2":
+                report["cases"].append({
+                    "name": label, "frames_max_level_diff": diff,
+                    "full_bytes": {k: full[k] for k in ("transformer", "text_encoder")},
+                    "local_bytes": {k: gather(local[k]) for k in ("transformer", "text_encoder")},
+                })
+            else:
+                report.update({"frames_max_level_diff": diff, "full_bytes": full["transformer"],
+                               "local_bytes": gather(local["transformer"])})
     if ctx.is_main:
         out.write_text(json.dumps(report, indent=1))
     distributed.barrier(ctx)

@@ -46,8 +46,19 @@ def test_text_encoder_visits_for_the_encode_and_clip_is_counted() -> None:
     e = estimate_window(T2V13, 832, 480, 81)
     assert e.encode_bytes == int(5.68e9 * 2)  # UMT5-XXL in bf16 visits for the encode ...
     assert e.total_bytes >= e.reserve_bytes + e.weights_bytes + e.encode_bytes  # ... on top of the resident DiT
-    i2v = estimate_window(I2V14, 832, 480, 81)
-    assert i2v.encode_bytes == int(5.68e9 * 2 + 0.632e9 * 4)  # + CLIP ViT-H in fp32
+    i2v, t2v = estimate_window(I2V14, 832, 480, 81), estimate_window(T2V14, 832, 480, 81)
+    assert i2v.encode_bytes == int(5.68e9 * 2)
+    # CLIP ViT-H in fp32 is resident, with the I2V transformer's extra 2.1 B parameters
+    assert i2v.weights_bytes - t2v.weights_bytes == pytest.approx(0.632e9 * 4 + (16.39 - 14.29) * 1e9 * 2, rel=1e-6)
+
+
+def test_fsdp_sharding_divides_the_weights() -> None:
+    one = estimate_window(A14B, 1280, 720, 81)
+    four = estimate_window(A14B, 1280, 720, 81, model=MemoryModel(shard_ranks=4))
+    dit = 2 * 14.29e9 * 2
+    expected = one.weights_bytes - dit * 3 / 4 + 14.29e9 * 2 / 40 + 5.68e9 * 2 / 4
+    assert four.weights_bytes == pytest.approx(expected, rel=1e-6) and four.encode_bytes == 0
+    assert four.total_bytes < one.total_bytes - 30 * GIB
 
 
 def test_step_cache_state_counts_against_the_budget() -> None:
@@ -74,6 +85,7 @@ def test_budget_is_device_memory_minus_a_margin() -> None:
 def test_planner_gets_the_runner_ranks_cfg_and_cache() -> None:
     target = RunnerTarget.from_settings(load_settings(runner_ranks=4, runner_cfg_parallel=True, runner_cache="pab"))
     assert target == RunnerTarget(ranks=4, cfg_parallel=True, cache="pab")
+    assert RunnerTarget(ranks=4, cfg_parallel=True, shard="fsdp").memory_model().shard_ranks == 2  # a CFG half
     alone = plan_segments(161, T2V14, 1280, 720, budget_bytes=40 * GIB)
     group = plan_segments(161, T2V14, 1280, 720, budget_bytes=40 * GIB, **RunnerTarget(4, True).plan_kwargs())
     assert group.max_window_frames > alone.max_window_frames  # tokens split over the 2 ranks of a CFG half
