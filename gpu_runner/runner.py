@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import nullcontext
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,8 +310,10 @@ class Runner:
                 cap = fits if cap is None else min(cap, fits)
             if cap is not None and seg.frames > cap:
                 raise oom.WindowTooLong(seg.frames, cap)  # before any compute, on every rank alike
-            with applied_lora(self.pipe, loras or None, self.adapters), \
-                    counted_cache(self.pipe, self.cache_config, steps=seg.job.steps):
+            # no cache: no counting hooks on every block either (they cost a Python call per block call)
+            cache = counted_cache(self.pipe, self.cache_config, steps=seg.job.steps) if self.cache_config.enabled \
+                else nullcontext()
+            with applied_lora(self.pipe, loras or None, self.adapters), cache:
                 frames = self.pipe.generate(params_for(seg, inputs), on_step=on_step)
             outcome = "succeeded"
             self.oom_streak.succeeded()

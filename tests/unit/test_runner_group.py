@@ -89,3 +89,13 @@ def test_lora_state_is_broadcast_once_not_every_segment(runner: Make) -> None:
     r.peer_adapters.record([], [f"other-{i}" for i in range(r.adapters.max_entries - 1)])
     third = r._job_command(SimpleNamespace(job=seg))
     assert len(third.adapters) == 1
+
+
+def test_no_cache_means_no_counting_hooks(runner: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpu_runner.runner as runner_module
+
+    calls: list[str] = []
+    monkeypatch.setattr(runner_module, "counted_cache", lambda *a, **k: calls.append("hooked"))
+    r, _pipe, io = runner()
+    render(r, segment("a", 9))
+    assert calls == [] and io.sent[0][0] == "result"
