@@ -431,6 +431,10 @@ def place_parallel(pipe: Any, ctx: LoadContext, *, sequence_parallel_supported: 
             mesh = distributed.device_mesh(world, (world.world_size,), ("shard",))
         accel.shard_weights(pipe, mesh)
     accel.apply(pipe, config, ctx.device)
+    if config.vae_tiling and ctx.world_size > 1:  # every rank decodes 1/world of the tiles
+        from gpu_runner import distributed, vae_split
+
+        vae_split.install(pipe.vae, distributed.current(ctx.device))
     return sp_handle, cfg_handle
 
 

@@ -114,6 +114,13 @@ def test_four_rank_fsdp_within_cfg_halves(tmp_path: Path) -> None:
     assert all(0.4 * full <= x <= 0.6 * full for x in local)  # sharded over the 2 ranks of each CFG half
 
 
+@pytest.mark.slow
+def test_tiled_vae_decode_split_across_ranks(tmp_path: Path) -> None:
+    report = _torchrun(tmp_path, 2, "vae2", timeout=300)
+    assert report["frames_max_level_diff"] == 0  # the 1-rank tiled decode, exactly
+    assert report["tiles_per_rank"] == [5, 4]  # 9 tiles of 64 px (stride 48) at 128x128, dealt round-robin
+
+
 # --------------------------------------------------------------------------------------------
 # the worker (runs under torchrun)
 # --------------------------------------------------------------------------------------------
@@ -260,6 +267,20 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in the tor
             else:
                 report.update({"frames_max_level_diff": diff, "full_bytes": full["transformer"],
                                "local_bytes": gather(local["transformer"])})
+    elif mode == "vae2":
+        from gpu_runner.accel import AccelConfig
+
+        tiling = AccelConfig(vae_tiling=True, vae_tile=64)
+        params = GenerateParams(prompt="a red car", width=128, height=128, num_frames=FRAMES, steps=1,
+                                guidance_scale=1.0, seed=5)
+        ref = load_model("tiny-wan", Path("models"), LoadContext(seed=0, accel=tiling)).generate(params)
+        split = load_model("tiny-wan", Path("models"), LoadContext(seed=0, rank=ctx.rank, world_size=world,
+                                                                   accel=tiling))
+        frames = split.generate(params)
+        report.update({
+            "frames_max_level_diff": max(gather(int(np.abs(frames.astype(int) - ref.astype(int)).max()))),
+            "tiles_per_rank": gather(int(split.pipe.vae._videogen_tiles_decoded)),
+        })
     if ctx.is_main:
         out.write_text(json.dumps(report, indent=1))
     distributed.barrier(ctx)
