@@ -216,7 +216,8 @@ def all_to_all_4d(x: torch.Tensor, scatter_dim: int, gather_dim: int, ctx: DistC
         return x
     world = ctx.world_size
     if x.dim() != 4 or {scatter_dim, gather_dim} != {1, 2}:
-        raise ValueError(f"all_to_all_4d expects (B, S, H, D) with dims 1/2, got {tuple(x.shape)}, {scatter_dim}/{gather_dim}")
+        raise ValueError(f"all_to_all_4d expects (B, S, H, D) with dims 1/2, got {tuple(x.shape)}, "
+                         f"{scatter_dim}/{gather_dim}")
     if x.shape[scatter_dim] % world:
         raise ValueError(f"dimension {scatter_dim} of size {x.shape[scatter_dim]} is not divisible by {world} ranks")
     # Move the scattered dim to the front, split it into (world, chunk): chunk r goes to rank r.

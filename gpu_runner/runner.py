@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import signal
 import threading
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from functions.planner.segments import RunnerTarget
 from gpu_runner import distributed as dist
 from gpu_runner import oom
 from gpu_runner.accel import AccelConfig, resident_bytes
-from functions.planner.segments import RunnerTarget
 from gpu_runner.budget import WindowBudget
 from gpu_runner.caches import CacheConfig, counted_cache
 from gpu_runner.caches import prepare as prepare_cache

@@ -163,7 +163,8 @@ class SequenceParallelHandle:
         heads = int(self.transformers[0].config.num_attention_heads)
         uneven = num_tokens % self.world_size != 0 or heads % self.world_size != 0
         if num_tokens < self.world_size:
-            raise Permanent(f"{num_tokens} tokens cannot be split over {self.world_size} ranks", code=ErrorCode.OUT_OF_RANGE)
+            raise Permanent(f"{num_tokens} tokens cannot be split over {self.world_size} ranks",
+                            code=ErrorCode.OUT_OF_RANGE)
         self.num_tokens = num_tokens
         cp = self.config.context_parallel_config
         if self.backend == "native":
@@ -255,7 +256,8 @@ def _check_native_backend(transformer: WanTransformer3DModel) -> None:
         backend = proc._attention_backend
         name = _AttentionBackendRegistry.get_active_backend()[0] if backend is None else AttentionBackendName(backend)
         if not _AttentionBackendRegistry._is_context_parallel_available(name):
-            raise Permanent(f"attention backend {name.value!r} does not support context parallelism", code=ErrorCode.MODEL_ERROR)
+            raise Permanent(f"attention backend {name.value!r} does not support context parallelism",
+                            code=ErrorCode.MODEL_ERROR)
         return
 
 
@@ -269,7 +271,8 @@ def apply_sequence_parallel(target: Any, ctx: DistContext, backend: str | None =
     if backend in UNSUPPORTED_BACKENDS:
         raise Permanent(f"{SP_BACKEND_ENV}={backend}: {UNSUPPORTED_BACKENDS[backend]}", code=ErrorCode.MODEL_ERROR)
     if backend not in BACKENDS:
-        raise Permanent(f"{SP_BACKEND_ENV}={backend!r}: expected one of {', '.join(BACKENDS)}", code=ErrorCode.MODEL_ERROR)
+        raise Permanent(f"{SP_BACKEND_ENV}={backend!r}: expected one of {', '.join(BACKENDS)}",
+                        code=ErrorCode.MODEL_ERROR)
     if not ctx.distributed or not distributed.is_initialized():  # ctx.world_size: this SP group's size
         raise Permanent("sequence parallel needs a process group with world size > 1 (launch with torchrun)",
                         code=ErrorCode.MODEL_ERROR)

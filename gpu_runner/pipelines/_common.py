@@ -60,7 +60,8 @@ def torch_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name.lower()]
     except KeyError as e:
-        raise Permanent(f"unsupported dtype {name!r}; use one of {sorted(set(DTYPES))}", code=ErrorCode.MODEL_ERROR) from e
+        raise Permanent(f"unsupported dtype {name!r}; use one of {sorted(set(DTYPES))}",
+                        code=ErrorCode.MODEL_ERROR) from e
 
 
 @contextmanager
@@ -346,7 +347,8 @@ def check_checkpoint(checkpoint: Path, required: Sequence[str]) -> None:
         raise Permanent(f"{checkpoint} is not a diffusers checkpoint (no model_index.json)", code=ErrorCode.MODEL_ERROR)
     missing = [name for name in required if not (checkpoint / name).is_dir()]
     if missing:
-        raise Permanent(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)}", code=ErrorCode.MODEL_ERROR)
+        raise Permanent(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)}",
+                        code=ErrorCode.MODEL_ERROR)
 
 
 def load_pretrained(pipeline_cls: type[P], spec: ModelSpec, checkpoint: Path, ctx: LoadContext,
