@@ -36,6 +36,7 @@ from schemas.errors import ErrorCode, Permanent
 log = get_logger(component="accel")
 
 Offload = Literal["none", "model", "block"]
+CPU_BACKENDS = ("native", "_native_math", "flex")  # the attention backends that run without CUDA
 
 
 class AccelConfig(BaseModel):
@@ -84,7 +85,7 @@ def check(config: AccelConfig, device: str) -> None:
         raise _refuse(f"attention backend {backend!r} downloads its kernel at load; runners have no network "
                       "(install the package and use the non-hub backend)")
     if backend != "native":
-        if not cuda and not backend.startswith("_native") and backend != "flex":
+        if not cuda and backend not in CPU_BACKENDS:
             raise _refuse(f"attention backend {backend!r} needs CUDA; this runner is on {device}")
         try:
             _check_attention_backend_requirements(AttentionBackendName(backend))

@@ -26,6 +26,7 @@ from schemas.errors import ErrorCode, Permanent
     (AccelConfig(fp8=True), "FP8 .* need CUDA"),
     (AccelConfig(attention_backend="flash"), "needs CUDA"),
     (AccelConfig(attention_backend="sage"), "needs CUDA"),
+    (AccelConfig(attention_backend="_native_flash"), "needs CUDA"),
     (AccelConfig(attention_backend="flash_hub"), "no network"),
     (AccelConfig(attention_backend="magic"), "unknown"),
     (AccelConfig(offload="block"), "offload"),
