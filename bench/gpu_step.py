@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from schemas.registry import MODELS
+from schemas.registry import MODELS, ModelSpec
 
 SPEC = MODELS["wan2.1-t2v-1.3b"]
 
@@ -37,11 +37,16 @@ class StepTiming:
 
 def wan13b_transformer(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
     """A ``WanTransformer3DModel`` with Wan2.1-1.3B's config, random weights, built on ``device``."""
+    return wan_transformer(SPEC, device, dtype)
+
+
+def wan_transformer(spec: ModelSpec, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    """A ``WanTransformer3DModel`` of ``spec``'s T2V shape (layers, heads, FFN), random weights, on ``device``."""
     from diffusers import WanTransformer3DModel
 
     from gpu_runner.pipelines.tiny_components import cast_like_from_pretrained
 
-    shape = SPEC.transformer
+    shape = spec.transformer
     with torch.device(device):
         model = WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=shape.num_heads, attention_head_dim=shape.head_dim,
@@ -55,16 +60,20 @@ def wan13b_transformer(device: str = "cuda", dtype: torch.dtype = torch.bfloat16
 def measure_step_seconds(
     width: int = 832, height: int = 480, frames: int = 81, steps: int = 3, warmup: int = 1,
     cfg: bool = True, dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
-    model: torch.nn.Module | None = None,
+    model: torch.nn.Module | None = None, spec: ModelSpec = SPEC,
 ) -> StepTiming:
-    """Time ``steps`` denoising steps (after ``warmup`` untimed ones) of the 1.3B-shaped transformer."""
-    if not torch.cuda.is_available():
+    """Time ``steps`` denoising steps (after ``warmup`` untimed ones) of a ``spec``-shaped transformer
+    (default the 1.3B). On the CPU (``device="cpu"``) only to check the code path."""
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         raise RuntimeError("measure_step_seconds needs CUDA")
-    model = model or wan13b_transformer(device, dtype)
-    latent_frames = SPEC.latent_frames(frames)
+    model = model or wan_transformer(spec, device, dtype)
+    dtype = next(model.parameters()).dtype
+    text_dim = int(model.config.text_dim)
+    latent_frames = spec.latent_frames(frames)
     g = torch.Generator(device=device).manual_seed(0)
     latents = torch.randn(1, 16, latent_frames, height // 8, width // 8, generator=g, device=device, dtype=dtype)
-    text = torch.randn(1, 512, 4096, generator=g, device=device, dtype=dtype)
+    text = torch.randn(1, 512, text_dim, generator=g, device=device, dtype=dtype)
     timestep = torch.tensor([500.0], device=device)
     branches = 2 if cfg else 1
 
@@ -72,20 +81,26 @@ def measure_step_seconds(
         for _ in range(branches):
             model(hidden_states=latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)
 
-    torch.cuda.reset_peak_memory_stats()
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times: list[float] = []
     with torch.inference_mode():
         for i in range(warmup + steps):
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
             step()
-            torch.cuda.synchronize()
+            sync()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return StepTiming(
-        width=width, height=height, frames=frames, tokens=SPEC.latent_tokens(width, height, frames), cfg=cfg,
+        width=width, height=height, frames=frames, tokens=spec.latent_tokens(width, height, frames), cfg=cfg,
         dtype=str(dtype).removeprefix("torch."), s_per_step=statistics.mean(times), s_per_step_min=min(times),
-        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30, device_name=torch.cuda.get_device_name(),
+        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+        device_name=torch.cuda.get_device_name() if cuda else "cpu",
     )
 
 

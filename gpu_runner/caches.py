@@ -113,7 +113,9 @@ class TaylorSeerParams(BaseModel):
         "auto", description="dtype of the stored Taylor factors; auto: the transformer's dtype")
     identifiers: tuple[str, ...] = Field(WAN_TAYLORSEER_IDENTIFIERS, description="modules to predict (re.fullmatch)")
     skip_identifiers: tuple[str, ...] = Field((), description="modules returning zeros on predicted steps")
-    lite: bool = Field(False, description="diffusers' lite mode: blocks skipped, proj_out predicted")
+    lite: bool = Field(True, description="diffusers' lite mode (the default: its state is proj_out's small output, "
+                                         "full mode holds ~346 GiB at 14B 720p x 81): blocks skipped, proj_out "
+                                         "predicted")
 
 
 class PABParams(BaseModel):
@@ -397,39 +399,29 @@ def applied_cache(target: Any, config: CacheConfig, *, steps: int | None = None,
 
 # ---- memory -----------------------------------------------------------------------------------
 def cache_memory_bytes(config: CacheConfig, spec: ModelSpec, width: int, height: int, frames: int, *,
-                       cfg: bool = True, dtype_bytes: int = 2, world_size: int = 1) -> int:
-    """Extra GPU memory the cache's state holds during one generation (an estimate for the planner).
+                       cfg: bool = True, dtype_bytes: int = 2, world_size: int = 1, cfg_parallel: bool = False) -> int:
+    """Extra GPU memory the cache's state holds during one generation, per rank (the planner's
+    ``functions.planner.memory.step_cache_bytes`` with this config's parameters).
 
-    Per CFG branch and per rank (tokens are sharded under sequence parallelism), in units of one
-    hidden-state tensor (tokens x hidden): first_block 3 (head output, head residual, tail residual);
-    mag 1 (previous residual); taylorseer (max_order+1) per predicted module (attn1, attn2, ffn of
-    every block by default; lite: only proj_out's small output); pab 1 per hooked attention module.
+    Per CFG branch this rank computes and per rank (tokens are sharded under sequence parallelism),
+    in units of one hidden-state tensor (tokens x hidden): first_block 3 (head output, head
+    residual, tail residual); mag 1 (previous residual); taylorseer (max_order+1) per predicted
+    module (attn1, attn2, ffn of every block; lite — the default — only proj_out's small output);
+    pab 1 per hooked attention module.
     """
+    from functions.planner.memory import step_cache_bytes
+
     if not config.enabled or config.kind == "faster":
         return 0
-    shape = spec.transformer
-    tokens = -(-spec.latent_tokens(width, height, frames) // world_size)
-    hidden_state = tokens * shape.hidden * dtype_bytes
-    branches = 2 if cfg else 1
-    if config.kind == "first_block":
-        per_branch = 3 * hidden_state
-    elif config.kind == "mag":
-        per_branch = hidden_state
-    elif config.kind == "taylorseer":
-        tp = config.taylorseer
-        factor_bytes = dtype_bytes if tp.factors_dtype == "auto" else (4 if tp.factors_dtype == "float32" else 2)
-        orders = tp.max_order + 1
-        if tp.lite:
-            out_width = spec.latent_channels * spec.patch_t * spec.patch_hw**2
-            per_branch = orders * tokens * out_width * factor_bytes
-        else:
-            modules = sum(1 for i in tp.identifiers for part in ("attn1", "attn2", "ffn") if part in i)
-            per_branch = orders * modules * shape.num_layers * tokens * shape.hidden * factor_bytes
-    else:  # pab
-        pp = config.pab
-        hooked = (pp.spatial_skip_range is not None) + (pp.cross_skip_range is not None)
-        per_branch = hooked * shape.num_layers * hidden_state
-    return branches * per_branch
+    tp, pp = config.taylorseer, config.pab
+    factor_bytes = None if tp.factors_dtype == "auto" else (4 if tp.factors_dtype == "float32" else 2)
+    modules = sum(1 for i in tp.identifiers for part in ("attn1", "attn2", "ffn") if part in i)
+    return step_cache_bytes(
+        config.kind, spec, width, height, frames, ranks=world_size * (2 if cfg_parallel else 1),
+        cfg_parallel=cfg_parallel, cfg=cfg, dtype_bytes=dtype_bytes, taylor_orders=tp.max_order + 1,
+        taylor_modules=modules, taylor_lite=tp.lite, factor_bytes=factor_bytes,
+        pab_hooked=(pp.spatial_skip_range is not None) + (pp.cross_skip_range is not None),
+    )
 
 
 # ---- counting compute -------------------------------------------------------------------------

@@ -3,7 +3,17 @@
 Launched by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``),
 or as a plain process (world size 1: no process group is created and every collective here is a
 no-op that returns its input), so the same code runs in tests, on a laptop and on a GPU node.
-Backend: ``nccl`` on CUDA, ``gloo`` on CPU.
+Backend: ``gloo`` on CPU; on CUDA ``cpu:gloo,cuda:nccl`` — tensors go over NCCL, while the control
+objects (the per-segment command, the per-step cancel flag) are pickled into CPU tensors and go
+over gloo, so they never cost a device sync or a host<->device copy.
+
+Sub-groups: a ``DistContext`` may carry a ``group`` (and a ``mesh``): its ``rank``/``world_size``
+are then the rank and size *inside* that group and every collective here runs on it (CFG parallel
+x Ulysses splits the world into such groups, see ``gpu_runner.parallel``).
+
+On CUDA the allocator is set to ``expandable_segments:True`` before the first allocation (unless
+``PYTORCH_ALLOC_CONF``/``PYTORCH_CUDA_ALLOC_CONF`` already says otherwise): windows of changing
+length then reuse memory instead of fragmenting it.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ class DistContext:
     local_rank: int = 0
     device: str = "cpu"
     backend: str = "gloo"
+    group: Any = None  # a sub-group: rank/world_size are within it (None: the whole world)
+    mesh: Any = None  # the sub-group's ("ring", "ulysses") DeviceMesh, for diffusers' context parallel
 
     @property
     def is_main(self) -> bool:
@@ -64,6 +76,27 @@ def _pick_device(device_pref: str, local_rank: int) -> str:
     return "cpu"
 
 
+CUDA_BACKEND = "cpu:gloo,cuda:nccl"
+ALLOC_ENV = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+ALLOC_SETTING = "expandable_segments:True"
+
+
+def configure_allocator() -> str:
+    """``expandable_segments:True`` for the CUDA caching allocator unless already configured; returns
+    the setting in force (logged). Must run before the first CUDA allocation of the process."""
+    for name in ALLOC_ENV:
+        if os.environ.get(name):
+            return os.environ[name]
+    os.environ[ALLOC_ENV[0]] = ALLOC_SETTING  # read by the allocator at the process's first CUDA allocation
+    log.info("cuda_allocator_configured", setting=ALLOC_SETTING)
+    return ALLOC_SETTING
+
+
+def uses_nccl(ctx: DistContext) -> bool:
+    """True when tensors of ``ctx`` travel over NCCL (CUDA)."""
+    return "nccl" in ctx.backend
+
+
 def init_from_env(device_pref: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
     """Join the torchrun process group (or run alone), pick the device and the backend.
 
@@ -73,8 +106,9 @@ def init_from_env(device_pref: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
     device = _pick_device(device_pref, local_rank)
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    backend = CUDA_BACKEND if device.startswith("cuda") else "gloo"
     if device.startswith("cuda"):
+        configure_allocator()
         torch.cuda.set_device(torch.device(device))
     ctx = DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
     if world_size > 1 and not dist.is_initialized():
@@ -97,7 +131,7 @@ def current(device: str | None = None) -> DistContext:
     local_rank = _env_int("LOCAL_RANK", dist.get_rank())
     return DistContext(
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-        device=device or ("cuda:%d" % local_rank if "nccl" in backend else "cpu"), backend=backend,
+        device=device or (f"cuda:{local_rank}" if "nccl" in backend else "cpu"), backend=backend,
     )
 
 
@@ -107,12 +141,16 @@ def is_initialized() -> bool:
 
 
 def broadcast_object(obj: T, src: int = 0, ctx: DistContext | None = None) -> T:
-    """Send a picklable object from ``src`` to every rank; returns it on every rank."""
+    """Send a picklable object from ``src`` to every rank; returns it on every rank.
+
+    Always over the CPU (gloo) side of the group: with ``cpu:gloo,cuda:nccl`` the pickled bytes never
+    touch the GPU. A pure-NCCL group (created elsewhere) falls back to the device.
+    """
     if ctx is None or not ctx.distributed:
         return obj
     box: list[Any] = [obj if ctx.rank == src else None]
-    device = torch.device(ctx.device) if ctx.backend == "nccl" else None
-    dist.broadcast_object_list(box, src=src, device=device)
+    device = torch.device(ctx.device) if ctx.backend == "nccl" else torch.device("cpu")
+    dist.broadcast_object_list(box, src=src, device=device, group=ctx.group)
     return box[0]  # type: ignore[no-any-return]
 
 
@@ -121,9 +159,9 @@ def barrier(ctx: DistContext | None = None) -> None:
     if ctx is None or not ctx.distributed:
         return
     if ctx.backend == "nccl":
-        dist.barrier(device_ids=[torch.device(ctx.device).index or 0])
+        dist.barrier(group=ctx.group, device_ids=[torch.device(ctx.device).index or 0])
     else:
-        dist.barrier()
+        dist.barrier(group=ctx.group)
 
 
 def all_gather(tensor: torch.Tensor, dim: int = 0, ctx: DistContext | None = None) -> torch.Tensor:
@@ -131,7 +169,7 @@ def all_gather(tensor: torch.Tensor, dim: int = 0, ctx: DistContext | None = Non
     if ctx is None or not ctx.distributed:
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
-    dist.all_gather(parts, tensor.contiguous())
+    dist.all_gather(parts, tensor.contiguous(), group=ctx.group)
     return torch.cat(parts, dim=dim)
 
 
@@ -141,7 +179,8 @@ def all_gather_uneven(
     """Concatenate along ``dim`` pieces whose sizes differ by rank (``sizes[r]`` on rank r).
 
     Pads every piece to the largest size, all-gathers, trims: works on gloo, which rejects
-    uneven ``all_gather`` lists.
+    uneven ``all_gather`` lists. ``sizes`` are host integers known on every rank (from the
+    sequence length), so there is no size exchange and no ``.item()`` device sync.
     """
     if ctx is None or not ctx.distributed:
         return tensor
@@ -153,7 +192,7 @@ def all_gather_uneven(
         pad_shape[dim] = largest - tensor.shape[dim]
         tensor = torch.cat([tensor, tensor.new_zeros(pad_shape)], dim=dim)
     parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
-    dist.all_gather(parts, tensor.contiguous())
+    dist.all_gather(parts, tensor.contiguous(), group=ctx.group)
     return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True)], dim=dim)
 
 
@@ -162,7 +201,7 @@ def all_gather_sizes(size: int, ctx: DistContext | None = None) -> list[int]:
     if ctx is None or not ctx.distributed:
         return [size]
     out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, size)
+    dist.all_gather_object(out, size, group=ctx.group)
     return [int(x) for x in out]
 
 
@@ -177,7 +216,8 @@ def all_to_all_4d(x: torch.Tensor, scatter_dim: int, gather_dim: int, ctx: DistC
         return x
     world = ctx.world_size
     if x.dim() != 4 or {scatter_dim, gather_dim} != {1, 2}:
-        raise ValueError(f"all_to_all_4d expects (B, S, H, D) with dims 1/2, got {tuple(x.shape)}, {scatter_dim}/{gather_dim}")
+        raise ValueError(f"all_to_all_4d expects (B, S, H, D) with dims 1/2, got {tuple(x.shape)}, "
+                         f"{scatter_dim}/{gather_dim}")
     if x.shape[scatter_dim] % world:
         raise ValueError(f"dimension {scatter_dim} of size {x.shape[scatter_dim]} is not divisible by {world} ranks")
     # Move the scattered dim to the front, split it into (world, chunk): chunk r goes to rank r.
@@ -185,7 +225,7 @@ def all_to_all_4d(x: torch.Tensor, scatter_dim: int, gather_dim: int, ctx: DistC
     chunk = moved.shape[0] // world
     send = moved.reshape(world, chunk, *moved.shape[1:]).contiguous()
     recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send)
+    dist.all_to_all_single(recv, send, group=ctx.group)
     # recv[r] is rank r's piece of the gathered dim: concatenate the pieces along the gather dim.
     gather_in_moved = gather_dim if gather_dim > scatter_dim else gather_dim + 1
     pieces = [recv[r] for r in range(world)]  # each (chunk, ...) in moved layout
@@ -194,28 +234,12 @@ def all_to_all_4d(x: torch.Tensor, scatter_dim: int, gather_dim: int, ctx: DistC
 
 
 def device_mesh(ctx: DistContext, shape: tuple[int, ...], names: tuple[str, ...]) -> Any:
-    """A ``DeviceMesh`` over all ranks (for diffusers' context-parallel hooks)."""
+    """A ``DeviceMesh`` over all ranks (for diffusers' context-parallel hooks). Collective: call it
+    on every rank in the same order."""
     from torch.distributed.device_mesh import init_device_mesh
 
     device_type = "cuda" if ctx.device.startswith("cuda") else "cpu"
     return init_device_mesh(device_type=device_type, mesh_shape=shape, mesh_dim_names=names)
-
-
-def init_xfuser_groups(ctx: DistContext, ulysses_degree: int, ring_degree: int = 1) -> None:
-    """Create xDiT's (xfuser) parallel groups on top of our process group. CUDA only; lazy import."""
-    if not ctx.device.startswith("cuda"):
-        raise RuntimeError("xfuser sequence parallelism needs CUDA")
-    try:
-        from xfuser.core.distributed import parallel_state as ps  # type: ignore[import-not-found]
-    except Exception as e:  # noqa: BLE001 - any import failure means "unavailable"
-        raise RuntimeError(f"VIDEOGEN_SP_BACKEND=xfuser but xfuser cannot be imported: {e}") from e
-    if getattr(ps, "_SP", None) is not None:
-        return
-    ps.init_distributed_environment(rank=ctx.rank, world_size=ctx.world_size, local_rank=ctx.local_rank)
-    ps.initialize_model_parallel(
-        sequence_parallel_degree=ulysses_degree * ring_degree, ulysses_degree=ulysses_degree, ring_degree=ring_degree,
-    )
-    log.info("xfuser_groups_ready", ulysses_degree=ulysses_degree, ring_degree=ring_degree)
 
 
 def destroy(ctx: DistContext | None = None) -> None:

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -83,6 +83,9 @@ class LoraSpec(BaseModel):
     scale: float = Field(1.0, description="adapter weight passed to set_adapters")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="adapter name (default: from source)")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="expected file digest, checked on load")
+    expert: Literal["both", "high", "low"] = Field(
+        "both", description="two-expert models (Wan2.2-A14B): load into the high-noise transformer, the "
+                            "low-noise transformer_2, or both (one-expert models: only 'both')")
 
     @field_validator("source")
     @classmethod
@@ -253,6 +256,34 @@ class AdapterCache:
             self._entries.clear()
 
 
+class PeerView:
+    """Rank 0's mirror of which adapters the other ranks' ``AdapterCache`` holds.
+
+    Every rank's cache sees the same sequence (``put`` of what was broadcast, then ``state_dict``
+    of each spec in ``applied_lora``), so the same LRU evictions; rank 0 replays it on keys only
+    and broadcasts a state dict only when the peers lack it — not with every segment.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def missing(self, specs: Sequence[LoraSpec]) -> list[LoraSpec]:
+        """The specs whose tensors must travel with this segment's command."""
+        return [s for s in specs if s.cache_key not in self._keys]
+
+    def record(self, specs: Sequence[LoraSpec], sent: Sequence[str]) -> None:
+        """After a job command went out: replay the peers' puts (``sent``) and touches."""
+        for key in sent:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
+            while len(self._keys) > self.max_entries:
+                self._keys.popitem(last=False)
+        for spec in specs:
+            if spec.cache_key in self._keys:
+                self._keys.move_to_end(spec.cache_key)
+
+
 def _pipeline_of(target: Any) -> Any:
     pipe = getattr(target, "pipe", target)
     if not hasattr(pipe, "load_lora_weights"):
@@ -315,8 +346,16 @@ def applied_lora(target: Any, specs: LoraSpec | Sequence[LoraSpec] | None, cache
     try:
         for spec in specs:
             sd = cache.state_dict(spec)
+            two_experts = getattr(pipe, "transformer_2", None) is not None
+            if spec.expert != "both" and not two_experts:
+                raise Permanent(f"LoRA {spec.source} targets the {spec.expert}-noise expert but this model has one "
+                                "transformer", code=ErrorCode.INPUT_UNSUPPORTED)
+            targets = [False, True] if spec.expert == "both" and two_experts else [spec.expert == "low"]
             try:
-                pipe.load_lora_weights(sd, adapter_name=spec.adapter_name)
+                for into_second in targets:  # Wan2.2-A14B: the high-noise transformer, the low-noise transformer_2
+                    # PEFT consumes the dict it is given: each expert gets its own shallow copy
+                    pipe.load_lora_weights(dict(sd), adapter_name=spec.adapter_name,
+                                           **({"load_into_transformer_2": True} if into_second else {}))
             except (ValueError, RuntimeError, KeyError) as e:
                 raise Permanent(f"LoRA {spec.source} does not fit this model: {e}",
                                 code=ErrorCode.INPUT_UNSUPPORTED) from e

@@ -11,16 +11,20 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from functions.planner.segments import RunnerTarget
 from gpu_runner import distributed as dist
 from gpu_runner import oom
+from gpu_runner.accel import AccelConfig, resident_bytes
+from gpu_runner.budget import WindowBudget
 from gpu_runner.caches import CacheConfig, counted_cache
 from gpu_runner.caches import prepare as prepare_cache
 from gpu_runner.inputs import IDLE, STOP, CommandKind, RankCommand, SegmentInputs
-from gpu_runner.lora import AdapterCache, LoraSpec, applied_lora, storage_fetch
+from gpu_runner.lora import AdapterCache, LoraSpec, PeerView, applied_lora, storage_fetch
 from gpu_runner.metrics import HealthServer, ReadinessFile, RunnerMetrics
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, VideoPipeline
 from gpu_runner.registry import load_model
@@ -40,6 +44,40 @@ EXIT_RESTART = 75
 # checks for shutdown and tells the other ranks it is idle. Longer pulls expire less often, and
 # an expiry racing a new message is what delays that message to the next pull.
 FETCH_TIMEOUT_S = 5.0
+
+
+# Input errors every rank raises alike, before any collective (``check_params``, missing inputs):
+# safe to fail the job and carry on. Anything else out of ``generate`` in a group ends the group.
+GROUP_SAFE_CODES = frozenset({ErrorCode.OUT_OF_RANGE, ErrorCode.MISSING_INPUT, ErrorCode.INPUT_UNSUPPORTED,
+                              ErrorCode.INPUT_UNREADABLE})
+
+
+class GroupFailed(RuntimeError):
+    """Raised out of the loop after a group-ending failure (the runner exits ``EXIT_RESTART``)."""
+
+
+def is_device_error(error: BaseException) -> bool:
+    """A CUDA or NCCL/distributed failure: the device or the group is in an unknown state (fatal)."""
+    import torch
+
+    kinds = tuple(k for k in (getattr(torch, "AcceleratorError", None),
+                              getattr(torch.distributed, "DistError", None)) if isinstance(k, type))
+    if kinds and isinstance(error, kinds):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(m in text for m in ("CUDA error", "NCCL", "cuDNN error",
+                                                                         "CUBLAS_STATUS"))
+
+
+def ends_group(error: BaseException, world_size: int) -> bool:
+    """True when ``error`` out of ``generate`` must end the process group (see ``Runner._end_group``)."""
+    if isinstance(error, Cancelled):
+        return False
+    if is_device_error(error):
+        return True
+    if world_size <= 1:
+        return False
+    return not (isinstance(error, Permanent) and error.code in GROUP_SAFE_CODES)
 
 
 @dataclass
@@ -105,7 +143,9 @@ class Runner:
         self.ready_file = ReadinessFile(settings.data_dir, self.ctx.rank)
         self.cache_config = CacheConfig(kind=settings.runner_cache)  # type: ignore[arg-type]
         # per-job LoRA adapters: rank 0 fetches, every rank keeps the same LRU of state dicts
+        self.budget: WindowBudget | None = None  # measured in load() (CUDA, or runner_memory_budget_bytes)
         self.adapters = AdapterCache(max_entries=8, dir=Path(settings.data_dir) / "lora" / f"rank{self.ctx.rank}")
+        self.peer_adapters = PeerView(self.adapters.max_entries)  # rank 0: what the other ranks hold
 
     @property
     def is_rank0(self) -> bool:
@@ -120,18 +160,40 @@ class Runner:
             signal.signal(sig, _on_signal)
 
     def load(self) -> None:
+        s = self.settings
+        dtype = resolve_dtype(s.runner_dtype, self.ctx.device)
         ctx = LoadContext(
-            device=self.ctx.device, dtype=resolve_dtype(self.settings.runner_dtype, self.ctx.device),
-            rank=self.ctx.rank, world_size=self.ctx.world_size, sequence_parallel=self.ctx.world_size > 1,
+            device=self.ctx.device, dtype=dtype, rank=self.ctx.rank, world_size=self.ctx.world_size,
+            sequence_parallel=self.ctx.world_size > 1, cfg_parallel=s.runner_cfg_parallel and self.ctx.world_size > 1,
+            host_frames=self.is_rank0, offload_text_encoder=s.runner_offload_text_encoder,
+            accel=AccelConfig.from_settings(s),
         )
+        if s.runner_ranks != self.ctx.world_size:
+            log.warning("planner_ranks_mismatch", runner_ranks=s.runner_ranks, world_size=self.ctx.world_size,
+                        hint="set VIDEOGEN_RUNNER_RANKS to the group's size so the planner splits windows alike")
+        spec = MODELS.get(self.model)
+        if spec is not None:  # measured before the weights land on the device
+            self.budget = WindowBudget.measure(
+                spec, self.ctx.device, override=s.runner_memory_budget_bytes, margin=s.runner_memory_margin_bytes,
+                ranks=self.ctx.world_size, cfg_parallel=ctx.cfg_parallel, cache=self.cache_config.kind,
+                dtype_bytes=2 if dtype in ("bfloat16", "bf16", "float16", "fp16") else 4,
+                model=RunnerTarget(ranks=self.ctx.world_size, cfg_parallel=ctx.cfg_parallel,
+                                   shard=s.runner_shard).memory_model())
+            if self.budget is not None and self.ctx.device.startswith("cuda"):
+                self.budget.check_cache()  # before minutes of loading: a cache that cannot fit is refused now
         t0 = time.monotonic()
-        self.pipe = load_model(self.model, self.settings.models_dir, ctx)
+        self.pipe = load_model(self.model, s.models_dir, ctx)
         if self.settings.runner_warmup:
-            self.pipe.warmup()
+            self.pipe.warmup()  # with runner_compile: the blocks compile here, before the first pull
         if self.cache_config.enabled:
             # calibrates what the cache needs and fails loudly if it would skip nothing
             self.cache_config = prepare_cache(self.pipe, self.cache_config)
             log.info("step_cache_enabled", kind=self.cache_config.kind)
+        pipe = getattr(self.pipe, "pipe", None)
+        if pipe is not None:
+            resident = resident_bytes(pipe, self.ctx.device)
+            log.info("resident_bytes", rank=self.ctx.rank, device=self.ctx.device, total=sum(resident.values()),
+                     **resident)
         self.warmed_up = True
         log.info("model_ready", model=self.model, load_s=round(time.monotonic() - t0, 2), rank=self.ctx.rank)
 
@@ -153,16 +215,21 @@ class Runner:
         dist.barrier(self.ctx)
         self.stats.started = time.monotonic()
         self.ready_file.set(True)
+        group_failed = False
         try:
             self._loop()
+        except GroupFailed:
+            group_failed = True  # exit_code is EXIT_RESTART; torchrun ends the peers stuck in a collective
         finally:
             self.ready_file.set(False)
             if self.health is not None:
                 self.health.stop()
             if self.io is not None:
                 self.io.close()
-            log.info("runner_stopped", segments=self.stats.segments, duty_cycle=round(self.stats.duty_cycle, 4))
-            dist.destroy(self.ctx)
+            log.info("runner_stopped", segments=self.stats.segments, duty_cycle=round(self.stats.duty_cycle, 4),
+                     exit_code=self.exit_code)
+            if not group_failed:  # a peer may be inside a collective: do not wait on it
+                dist.destroy(self.ctx)
         return self.stats
 
     # ---- the loop ----------------------------------------------------------------------
@@ -200,13 +267,19 @@ class Runner:
         """Rank 0: everything the other ranks need for this segment, or idle if it could not be had."""
         try:
             inputs = self.io.fetch_inputs(active)
-            # state_dict() fetches and caches on rank 0; the other ranks get the tensors in the broadcast
-            adapters = {s.cache_key: self.adapters.state_dict(s) for s in lora_specs(active.job)}
+            specs = lora_specs(active.job)
+            # state_dict() fetches and caches on rank 0; the other ranks get the tensors in the broadcast,
+            # only those they do not hold yet (not every segment: a job's segments share its adapters)
+            for spec in specs:
+                self.adapters.state_dict(spec)
+            send = self.peer_adapters.missing(specs) if self.ctx.world_size > 1 else []
+            adapters = {spec.cache_key: self.adapters.state_dict(spec) for spec in send}
         except Exception as e:
             log.error("segment_inputs_failed", job_id=active.job.job.job_id, error=str(e))
             self.io.fail(active, e)
             return IDLE
-        return RankCommand.job(active.job, inputs, adapters if self.ctx.world_size > 1 else {})
+        self.peer_adapters.record(specs, list(adapters))
+        return RankCommand.job(active.job, inputs, adapters)
 
     def _render(self, seg: SegmentJob, inputs: SegmentInputs, active: Any, loras: list[LoraSpec]) -> None:
         assert self.pipe is not None
@@ -232,10 +305,15 @@ class Runner:
         out_of_memory = False
         try:
             cap = self.settings.runner_max_window_frames
+            if self.budget is not None:  # what fits this rank's measured memory at the job's resolution
+                fits = self.budget.cap(seg.job.width, seg.job.height)
+                cap = fits if cap is None else min(cap, fits)
             if cap is not None and seg.frames > cap:
                 raise oom.WindowTooLong(seg.frames, cap)  # before any compute, on every rank alike
-            with applied_lora(self.pipe, loras or None, self.adapters), \
-                    counted_cache(self.pipe, self.cache_config, steps=seg.job.steps):
+            # no cache: no counting hooks on every block either (they cost a Python call per block call)
+            cache = counted_cache(self.pipe, self.cache_config, steps=seg.job.steps) if self.cache_config.enabled \
+                else nullcontext()
+            with applied_lora(self.pipe, loras or None, self.adapters), cache:
                 frames = self.pipe.generate(params_for(seg, inputs), on_step=on_step)
             outcome = "succeeded"
             self.oom_streak.succeeded()
@@ -248,6 +326,9 @@ class Runner:
         except Exception as e:
             out_of_memory = oom.is_oom(e)
             refused = isinstance(e, oom.WindowTooLong)
+            if not (out_of_memory or refused) and ends_group(e, self.ctx.world_size):
+                outcome = "retried"  # handed back for a fresh group
+                self._end_group(active, e)  # raises GroupFailed: this rank never re-enters a collective
             outcome = "refused" if refused else "oom" if out_of_memory else "failed"
             if refused:
                 log.warning("segment_window_refused", frames=seg.frames,
@@ -274,6 +355,20 @@ class Runner:
         if self.is_rank0:
             self.io.submit_result(active, frames, elapsed)
         log.info("segment_rendered", frames=int(frames.shape[0]), elapsed_s=round(elapsed, 3))
+
+    def _end_group(self, active: Any, error: BaseException) -> None:
+        """A rank-local failure (or a CUDA/NCCL error): the peers may sit in a collective this rank
+        will never join, so no rank re-enters the broadcast: hand the segment back (rank 0) and exit
+        ``EXIT_RESTART`` on every rank; torchrun/the orchestrator restarts the whole group."""
+        log.error("segment_failed_group_restart", error=str(error), error_type=type(error).__name__,
+                  world_size=self.ctx.world_size, exc_info=True)
+        if self.is_rank0:
+            try:
+                self.io.hand_back(active, delay_s=OOM_RETRY_DELAY_S)
+            except Exception as e:  # noqa: BLE001 - exiting anyway: the message is redelivered after its ack wait
+                log.error("hand_back_failed", error=str(e))
+        self.exit_code = EXIT_RESTART
+        raise GroupFailed(str(error)) from error
 
     def _after_oom(self, seg: SegmentJob, active: Any, refused: oom.WindowTooLong | None) -> None:
         """Out of memory (or a window over this runner's limit): re-plan shorter windows, fail the

@@ -14,9 +14,17 @@ Backends (``VIDEOGEN_SP_BACKEND``):
   CPU/gloo and CUDA/nccl. Sequence lengths or head counts not divisible by the world size switch
   it to diffusers' "Ulysses anything" mode (uneven all-to-all), per call, exactly — no padding.
 - ``ulysses``: our own ``attn1`` processor with ``distributed.all_to_all_4d`` + SDPA (reference
-  implementation, also CPU-testable; it is the processor the xfuser backend uses).
-- ``xfuser``: the same processor calling xDiT's USP (yunchang) kernels. CUDA only; xfuser is
-  imported lazily, and asking for it where it is unavailable is an error, never a silent fallback.
+  implementation, also CPU-testable).
+- ``xfuser`` is **not supported** (issue 17): current xfuser's ``USP`` asserts a runtime state
+  (``initialize_runtime_state``, built from an xDiT pipeline and ``EngineConfig``) that a diffusers
+  pipeline driven from outside never has, and xfuser drags in yunchang/flash-attn wheels far over
+  the device check's budget. diffusers' own Ulysses covers the same ground and runs FlashAttention /
+  SageAttention through its attention dispatcher (``gpu_runner.accel``). Asking for ``xfuser`` is a
+  ``Permanent`` error naming the alternative, never a silent fallback.
+
+The group: by default every rank of the world; with CFG parallel (``gpu_runner.parallel``) each
+CFG half is its own Ulysses group: ``ctx`` is then the half's sub-context (``ctx.group``,
+``ctx.mesh``) and every collective here runs inside it.
 
 ``diffusers.ModelMixin.enable_parallelism`` is not used: in diffusers 0.42.1 it computes
 ``rank % torch.accelerator.device_count()``, which divides by zero on a CPU-only host. The glue
@@ -46,7 +54,10 @@ from schemas.errors import ErrorCode, Permanent
 log = get_logger(component="sequence_parallel")
 
 SP_BACKEND_ENV = "VIDEOGEN_SP_BACKEND"
-BACKENDS = ("native", "ulysses", "xfuser")
+BACKENDS = ("native", "ulysses")
+UNSUPPORTED_BACKENDS = {"xfuser": "xfuser is not supported (its USP needs xDiT's runtime state; see "
+                                  "gpu_runner/sequence_parallel.py): use native (diffusers' Ulysses, with "
+                                  "VIDEOGEN_ATTENTION_BACKEND for flash/sage kernels)"}
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,6 +68,8 @@ _MESHES: dict[tuple[str, int], Any] = {}  # one device mesh per (device type, wo
 
 
 def _mesh(ctx: DistContext) -> Any:
+    if ctx.mesh is not None:  # a sub-group's own ("ring", "ulysses") mesh (CFG parallel x Ulysses)
+        return ctx.mesh
     key = ("cuda" if ctx.device.startswith("cuda") else "cpu", ctx.world_size)
     if key not in _MESHES:
         _MESHES[key] = distributed.device_mesh(ctx, (1, ctx.world_size), ("ring", "ulysses"))
@@ -120,23 +133,6 @@ def torch_ulysses_attention(ctx: DistContext) -> AttentionFn:
     return attention
 
 
-def xfuser_usp_attention(ctx: DistContext) -> AttentionFn:
-    """xDiT's USP (Ulysses/ring via yunchang). CUDA only; raises if xfuser is unavailable."""
-    if not ctx.device.startswith("cuda"):
-        raise Permanent(f"{SP_BACKEND_ENV}=xfuser needs CUDA; this rank runs on {ctx.device}", code=ErrorCode.MODEL_ERROR)
-    try:
-        distributed.init_xfuser_groups(ctx, ulysses_degree=ctx.world_size)
-        from xfuser.model_executor.layers.usp import USP  # type: ignore[import-not-found]
-    except Exception as e:  # noqa: BLE001 - any failure here means the requested backend is unavailable
-        raise Permanent(f"{SP_BACKEND_ENV}=xfuser requested but xfuser is unavailable: {e}", code=ErrorCode.MODEL_ERROR) from e
-
-    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # USP takes and returns (B, H, S_local, D).
-        return USP(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)  # type: ignore[no-any-return]
-
-    return attention
-
-
 @dataclass
 class SequenceParallelHandle:
     """What ``apply_sequence_parallel`` changed, so that ``remove`` can undo it exactly."""
@@ -162,12 +158,13 @@ class SequenceParallelHandle:
         """Adapt to a sequence length (called by a hook before every transformer forward).
 
         native: even split -> plain Ulysses; uneven tokens or heads -> "Ulysses anything".
-        ulysses / xfuser: need tokens and heads divisible by the world size, else ``Permanent``.
+        ulysses: needs tokens and heads divisible by the world size, else ``Permanent``.
         """
         heads = int(self.transformers[0].config.num_attention_heads)
         uneven = num_tokens % self.world_size != 0 or heads % self.world_size != 0
         if num_tokens < self.world_size:
-            raise Permanent(f"{num_tokens} tokens cannot be split over {self.world_size} ranks", code=ErrorCode.OUT_OF_RANGE)
+            raise Permanent(f"{num_tokens} tokens cannot be split over {self.world_size} ranks",
+                            code=ErrorCode.OUT_OF_RANGE)
         self.num_tokens = num_tokens
         cp = self.config.context_parallel_config
         if self.backend == "native":
@@ -259,7 +256,8 @@ def _check_native_backend(transformer: WanTransformer3DModel) -> None:
         backend = proc._attention_backend
         name = _AttentionBackendRegistry.get_active_backend()[0] if backend is None else AttentionBackendName(backend)
         if not _AttentionBackendRegistry._is_context_parallel_available(name):
-            raise Permanent(f"attention backend {name.value!r} does not support context parallelism", code=ErrorCode.MODEL_ERROR)
+            raise Permanent(f"attention backend {name.value!r} does not support context parallelism",
+                            code=ErrorCode.MODEL_ERROR)
         return
 
 
@@ -270,18 +268,19 @@ def apply_sequence_parallel(target: Any, ctx: DistContext, backend: str | None =
     defaults to ``Settings.sp_backend`` (``$VIDEOGEN_SP_BACKEND``, ``native``). Undo with ``handle.remove()``.
     """
     backend = (backend or load_settings().sp_backend or "native").lower()
+    if backend in UNSUPPORTED_BACKENDS:
+        raise Permanent(f"{SP_BACKEND_ENV}={backend}: {UNSUPPORTED_BACKENDS[backend]}", code=ErrorCode.MODEL_ERROR)
     if backend not in BACKENDS:
-        raise Permanent(f"{SP_BACKEND_ENV}={backend!r}: expected one of {', '.join(BACKENDS)}", code=ErrorCode.MODEL_ERROR)
-    if not ctx.distributed or not distributed.is_initialized():
+        raise Permanent(f"{SP_BACKEND_ENV}={backend!r}: expected one of {', '.join(BACKENDS)}",
+                        code=ErrorCode.MODEL_ERROR)
+    if not ctx.distributed or not distributed.is_initialized():  # ctx.world_size: this SP group's size
         raise Permanent("sequence parallel needs a process group with world size > 1 (launch with torchrun)",
                         code=ErrorCode.MODEL_ERROR)
     transformers = _transformers_of(target)
     if any(t._parallel_config is not None for t in transformers):
         raise Permanent("parallelism is already applied to this transformer", code=ErrorCode.MODEL_ERROR)
     attention: AttentionFn | None = None
-    if backend == "xfuser":
-        attention = xfuser_usp_attention(ctx)
-    elif backend == "ulysses":
+    if backend == "ulysses":
         attention = torch_ulysses_attention(ctx)
     else:
         for transformer in transformers:
@@ -289,7 +288,7 @@ def apply_sequence_parallel(target: Any, ctx: DistContext, backend: str | None =
 
     cp = ContextParallelConfig(ulysses_degree=ctx.world_size)
     config = ParallelConfig(context_parallel_config=cp)
-    config.setup(ctx.rank, ctx.world_size, torch.device(ctx.device), mesh=_mesh(ctx))
+    config.setup(ctx.rank, ctx.world_size, torch.device(ctx.device), mesh=_mesh(ctx))  # rank/size within the group
     handle = SequenceParallelHandle(transformers=transformers, ctx=ctx, backend=backend, config=config)
     for transformer in transformers:
         transformer._parallel_config = config

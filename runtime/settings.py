@@ -76,7 +76,24 @@ class Settings(BaseSettings):
         None, ge=1, description="longest window this runner renders (a GPU smaller than the planner's budget): "
                                 "longer segments are re-planned before any compute, like after an out-of-memory")
     sp_backend: str = Field("native", description="sequence-parallel attention of a multi-GPU runner: native | "
-                                                  "ulysses | xfuser (CUDA; see gpu_runner/sequence_parallel.py)")
+                                                  "ulysses (xfuser is refused; see gpu_runner/sequence_parallel.py)")
+    runner_ranks: int = Field(1, ge=1, description="GPUs of one runner group (torchrun --nproc_per_node); "
+                                                   "the planner's memory and cost models split windows over them")
+    runner_cfg_parallel: bool = Field(False, description="half the ranks compute the unconditional CFG branch "
+                                                         "(2·k ranks: 2 CFG x k Ulysses)")
+    runner_attention_backend: str = Field("native", description="diffusers attention backend: native (SDPA) | flash "
+                                                                "| _flash_3 | sage ... (CUDA; an error if missing)")
+    runner_compile: bool = Field(False, description="torch.compile the transformer blocks (compiled at warm-up)")
+    runner_fp8: bool = Field(False, description="FP8 DiT weights with torchao (CUDA, compute capability >= 8.9)")
+    runner_vae_tiling: bool = Field(False, description="tiled VAE decode/encode (bounded memory)")
+    runner_offload: str = Field("none", description="none | model | block: CPU offload for GPUs smaller than the "
+                                                    "model (CUDA)")
+    runner_shard: str = Field("none", description="none | fsdp: DiT + text encoder sharded (FSDP2) over the ranks "
+                                                  "that run the same forwards (the group, or each CFG half)")
+    runner_offload_text_encoder: bool | None = Field(
+        None, description="text encoder/CLIP on the CPU between encodes (default: on CUDA)")
+    runner_memory_margin_bytes: int = Field(3 << 30, ge=0, description="kept free below the device's free memory "
+                                                                       "when the runner checks a window fits")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
     # --- trust boundary (issue 13; docs in README "Security model") ------------------------
     webhook_tenant_secrets: dict[str, SecretStr] = Field(

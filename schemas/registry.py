@@ -82,6 +82,11 @@ class ModelSpec(BaseModel):
     max_height: int = 1920
     face_size: int = Field(FACE_SIZE, description="animate: side of the square face crops the model consumes")
     transformer: TransformerShape
+    # what else stays on (or visits) the GPU, for the planner's memory model (functions/planner/memory.py)
+    experts: int = Field(1, ge=1, description="DiTs of the same shape switched at a boundary step (Wan2.2-A14B: 2)")
+    text_encoder_params_b: float = Field(5.68, ge=0, description="UMT5-XXL encoder: ~11.4 GB in bf16")
+    image_encoder_params_b: float = Field(0.0, ge=0, description="CLIP ViT-H/14 vision tower (i2v, animate; fp32)")
+    vae_params_b: float = Field(0.127, ge=0, description="Wan2.1 VAE 127M (fp32); Wan2.2 VAE 705M")
 
     def latent_tokens(self, width: int, height: int, frames: int) -> int:
         """Sequence length of the DiT for one window (one CFG branch)."""
@@ -121,9 +126,14 @@ class ModelSpec(BaseModel):
         return range(self.smallest_window_at_least(lo), hi + 1, self.frame_multiple)
 
 
-_WAN21_13B = TransformerShape(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, params_b=1.3)
-_WAN21_14B = TransformerShape(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, params_b=14.0)
+# params_b: counted from the diffusers checkpoints' configs (issue 17), not the marketing names
+_WAN21_13B = TransformerShape(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, params_b=1.42)
+_WAN21_14B = TransformerShape(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, params_b=14.29)
+_WAN21_I2V_14B = TransformerShape(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, params_b=16.39)
+_WAN22_ANIMATE_14B = TransformerShape(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, params_b=17.3)
 _WAN22_5B = TransformerShape(num_layers=30, num_heads=24, head_dim=128, ffn_dim=14336, params_b=5.0)
+_CLIP_VIT_H = 0.632
+_TINY_PARTS: dict[str, float] = {"text_encoder_params_b": 0.00001, "vae_params_b": 0.000001}
 _TINY = TransformerShape(num_layers=2, num_heads=2, head_dim=12, ffn_dim=32, params_b=0.00002)
 
 MODELS: dict[str, ModelSpec] = {
@@ -134,21 +144,21 @@ MODELS: dict[str, ModelSpec] = {
             description="Wan text-to-video architecture with tiny random weights (tests, demo).",
             default_width=64, default_height=64, default_frames=9, default_steps=4,
             default_guidance_scale=1.0, default_fps=8, max_width=256, max_height=256,
-            max_window_frames=81, transformer=_TINY,
+            max_window_frames=81, transformer=_TINY, **_TINY_PARTS,
         ),
         ModelSpec(
             name="tiny-wan-i2v", family="wan_i2v", tasks=("i2v",), tiny=True,
             description="Wan image-to-video architecture with tiny random weights.",
             default_width=64, default_height=64, default_frames=9, default_steps=4,
             default_guidance_scale=1.0, default_fps=8, max_width=256, max_height=256,
-            transformer=_TINY,
+            transformer=_TINY, **_TINY_PARTS,
         ),
         ModelSpec(
             name="tiny-wan-animate", family="wan_animate", tasks=("animate",), tiny=True,
             description="Wan-Animate architecture with tiny random weights.", face_size=16,
             default_width=64, default_height=64, default_frames=9, default_steps=4,
             default_guidance_scale=1.0, default_fps=8, max_width=256, max_height=256,
-            transformer=_TINY,
+            transformer=_TINY, **_TINY_PARTS,
         ),
         ModelSpec(
             name="wan2.1-t2v-1.3b", family="wan", tasks=("t2v",),
@@ -162,7 +172,8 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="wan2.1-i2v-14b-480p", family="wan_i2v", tasks=("i2v",),
-            hub_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", transformer=_WAN21_14B,
+            hub_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", transformer=_WAN21_I2V_14B,
+            image_encoder_params_b=_CLIP_VIT_H,
         ),
         # TI2V-5B also does image-to-video upstream (the encoded image replaces the first latent
         # frame, with per-frame timesteps): the `wan` family does not implement that, so it is
@@ -170,18 +181,19 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             name="wan2.2-ti2v-5b", family="wan", tasks=("t2v",),
             hub_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers", transformer=_WAN22_5B,
-            spatial_multiple=32, vae_scale_spatial=16, latent_channels=48,
+            spatial_multiple=32, vae_scale_spatial=16, latent_channels=48, vae_params_b=0.705,
             default_width=1280, default_height=704, default_frames=121, default_fps=24,
             max_window_frames=121,
         ),
         ModelSpec(
             name="wan2.2-t2v-a14b", family="wan", tasks=("t2v",),
-            hub_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers", transformer=_WAN21_14B,
+            hub_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers", transformer=_WAN21_14B, experts=2,
             default_width=1280, default_height=720,
         ),
         ModelSpec(
             name="wan2.2-animate-14b", family="wan_animate", tasks=("animate",),
-            hub_id="Wan-AI/Wan2.2-Animate-14B-Diffusers", transformer=_WAN21_14B,
+            hub_id="Wan-AI/Wan2.2-Animate-14B-Diffusers", transformer=_WAN22_ANIMATE_14B,
+            image_encoder_params_b=_CLIP_VIT_H,
             default_width=1280, default_height=720, default_frames=77, max_window_frames=77,
             default_fps=30,
         ),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from functions.planner.replan import replan
-from functions.planner.segments import make_plan, progress_after, segment_job
+from functions.planner.segments import RunnerTarget, make_plan, progress_after, segment_job
 from runtime.jobs import TERMINAL
 from runtime.logging import get_logger
 from runtime.plans import read_plan, store_plan
@@ -37,7 +37,7 @@ async def handle_plan(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     if (state := await ports.guard.stopped(job_id, among=TERMINAL)) is not None:
         log.info("job_already_finished", job_id=job_id, state=state.value)
         return
-    plan = make_plan(req, ports.settings.runner_memory_budget_bytes)
+    plan = make_plan(req, ports.settings.runner_memory_budget_bytes, RunnerTarget.from_settings(ports.settings))
     first = segment_job(plan, 0, None)
     # independent writes, done concurrently; a failure of any redelivers the whole step, and
     # each write is idempotent (same key, same Nats-Msg-Id, same status fields)
@@ -70,7 +70,7 @@ async def handle_replan(req: PlanRequest, hint: ReplanHint, ports: Ports) -> Non
         return
     plan = await read_plan(ports.storage, job_id, min_revision=hint.plan_revision)
     if plan.info.revision == hint.plan_revision:
-        plan = replan(plan, hint, ports.settings.runner_memory_budget_bytes)
+        plan = replan(plan, hint, ports.settings.runner_memory_budget_bytes, RunnerTarget.from_settings(ports.settings))
         await store_plan(ports.storage, plan)
     elif not (plan.info.revision == hint.plan_revision + 1 and plan.replanned_from == hint.index):
         log.info("replan_skipped_stale", job_id=job_id, segment=hint.index, hint_revision=hint.plan_revision,

@@ -18,14 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from functions.planner.cost import DEFAULT_COST_MODEL, CostModel, window_cost
-from functions.planner.memory import DEFAULT_MEMORY_MODEL, GIB, MemoryModel, max_window_frames
+from functions.planner.memory import DEFAULT_MEMORY_MODEL, GIB, MemoryModel, device_budget, max_window_frames
 from functions.planner.search import Candidate, best_plan
 from schemas.errors import ErrorCode, Rejected
 from schemas.messages import PlanInfo
 from schemas.registry import ModelSpec
 
-DEFAULT_BUDGET_BYTES = 80 * GIB
-"""Declared free memory of the target GPU when none is measured (an 80 GB H100)."""
+DEFAULT_DEVICE_BYTES = 79 * GIB
+"""An "80 GB" H100 as CUDA reports it (79.2 GiB total), when no runner measured its device."""
+
+DEFAULT_BUDGET_BYTES = device_budget(DEFAULT_DEVICE_BYTES)
+"""Declared budget when none is configured: the H100's memory minus the runner's margin (76 GiB)."""
 
 DEFAULT_SLACK = 0.02
 """Relative extra cost accepted for a uniform (and latent-aligned, ``O ≡ 1 mod 4``) overlap."""
@@ -136,6 +139,8 @@ def plan_segments(
     overlap_multiple: int | None = None,
     slack: float = DEFAULT_SLACK,
     prefer_single_window: bool = True,
+    cfg_parallel: bool = False,
+    cache: str = "none",
     memory_model: MemoryModel = DEFAULT_MEMORY_MODEL,
     cost_model: CostModel = DEFAULT_COST_MODEL,
 ) -> SegmentPlan:
@@ -144,7 +149,8 @@ def plan_segments(
     ``budget_bytes``: free memory per GPU rank (default :data:`DEFAULT_BUDGET_BYTES`);
     ``max_window``: user cap on ``L`` (``max_segment_frames``); ``min_window``: floor on ``L`` for
     multi-window plans (default :func:`default_min_window`, lowered to the cap when the cap is
-    smaller); ``ranks``: sequence-parallel GPUs;
+    smaller); ``ranks``: the runner's GPUs (sequence parallel, or 2 CFG halves of ``ranks/2`` with
+    ``cfg_parallel``); ``cache``: the runner's step cache (its state counts against the budget);
     ``overlap_multiple``: preferred overlap grid (default ``spec.vae_scale_temporal``; ``1``
     disables the preference). Raises :class:`PlanError` when no plan fits.
     """
@@ -154,7 +160,8 @@ def plan_segments(
     o_min = default_min_overlap(spec) if min_overlap is None else max(1, min_overlap)
     steps_ = spec.default_steps if steps is None else steps
     q = spec.vae_scale_temporal if overlap_multiple is None else overlap_multiple
-    cap = max_window_frames(spec, width, height, budget, dtype_bytes, ranks, max_frames=max_window, model=memory_model)
+    cap = max_window_frames(spec, width, height, budget, dtype_bytes, ranks, max_frames=max_window,
+                            cfg_parallel=cfg_parallel, cache=cache, model=memory_model)
     where = f"{width}x{height} on {_fmt_bytes(budget)}" + (f" x{ranks} ranks" if ranks > 1 else "")
     if cap < 1:
         raise PlanError(f"{spec.name}: not even a 1-frame window fits at {where}; lower the resolution")

@@ -19,6 +19,7 @@ Raises :class:`PlanError` (code ``out_of_memory``) when no plan fits under the n
 from __future__ import annotations
 
 from functions.planner.plan import PlanError, plan_segments
+from functions.planner.segments import DEFAULT_TARGET, RunnerTarget
 from schemas.errors import ErrorCode
 from schemas.messages import JobPlan, PlanInfo, ReplanHint, WindowSpec
 from schemas.registry import MODELS
@@ -30,7 +31,8 @@ class ReplanError(PlanError):
     code = ErrorCode.OUT_OF_MEMORY
 
 
-def replan(plan: JobPlan, hint: ReplanHint, budget_bytes: int | None = None) -> JobPlan:
+def replan(plan: JobPlan, hint: ReplanHint, budget_bytes: int | None = None,
+           target: RunnerTarget = DEFAULT_TARGET) -> JobPlan:
     """``plan`` with windows ``hint.index..`` re-planned under ``hint.max_window_frames``."""
     job = plan.job
     spec = MODELS[job.model]
@@ -49,7 +51,7 @@ def replan(plan: JobPlan, hint: ReplanHint, budget_bytes: int | None = None) -> 
         raise ReplanError(f"{where}; windows of {cap} frames cannot go past the {overlap}-frame overlap")
     try:
         sub = plan_segments(region, spec, job.width, job.height, budget_bytes=budget_bytes, max_window=cap,
-                            steps=job.steps)
+                            steps=job.steps, **target.plan_kwargs())
     except PlanError as e:
         raise ReplanError(f"{where}; no plan with windows of at most {cap} frames: {e}") from e
     first = sub.windows[0]

@@ -5,18 +5,58 @@ Shared by the planner (segment 0, a re-planned segment k) and the chain (segment
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any
+
+from functions.planner.memory import DEFAULT_MEMORY_MODEL, MemoryModel
 from functions.planner.plan import plan_segments
 from runtime.jobs import window_progress
 from schemas.messages import JobPlan, ObjectRef, PlanRequest, SegmentJob, WindowSpec
 from schemas.registry import MODELS
 
 
-def make_plan(req: PlanRequest, budget_bytes: int | None) -> JobPlan:
+@dataclass(frozen=True)
+class RunnerTarget:
+    """The runners a plan is for: their ranks, CFG parallel and step cache (``Settings.runner_*``)."""
+
+    ranks: int = 1
+    cfg_parallel: bool = False
+    cache: str = "none"
+    shard: str = "none"
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RunnerTarget:
+        return cls(ranks=int(getattr(settings, "runner_ranks", 1) or 1),
+                   cfg_parallel=bool(getattr(settings, "runner_cfg_parallel", False)),
+                   cache=str(getattr(settings, "runner_cache", "none") or "none"),
+                   shard=str(getattr(settings, "runner_shard", "none") or "none"))
+
+    @property
+    def cfg(self) -> bool:
+        return self.cfg_parallel and self.ranks > 1
+
+    def memory_model(self) -> MemoryModel:
+        """FSDP shards over the ranks that run the same forwards: one CFG half, or all of them."""
+        if self.shard != "fsdp" or self.ranks < 2:
+            return DEFAULT_MEMORY_MODEL
+        return replace(DEFAULT_MEMORY_MODEL, shard_ranks=self.ranks // 2 if self.cfg else self.ranks)
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        """``plan_segments`` keyword arguments (tokens split over ranks/2 with CFG parallel)."""
+        return {"ranks": self.ranks, "cfg_parallel": self.cfg, "cache": self.cache,
+                "memory_model": self.memory_model()}
+
+
+DEFAULT_TARGET = RunnerTarget()
+
+
+def make_plan(req: PlanRequest, budget_bytes: int | None, target: RunnerTarget = DEFAULT_TARGET) -> JobPlan:
     job = req.job
     spec = MODELS[job.model]
     plan = plan_segments(
         job.num_frames, spec, job.width, job.height,
         budget_bytes=budget_bytes, max_window=job.max_segment_frames, steps=job.steps,
+        **target.plan_kwargs(),
     )
     windows = [WindowSpec(index=w.index, start_frame=w.start_frame, frames=w.frames,
                           overlap_frames=w.overlap_frames) for w in plan.windows]

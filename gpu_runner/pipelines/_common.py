@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -59,7 +60,8 @@ def torch_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name.lower()]
     except KeyError as e:
-        raise Permanent(f"unsupported dtype {name!r}; use one of {sorted(set(DTYPES))}", code=ErrorCode.MODEL_ERROR) from e
+        raise Permanent(f"unsupported dtype {name!r}; use one of {sorted(set(DTYPES))}",
+                        code=ErrorCode.MODEL_ERROR) from e
 
 
 @contextmanager
@@ -345,7 +347,8 @@ def check_checkpoint(checkpoint: Path, required: Sequence[str]) -> None:
         raise Permanent(f"{checkpoint} is not a diffusers checkpoint (no model_index.json)", code=ErrorCode.MODEL_ERROR)
     missing = [name for name in required if not (checkpoint / name).is_dir()]
     if missing:
-        raise Permanent(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)}", code=ErrorCode.MODEL_ERROR)
+        raise Permanent(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)}",
+                        code=ErrorCode.MODEL_ERROR)
 
 
 def load_pretrained(pipeline_cls: type[P], spec: ModelSpec, checkpoint: Path, ctx: LoadContext,
@@ -371,19 +374,88 @@ def place(pipe: Any, ctx: LoadContext, *, sequence_parallel_supported: bool = Tr
     """Move ``pipe`` to ``ctx.device``; shard its transformer over ranks when asked (returns the handle).
 
     Asking for sequence parallelism where the family does not support it is an error, never a
-    silent fallback to every rank computing the whole window.
+    silent fallback to every rank computing the whole window. See ``place_parallel`` for CFG parallel.
     """
-    pipe.to(ctx.device)
-    pipe.set_progress_bar_config(disable=True)
-    if not (ctx.sequence_parallel and ctx.world_size > 1):
-        return None
-    if not sequence_parallel_supported:
-        raise Permanent(f"sequence parallelism is not supported for the {family or 'this'} family; "
-                        "run it with world size 1 or without sequence_parallel", code=ErrorCode.MODEL_ERROR)
-    from gpu_runner import distributed
-    from gpu_runner.sequence_parallel import apply_sequence_parallel
+    return place_parallel(pipe, ctx, sequence_parallel_supported=sequence_parallel_supported, family=family)[0]
 
-    return apply_sequence_parallel(pipe, distributed.current(ctx.device))
+
+def place_parallel(pipe: Any, ctx: LoadContext, *, sequence_parallel_supported: bool = True,
+                   family: str = "") -> tuple[Any, Any]:
+    """``place`` with CFG parallel: (sequence-parallel handle, CFG-parallel handle), either None.
+
+    The text encoder stays on the CPU when ``offload_text_encoder`` (default on CUDA):
+    ``WanFamily.prompt_embeds`` moves them in for an encode and out again.
+    """
+    from gpu_runner import accel
+
+    config = ctx.accel if ctx.accel is not None else accel.AccelConfig()
+    accel.check(config, ctx.device)
+    if config.offload == "none":
+        pipe.to(ctx.device)
+        if offloads_text_encoder(ctx):
+            pipe.text_encoder.to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    sp_handle = cfg_handle = None
+    wants_sp = ctx.sequence_parallel and ctx.world_size > 1
+    if wants_sp or ctx.cfg_parallel:
+        if wants_sp and not sequence_parallel_supported and not ctx.cfg_parallel:
+            raise Permanent(f"sequence parallelism is not supported for the {family or 'this'} family; "
+                            "run it with world size 1 or without sequence_parallel", code=ErrorCode.MODEL_ERROR)
+        from gpu_runner import distributed, parallel
+        from gpu_runner.sequence_parallel import apply_sequence_parallel
+
+        lay = parallel.layout(distributed.current(ctx.device), cfg_parallel=ctx.cfg_parallel,
+                              sequence_parallel=wants_sp)
+        if lay.sp is not None:
+            if not sequence_parallel_supported:
+                raise Permanent(f"sequence parallelism is not supported for the {family or 'this'} family; with CFG "
+                                "parallel use 2 ranks", code=ErrorCode.MODEL_ERROR)
+            sp_handle = apply_sequence_parallel(pipe, lay.sp)
+        if lay.cfg is not None:
+            cfg_handle = parallel.apply_cfg_parallel(
+                accel.transformers_of(pipe), lay.cfg, lambda: bool(getattr(pipe, "do_classifier_free_guidance", False)))
+    if config.shard == "fsdp":
+        from gpu_runner import distributed, parallel
+
+        world = distributed.current(ctx.device)
+        if not world.distributed:
+            raise Permanent("FSDP sharding needs a process group (launch with torchrun)", code=ErrorCode.MODEL_ERROR)
+        lay = parallel.layout(world, cfg_parallel=ctx.cfg_parallel, sequence_parallel=ctx.sequence_parallel)
+        # the ranks that run the same forwards: one CFG half (its SP group), else the whole world
+        if lay.cfg is not None:
+            if lay.sp is None:
+                raise Permanent("FSDP with CFG parallel shards within a CFG half: use 2·k ranks with k >= 2 "
+                                "(sequence parallel on)", code=ErrorCode.MODEL_ERROR)
+            mesh = lay.sp_mesh
+        elif lay.sp_mesh is not None:
+            mesh = lay.sp_mesh  # the SP group is the whole world here
+        else:
+            mesh = distributed.device_mesh(world, (world.world_size,), ("shard",))
+        accel.shard_weights(pipe, mesh)
+    accel.apply(pipe, config, ctx.device)
+    if config.vae_tiling and ctx.world_size > 1:  # every rank decodes 1/world of the tiles
+        from gpu_runner import distributed, vae_split
+
+        vae_split.install(pipe.vae, distributed.current(ctx.device))
+    return sp_handle, cfg_handle
+
+
+def offloads_text_encoder(ctx: LoadContext) -> bool:
+    """The text encoder (UMT5-XXL, ~11.4 GB bf16) lives on the CPU between encodes (default on CUDA;
+    never when sharded: each rank keeps 1/N of it). CLIP (~2.5 GB fp32) stays resident."""
+    if ctx.accel is not None and getattr(ctx.accel, "shard", "none") != "none":
+        return False
+    if ctx.offload_text_encoder is not None:
+        return bool(ctx.offload_text_encoder) and ctx.device.startswith("cuda")
+    return ctx.device.startswith("cuda")
+
+
+def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """The pipelines' ``output_type="pt"`` video (1, F, 3, H, W) in [0, 1] -> (F, H, W, 3) uint8, on its device.
+
+    One fused pass on the device (same rounding as ``to_uint8``: round half to even, clip).
+    """
+    return video[0].mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def save_pipeline(pipe: Any, path: Path, model: str, family_log: Any) -> None:
@@ -408,21 +480,58 @@ class WanFamily:
     log: Any = log
     sequence_parallel_supported: bool = True
 
-    def __init__(self, spec: ModelSpec, pipe: Any, ctx: LoadContext, sequence_parallel: Any = None) -> None:
+    PROMPT_CACHE = 8  # prompt embeddings kept per runner (a job's segments share one prompt)
+
+    def __init__(self, spec: ModelSpec, pipe: Any, ctx: LoadContext, sequence_parallel: Any = None,
+                 cfg_parallel: Any = None) -> None:
         self.spec = spec
         self.pipe = pipe
         self.ctx = ctx
         self.sequence_parallel = sequence_parallel  # a SequenceParallelHandle when sharded over ranks
+        self.cfg_parallel = cfg_parallel  # a gpu_runner.parallel.CfgParallelHandle with 2·k ranks
+        self._prompts: OrderedDict[tuple[str, str, bool], tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+        self.prompt_encodes = 0
         pipe.set_progress_bar_config(disable=True)
 
     @classmethod
     def finish(cls, spec: ModelSpec, pipe: Any, ctx: LoadContext) -> Self:
         """Check ``pipe`` against ``spec``, place it on ``ctx.device`` (sharded when asked, see
-        ``place``) and wrap it."""
+        ``place_parallel``) and wrap it."""
         check_spec(cls, spec)
         check_pipeline(spec, pipe)
-        handle = place(pipe, ctx, sequence_parallel_supported=cls.sequence_parallel_supported, family=cls.family)
-        return cls(spec, pipe, ctx, sequence_parallel=handle)
+        sp, cfg = place_parallel(pipe, ctx, sequence_parallel_supported=cls.sequence_parallel_supported,
+                                 family=cls.family)
+        return cls(spec, pipe, ctx, sequence_parallel=sp, cfg_parallel=cfg)
+
+    # -- prompts -------------------------------------------------------------------------------
+    def prompt_embeds(self, prompt: str, negative_prompt: str,
+                      guidance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt_embeds, negative_prompt_embeds) as the pipeline would compute them, cached per prompt.
+
+        With ``offload_text_encoder`` the encoder is moved to the device for the encode and back to
+        the CPU after it, so it is not resident while the DiT denoises.
+        """
+        key = (prompt, negative_prompt, guidance)
+        if key in self._prompts:
+            self._prompts.move_to_end(key)
+            return self._prompts[key]
+        encoder = self.pipe.text_encoder
+        offload = offloads_text_encoder(self.ctx)
+        if offload:
+            encoder.to(self.device)
+        try:
+            with torch.no_grad():
+                pos, neg = self.pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt or None,
+                                                   do_classifier_free_guidance=guidance, num_videos_per_prompt=1,
+                                                   max_sequence_length=512, device=self.device)
+        finally:
+            if offload:
+                encoder.to("cpu")
+        self.prompt_encodes += 1
+        self._prompts[key] = (pos, neg)
+        while len(self._prompts) > self.PROMPT_CACHE:
+            self._prompts.popitem(last=False)
+        return pos, neg
 
     @property
     def device(self) -> torch.device:
@@ -497,20 +606,25 @@ class WanFamily:
 
         started = time.perf_counter()
         with generation_errors(self.spec, params, self.log), (around if around is not None else nullcontext()):
+            pos, neg = self.prompt_embeds(params.prompt, params.negative_prompt, params.guidance_scale > 1.0)
             out = self.pipe(
                 **inputs,
-                prompt=params.prompt,
-                negative_prompt=params.negative_prompt or None,
+                prompt_embeds=pos,
+                negative_prompt_embeds=neg,
                 height=params.height,
                 width=params.width,
                 num_inference_steps=steps,
                 guidance_scale=params.guidance_scale,
                 latents=latents,
-                output_type="np",
+                output_type="pt",
                 callback_on_step_end=on_step_end,
                 callback_on_step_end_tensor_inputs=["latents"],
             )
-        video = to_uint8(out.frames[0])
+            frames = frames_to_uint8(out.frames)
+        if self.ctx.host_frames:
+            video = frames.cpu().numpy()
+        else:  # ranks > 0 of a runner: the frames stay on the device (rank 0 uploads); shape only
+            video = np.empty((frames.shape[0], 0, 0, 3), dtype=np.uint8)
         self.log.info("generation_done", model=self.spec.name, frames=video.shape[0], width=params.width,
                       height=params.height, steps=steps, **(log_fields or {}), conditioned=pin is not None,
                       seconds=round(time.perf_counter() - started, 3))
@@ -531,7 +645,10 @@ class WanFamily:
         save_pipeline(self.pipe, path, self.spec.name, self.log)
 
     def close(self) -> None:
-        """Undo sequence parallelism (if applied)."""
+        """Undo CFG and sequence parallelism (if applied)."""
+        if self.cfg_parallel is not None:
+            self.cfg_parallel.remove()
+            self.cfg_parallel = None
         if self.sequence_parallel is not None:
             self.sequence_parallel.remove()
             self.sequence_parallel = None

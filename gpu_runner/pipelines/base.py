@@ -52,6 +52,11 @@ class LoadContext:
     world_size: int = 1
     sequence_parallel: bool = False  # split each segment across ranks (Ulysses)
     seed: int = 0  # for tiny random weights
+    cfg_parallel: bool = False  # half the ranks compute the unconditional branch (gpu_runner.parallel)
+    host_frames: bool = True  # copy the decoded uint8 frames to the host (the runner: rank 0 only)
+    # None = auto: offload the text encoder to the CPU after encoding on CUDA, keep it on the CPU
+    offload_text_encoder: bool | None = None
+    accel: Any = None  # a gpu_runner.accel.AccelConfig (attention backend, compile, FP8, VAE tiling, offload)
 
 
 class VideoPipeline(Protocol):

@@ -44,8 +44,18 @@ def test_wan13b_shaped_step_time_480p_81_frames() -> None:
     free_gib = torch.cuda.mem_get_info()[0] / 2**30
     if free_gib < 20:
         pytest.skip(f"only {free_gib:.0f} GiB free on the GPU")
+    from functions.planner import cost, memory
+    from schemas.registry import MODELS
+
+    spec = MODELS["wan2.1-t2v-1.3b"]
     timing = measure_step_seconds(width=832, height=480, frames=81, steps=2, warmup=1, cfg=True)
-    print(f"\nWan2.1-1.3B-shaped 480p x 81 frames: {timing.s_per_step:.3f} s/step on {timing.device_name}, "
-          f"peak {timing.peak_memory_gib:.1f} GiB")
-    assert timing.tokens == 32760
-    assert math.isfinite(timing.s_per_step) and 0 < timing.s_per_step < 60
+    predicted_s = cost.step_flops(spec, 832, 480, 81, cfg=True) / cost.CostModel().flops_per_s
+    est = memory.estimate_window(spec, 832, 480, 81)
+    predicted_peak_gib = (spec.transformer.params_b * 1e9 * 2 + est.activation_bytes) / 2**30  # the DiT alone ran
+    print(f"\nWan2.1-1.3B-shaped 480p x 81 frames: {timing.s_per_step:.3f} s/step on {timing.device_name} "
+          f"(cost.py {predicted_s:.3f}), peak {timing.peak_memory_gib:.1f} GiB (memory.py {predicted_peak_gib:.1f})")
+    assert timing.tokens == 32760 == spec.latent_tokens(832, 480, 81)
+    assert math.isfinite(timing.s_per_step)
+    # the planner's models are within a factor of what this GPU does (else plans are fiction)
+    assert 1 / 4 <= predicted_s / timing.s_per_step <= 4, (predicted_s, timing.s_per_step)
+    assert 1 / 2 <= predicted_peak_gib / timing.peak_memory_gib <= 2, (predicted_peak_gib, timing.peak_memory_gib)

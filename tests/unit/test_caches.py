@@ -72,7 +72,8 @@ CASES = {
     # threshold well above the default: random weights change block 0's residual a lot between steps
     "first_block": (CacheConfig(kind="first_block", first_block=FirstBlockParams(threshold=0.3)), None),
     # compute at steps 0,1,2,4,9; predict 3,5,6,7,8 -> 5 per branch per block
-    "taylorseer": (CacheConfig(kind="taylorseer"), dict.fromkeys(caches.PARTS, 5 * 2 * BLOCKS)),
+    "taylorseer": (CacheConfig(kind="taylorseer", taylorseer=TaylorSeerParams(lite=False)),
+                   dict.fromkeys(caches.PARTS, 5 * 2 * BLOCKS)),
     "taylorseer_lite": (CacheConfig(kind="taylorseer", taylorseer=TaylorSeerParams(lite=True)),
                         dict.fromkeys(caches.PARTS, 5 * 2 * BLOCKS)),
     # timesteps in (100, 800) are steps 5..9; per branch, compute when step % range == 0:
@@ -127,7 +128,8 @@ def test_verify_cache_skips_passes_and_fails(model: wan.WanT2V, baseline: np.nda
 
 
 def test_taylorseer_default_identifiers_are_refused(model: wan.WanT2V) -> None:
-    diffusers_default = CacheConfig(kind="taylorseer", taylorseer=TaylorSeerParams(identifiers=(r"^blocks.*attn",)))
+    diffusers_default = CacheConfig(kind="taylorseer", taylorseer=TaylorSeerParams(identifiers=(r"^blocks.*attn",),
+                                                                                 lite=False))  # lite ignores patterns
     with pytest.raises(Permanent, match="matches no module") as err, applied_cache(model, diffusers_default):
         pass
     assert err.value.code == ErrorCode.MODEL_ERROR
@@ -201,8 +203,15 @@ def test_cache_memory_estimates() -> None:
     assert est(CacheConfig(kind="first_block")) == pytest.approx(2 * 3 * one)
     assert est(CacheConfig(kind="mag")) == pytest.approx(2 * one)
     # full TaylorSeer: 2 orders x 3 modules x 30 blocks x 2 branches -> ~34 GiB at 480p x 81
-    assert est(CacheConfig(kind="taylorseer")) == pytest.approx(2 * 3 * 30 * 2 * one) and est(
-        CacheConfig(kind="taylorseer")) > 30
+    full = CacheConfig(kind="taylorseer", taylorseer=TaylorSeerParams(lite=False))
+    assert est(full) == pytest.approx(2 * 3 * 30 * 2 * one) and est(full) > 30
     assert est(CacheConfig(kind="taylorseer", taylorseer=TaylorSeerParams(lite=True))) < 0.1
+    assert est(CacheConfig(kind="taylorseer")) < 0.1  # lite is the default (issue 17)
+    # 14B at 720p x 81: full TaylorSeer ~346 GiB, PAB ~58 GiB (the figures the runner refuses at start)
+    wan14 = MODELS["wan2.1-t2v-14b"]
+    assert caches.cache_memory_bytes(full, wan14, 1280, 720, 81) / gib == pytest.approx(346, rel=0.02)
+    assert caches.cache_memory_bytes(CacheConfig(kind="pab"), wan14, 1280, 720, 81) / gib == pytest.approx(58, rel=0.02)
+    # CFG parallel: each rank holds only its own branch's state
+    assert est(CacheConfig(kind="mag"), cfg_parallel=True) == pytest.approx(one)
     assert est(CacheConfig(kind="pab")) == pytest.approx(30 * 2 * one)
     assert est(CacheConfig(kind="pab"), world_size=2) == pytest.approx(30 * one)
