@@ -46,8 +46,10 @@ def value(v: Any, level: int = 0) -> str:
     if isinstance(v, float):
         if v.is_integer():
             return str(int(v))
-        # plain decimal notation: not every HCL parser (e.g. checkov's) reads exponents
-        return format(v, ".15f").rstrip("0")
+        # the shortest round-trip form (14.29, not 14.289999999999999), in plain decimal notation:
+        # not every HCL parser (e.g. checkov's) reads exponents
+        short = repr(v)
+        return short if "e" not in short else format(v, ".15f").rstrip("0")
     if isinstance(v, str):
         return string(v)
     if isinstance(v, (list, tuple)):

@@ -144,7 +144,7 @@ locals {
       family         = "wan_i2v"
       hub_id         = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
       tiny           = false
-      params_b       = 14
+      params_b       = 16.39
       default_width  = 832
       default_height = 480
       default_frames = 81
@@ -154,7 +154,7 @@ locals {
       family         = "wan"
       hub_id         = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
       tiny           = false
-      params_b       = 1.3
+      params_b       = 1.42
       default_width  = 832
       default_height = 480
       default_frames = 81
@@ -164,7 +164,7 @@ locals {
       family         = "wan"
       hub_id         = "Wan-AI/Wan2.1-T2V-14B-Diffusers"
       tiny           = false
-      params_b       = 14
+      params_b       = 14.29
       default_width  = 1280
       default_height = 720
       default_frames = 81
@@ -174,7 +174,7 @@ locals {
       family         = "wan_animate"
       hub_id         = "Wan-AI/Wan2.2-Animate-14B-Diffusers"
       tiny           = false
-      params_b       = 14
+      params_b       = 17.3
       default_width  = 1280
       default_height = 720
       default_frames = 77
@@ -184,7 +184,7 @@ locals {
       family         = "wan"
       hub_id         = "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
       tiny           = false
-      params_b       = 14
+      params_b       = 14.29
       default_width  = 1280
       default_height = 720
       default_frames = 81
