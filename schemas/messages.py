@@ -440,6 +440,8 @@ class SegmentJob(_Frozen):
     seed: int
     condition: ObjectRef | None = Field(None, description="previous segment's tail frames (uint8 .npy)")
     plan_revision: int = Field(0, ge=0, description="revision of the plan this segment belongs to")
+    playable_frames: int | None = Field(None, ge=0, description="output frames already final (in the job's HLS "
+                                        "stream) while this segment renders; None: the plan is not streamed")
 
     @field_validator("count")
     @classmethod

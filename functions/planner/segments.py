@@ -23,6 +23,15 @@ def make_plan(req: PlanRequest, budget_bytes: int | None) -> JobPlan:
     return JobPlan(job=job, info=plan.to_info(), windows=windows, padding_frames=plan.padding_frames)
 
 
+def playable_before(plan: JobPlan, index: int) -> int | None:
+    """Output frames final once segments ``0..index-1`` are rendered (``functions.stitch.hls``); None when
+    the plan is not streamed (a frame in three windows)."""
+    from functions.stitch.hls import piece_frames_available, stream_pieces
+
+    pieces = stream_pieces([(w.start_frame, w.frames, w.overlap_frames) for w in plan.windows], plan.job.num_frames)
+    return None if pieces is None else piece_frames_available(pieces, index)
+
+
 def segment_job(plan: JobPlan, index: int, condition: ObjectRef | None) -> SegmentJob:
     w = plan.windows[index]
     return SegmentJob(
@@ -30,6 +39,7 @@ def segment_job(plan: JobPlan, index: int, condition: ObjectRef | None) -> Segme
         overlap_frames=w.overlap_frames,
         next_overlap_frames=plan.windows[index + 1].overlap_frames if index + 1 < len(plan.windows) else 0,
         seed=(plan.job.seed + index) % 2**32, condition=condition, plan_revision=plan.info.revision,
+        playable_frames=playable_before(plan, index),
     )
 
 

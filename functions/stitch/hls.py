@@ -32,21 +32,21 @@ its real end (:func:`close_playlist`).
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 
-from functions.stitch.assemble import plan_pieces
 from functions.stitch.blend import BlendFn, Method, blend_function
 from functions.stitch.errors import StitchError
 from functions.stitch.remux import Clip, Piece, concat_pieces
+from runtime.hls import ENDLIST, PLAYLIST_TYPE, close_text, is_closed, playlist_text
 from runtime.video import DEFAULT_CRF, Source, decode_range, probe_mp4
 
-ENDLIST = "#EXT-X-ENDLIST"
-PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+__all__ = ["ENDLIST", "PIECE_TYPE", "PLAYLIST_TYPE", "StreamPiece", "build_piece", "close_text", "is_closed",
+           "mp4_to_ts", "piece_frames_available", "playlist_text", "stream_pieces"]
+
 PIECE_TYPE = "video/mp2t"
 
 
@@ -126,24 +126,3 @@ def mp4_to_ts(mp4: bytes, *, first_frame: int, fps: int) -> bytes:
         out.close()
         src.close()
     return buf.getvalue()
-
-
-def playlist_text(entries: Sequence[tuple[str, float]], *, target_duration_s: float, ended: bool) -> str:
-    """An EVENT playlist of ``(uri, duration_s)`` media segments, closed with ENDLIST when ``ended``."""
-    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:EVENT",
-             f"#EXT-X-TARGETDURATION:{max(1, math.ceil(target_duration_s))}", "#EXT-X-MEDIA-SEQUENCE:0",
-             "#EXT-X-INDEPENDENT-SEGMENTS"]
-    for uri, duration in entries:
-        lines += [f"#EXTINF:{duration:.6f},", uri]
-    if ended:
-        lines.append(ENDLIST)
-    return "\n".join(lines) + "\n"
-
-
-def is_closed(text: str) -> bool:
-    return any(line.strip() == ENDLIST for line in text.splitlines())
-
-
-def close_text(text: str) -> str:
-    """The playlist with ``#EXT-X-ENDLIST`` appended (unchanged when already closed)."""
-    return text if is_closed(text) else text.rstrip("\n") + "\n" + ENDLIST + "\n"

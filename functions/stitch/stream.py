@@ -19,15 +19,17 @@ from functions.stitch.hls import (
     PLAYLIST_TYPE,
     StreamPiece,
     build_piece,
-    close_text,
     is_closed,
     playlist_text,
     stream_pieces,
 )
+from runtime.hls import close_playlist
 from runtime.logging import get_logger
 from runtime.storage import ObjectNotFound, Storage
 from schemas.messages import JobPlan, ObjectRef, SegmentResult
 from schemas.names import playlist_key, segment_result_key, stream_piece_key
+
+__all__ = ["STREAM_METHOD", "StreamUpdate", "close_playlist", "plan_pieces_of", "publish_piece"]
 
 log = get_logger(stage="stream")
 
@@ -68,6 +70,8 @@ async def publish_piece(storage: Storage, plan: JobPlan, res: SegmentResult) -> 
     job = plan.job
     k = res.index
     piece = pieces[k]
+    if not await _still_streaming(storage, job.job_id, k):
+        return None
     prev: bytes | None = None
     if k > 0 and res.overlap_frames:
         prev_res = SegmentResult.model_validate_json(await storage.get_bytes(segment_result_key(job.job_id, k - 1)))
@@ -95,6 +99,19 @@ async def publish_piece(storage: Storage, plan: JobPlan, res: SegmentResult) -> 
                         playlist_url_expires_at=pexp, playable_frames=piece.stop, ended=ended)
 
 
+async def _still_streaming(storage: Storage, job_id: str, k: int) -> bool:
+    """False once the stream was stopped: closed before piece ``k`` (a failure, a piece that could not be
+    built) or never started. A redelivery of a piece already listed is rebuilt (same bytes)."""
+    try:
+        text = (await storage.get_bytes(playlist_key(job_id), max_bytes=4 << 20)).decode()
+    except ObjectNotFound:
+        return k == 0
+    listed = sum(1 for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    if listed < k:
+        return False
+    return not (is_closed(text) and listed < k + 1)
+
+
 async def _playlist(storage: Storage, plan: JobPlan, pieces: list[StreamPiece], listed: int,
                     ended: bool) -> tuple[str, list[tuple[str, datetime]]]:
     job = plan.job
@@ -104,18 +121,3 @@ async def _playlist(storage: Storage, plan: JobPlan, pieces: list[StreamPiece], 
     text = playlist_text([(u, p.frames / job.fps) for (u, _), p in zip(signed, pieces, strict=False)],
                          target_duration_s=target, ended=ended)
     return text, signed
-
-
-async def close_playlist(storage: Storage, job_id: str) -> bool:
-    """Close a failed job's playlist at its real end (``#EXT-X-ENDLIST`` after the pieces listed so far).
-
-    Idempotent; False when the job has no playlist (never streamed, or its objects were removed)."""
-    key = playlist_key(job_id)
-    try:
-        text = (await storage.get_bytes(key, max_bytes=4 << 20)).decode()
-    except ObjectNotFound:
-        return False
-    if not is_closed(text):
-        await storage.put_bytes(key, close_text(text).encode(), PLAYLIST_TYPE)
-        log.info("stream_playlist_closed", job_id=job_id)
-    return True

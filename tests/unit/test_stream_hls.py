@@ -116,7 +116,8 @@ def test_ffprobe_reads_a_local_playlist(tmp_path: Path) -> None:
     entries = []
     for w in plan.windows:
         p = tmp_path / f"seg{w.index}.mp4"
-        encode_mp4(scene(w.frames, w.start_frame), FPS, p, keyframes_at=segment_keyframes(w.index, plan.overlaps, w.frames))
+        encode_mp4(scene(w.frames, w.start_frame), FPS, p,
+                   keyframes_at=segment_keyframes(w.index, plan.overlaps, w.frames))
     for piece in pieces:
         data = build_piece(tmp_path / f"seg{piece.index}.mp4",
                            tmp_path / f"seg{piece.index - 1}.mp4" if piece.index else None, piece,
