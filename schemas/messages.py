@@ -338,6 +338,8 @@ class JobStatus(_Frozen):
                                  "(v1.1)")
     playlist_url: str | None = Field(None, description="presigned GET of the job's HLS playlist (v1.1)")
     playlist_url_expires_at: datetime | None = None
+    preprocessed_frames: int | None = Field(None, ge=0, description="animate jobs preprocessed while they render: "
+                                            "driving/pose/face frames stored so far (v1.1); None: not streamed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +412,8 @@ class ReplanHint(_Frozen):
 class PlanRequest(_Frozen):
     job: ResolvedJob
     replan: ReplanHint | None = Field(None, description="set: re-plan from a segment that did not fit (runner -> planner)")
+    ready_frames: int | None = Field(None, ge=0, description="streaming preprocess: the job's frame inputs are "
+                                     "stored for output frames [0, ready_frames); None: every input is stored")
 
 
 class WindowSpec(_Frozen):

@@ -16,7 +16,7 @@ from typing import Any
 
 import av
 
-from functions.planner.segments import progress_after, segment_job
+from functions.planner.segments import inputs_needed, inputs_ready, progress_after, segment_job
 from functions.stitch.errors import StitchError
 from functions.stitch.stream import StreamUpdate, close_playlist, publish_piece
 from runtime.jobs import TERMINAL, progress_pct
@@ -82,6 +82,12 @@ async def handle_segment_done(payload: bytes, delivery: WorkItem, ports: Ports) 
         plan = await read_plan(ports.storage, job_id, min_revision=res.plan_revision)  # raises: plan missing
     nxt = res.index + 1
     if nxt < len(plan.windows):
+        if not inputs_ready(stored, plan, nxt):
+            # preprocessing is still behind this window: the planner releases it when the inputs are
+            # stored (it reads segments_done after recording them; we read them after recording ours)
+            log.info("segment_waits_for_inputs", job_id=job_id, segment=nxt, needs=inputs_needed(plan, nxt),
+                     ready_frames=stored.preprocessed_frames if stored else None)
+            return
         seg = segment_job(plan, nxt, res.tail)
         ack = await ports.bus.publish(segments_subject(plan.job.model), seg,
                                       msg_id=segment_msg_id(job_id, nxt, plan.info.revision))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functions.planner.plan import plan_segments
 from runtime.jobs import window_progress
-from schemas.messages import JobPlan, ObjectRef, PlanRequest, SegmentJob, WindowSpec
+from schemas.messages import JobPlan, JobStatus, ObjectRef, PlanRequest, SegmentJob, WindowSpec
 from schemas.registry import MODELS
 
 
@@ -47,3 +47,16 @@ def progress_after(plan: JobPlan, index: int) -> float:
     """Job progress once segment ``index`` is rendered (``runtime.jobs.window_progress``)."""
     w = plan.windows[index]
     return window_progress(w.start_frame, w.frames, w.overlap_frames, plan.job.num_frames)
+
+
+def inputs_needed(plan: JobPlan, index: int) -> int:
+    """Output frames whose preprocessed inputs (driving/pose/face) window ``index`` reads: ``[0, n)``."""
+    w = plan.windows[index]
+    return min(w.start_frame + w.frames, plan.job.num_frames)
+
+
+def inputs_ready(status: JobStatus | None, plan: JobPlan, index: int) -> bool:
+    """Whether everything window ``index`` needs is stored (``JobStatus.preprocessed_frames``: None when
+    the job's inputs were all stored before planning)."""
+    ready = None if status is None else status.preprocessed_frames
+    return ready is None or ready >= inputs_needed(plan, index)
