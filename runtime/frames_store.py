@@ -135,6 +135,18 @@ class ChunkWriter:
         return chunk
 
 
+def encode_chunk(frames: list[np.ndarray] | np.ndarray, number: int, start: int, width: int, height: int,
+                 fps: float, *, crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, threads: int = 1) -> Chunk:
+    """One whole chunk at once (chunks are independent MP4s, so several encode in parallel). With a fixed
+    ``threads`` the bytes do not depend on how many chunks were encoded side by side."""
+    w = ChunkWriter(width, height, fps, chunk_frames=len(frames) + 1, crf=crf, preset=preset, threads=threads)
+    for frame in frames:
+        w.add(frame)
+    chunk = w.flush()
+    assert chunk is not None, "encode_chunk needs at least one frame"
+    return Chunk(number, start, chunk.frames, chunk.data)
+
+
 def chunk_key(prefix: str, n: int) -> str:
     return f"{prefix}/chunk-{n:05d}.mp4"
 

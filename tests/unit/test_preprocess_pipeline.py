@@ -191,3 +191,18 @@ async def test_streaming_preprocess_never_announces_a_video_without_a_person(inp
     with pytest.raises(InputRejected) as e:
         await run(animate_request("empty-scene.mp4", num_frames=40), store_with(inputs), on_ready=on_ready)
     assert e.value.code == ErrorCode.INPUT_UNSUPPORTED and calls == []
+
+
+async def test_one_worker_and_two_store_identical_objects(inputs: dict[str, bytes]) -> None:
+    """The whole path runs on the pool (pose, skeleton, chunk encodes): the bytes do not depend on it."""
+    req = animate_request("long.mp4", num_frames=70, fps=30, job_id="anim-workers")
+    stores = []
+    for n in (1, 2):
+        store = store_with(inputs)
+        job, _ = resolve(req)
+        await preprocess(job, req, store, SETTINGS, workers=n)
+        stores.append(store)
+    one, two = ({k: v for (_, k), v in s.objects.items() if k.startswith("jobs/")} for s in stores)
+    meta = [k for k in one if k.endswith(".json")]  # index/sidecar JSON records the worker count and timing
+    assert set(one) == set(two) and len(one) > len(meta) + 6
+    assert all(one[k] == two[k] for k in one if k not in meta)
