@@ -52,6 +52,9 @@ log = get_logger(stage="preprocess")
 CHUNK_FRAMES = 32
 """Frames per stored chunk, and per ``AnimateRun.step``."""
 
+STEP_FRAMES = 8
+"""Frames per ``AnimateRun.step`` when streaming (finished chunks go out sooner)."""
+
 OnReady = Callable[[dict[str, ObjectRef], int], Awaitable[None]]
 """Streaming preprocess: called with the job's input refs (every name, keys final) and F each time the
 frame streams are stored (partial ``index.json`` written) for frames ``[0, F)``; it may raise to stop."""
@@ -121,9 +124,12 @@ class _Uploader:
     """Uploads finished chunks concurrently with the next processing step (at most 2 batches
     in flight, so encoded bytes waiting in memory stay bounded) and records their refs."""
 
-    def __init__(self, storage: ObjectStore, prefixes: dict[str, str]) -> None:
+    def __init__(self, storage: ObjectStore, prefixes: dict[str, str],
+                 on_stored: Callable[[], Awaitable[None]] | None = None) -> None:
         self._storage = storage
         self._prefixes = prefixes
+        self._on_stored = on_stored
+        self._announcing = asyncio.Lock()
         self._inflight: list[asyncio.Future[Any]] = []
         self.chunks: dict[str, list[ChunkInfo]] = {name: [] for name in prefixes}
 
@@ -150,7 +156,13 @@ class _Uploader:
             return
         while len(self._inflight) >= 2:
             await self._inflight.pop(0)
-        self._inflight.append(asyncio.gather(*(self._put(s, c) for s, c in batch)))
+        self._inflight.append(asyncio.ensure_future(self._batch(batch)))
+
+    async def _batch(self, batch: list[tuple[str, Chunk]]) -> None:
+        await asyncio.gather(*(self._put(s, c) for s, c in batch))
+        if self._on_stored is not None:
+            async with self._announcing:  # as soon as a batch is stored, in order
+                await self._on_stored()
 
     async def drain(self) -> None:
         while self._inflight:
@@ -183,7 +195,6 @@ async def _animate(job: ResolvedJob, video: bytes, storage: ObjectStore, limits:
     )
     prefixes = {"driving": frames_key(jid, "driving"), "pose": keypoints_key(jid, "pose"),
                 "face": keypoints_key(jid, "face")}
-    uploader = _Uploader(storage, prefixes)
     bucket = getattr(storage, "bucket", "")
     # every name the job will have, keys final (the partial indexes are rewritten at the same keys;
     # keypoints appear when preprocessing ends: nothing downstream reads them before)
@@ -206,11 +217,12 @@ async def _animate(job: ResolvedJob, video: bytes, storage: ObjectStore, limits:
         announced = ready
         await on_ready(streaming_refs, ready)
 
+    uploader = _Uploader(storage, prefixes, on_stored=announce if on_ready is not None else None)
     try:
         while not run.done:
-            batch = await asyncio.to_thread(run.step, CHUNK_FRAMES)
+            # small steps: a chunk whose encode finished is uploaded (and announced) within STEP_FRAMES
+            batch = await asyncio.to_thread(run.step, STEP_FRAMES if on_ready is not None else CHUNK_FRAMES)
             await uploader.submit(batch)
-            await announce()
         await uploader.drain()
     finally:
         uploader.cancel()
