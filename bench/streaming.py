@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -75,6 +76,9 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=41, help="max_segment_frames")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--keep", type=Path, default=None, help="keep servers' data and logs here")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="let the runner and the functions share every core (default: the runner gets core 0, "
+                         "the CPU functions the others, as a GPU node and CPU nodes would not compete)")
     args = ap.parse_args()
 
     from functions.preprocess.media import encode_png
@@ -96,7 +100,13 @@ def main() -> None:
         procs = []
         try:
             asyncio.run(provision(settings, [model]))
+            cores = sorted(os.sched_getaffinity(0))
+            pin = not args.no_pin and len(cores) >= 2
+            if pin:  # children inherit the affinity of the process that starts them
+                os.sched_setaffinity(0, {cores[0]})
             runner = start_runner(settings, data / "runner.log", model=model)
+            if pin:
+                os.sched_setaffinity(0, set(cores[1:]))
             procs.append(runner)
             wait_for_log(data / "runner.log", "runner_io_ready", 300, runner)
 
@@ -113,6 +123,8 @@ def main() -> None:
                     "video": f"s3://{settings.bucket}/uploads/drive.mp4"}
             job = {**base, "num_frames": frames, "max_segment_frames": args.window}
             warm = {**base, "num_frames": 9, "steps": 1}
+            print(f"cores: {len(cores)}; " + (f"runner pinned to core {cores[0]}, CPU functions to {cores[1:]}"
+                                             if pin else "runner and functions share every core"))
             print(f"tiny-wan-animate {args.size}x{args.size}, {frames} frames at {args.fps} fps ({args.seconds:g} s), "
                   f"{args.steps} steps, windows <= {args.window}; driving video {args.video_width}x"
                   f"{args.video_height}")
