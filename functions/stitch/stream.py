@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from functions.stitch.blend import Method
+from functions.stitch.handler import STITCH_METHOD
 from functions.stitch.hls import (
     PIECE_TYPE,
     PLAYLIST_TYPE,
@@ -33,8 +35,8 @@ __all__ = ["STREAM_METHOD", "StreamUpdate", "close_playlist", "plan_pieces_of", 
 
 log = get_logger(stage="stream")
 
-STREAM_METHOD = "crossfade"
-"""Must equal the stitcher's ``STITCH_METHOD`` (the stream shows output.mp4's frames)."""
+STREAM_METHOD: Method = STITCH_METHOD
+"""The stitcher's blend (the stream shows output.mp4's frames)."""
 
 
 @dataclass(frozen=True)
