@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from functions.preprocess.errors import InputRejected
-from runtime.frames_store import FramesIndex, read_frames
 from functions.preprocess.media import encode_png
-from runtime.objects import MemoryStore
 from functions.preprocess.pipeline import preprocess, resolve_workers
 from functions.preprocess.skeleton import DET, J
 from functions.preprocess.synthetic import draw_figure, encode_video, figure_joints, figure_video
 from functions.preprocess.validate import resolve
+from runtime.frames_store import FramesIndex, read_frames
+from runtime.objects import MemoryStore
 from runtime.settings import Settings
 from schemas.errors import ErrorCode
-from schemas.registry import MODELS
 from schemas.messages import JobRequest
+from schemas.registry import MODELS
 
 SETTINGS = Settings()
 
