@@ -61,9 +61,11 @@ async def handle_plan(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     if stored is None:
         return
     k = stored.segments_done
-    if k >= len(plan.windows) or not inputs_ready(stored, plan, k):
+    if k >= len(plan.windows):
+        return  # every segment rendered already
+    if not inputs_ready(stored, plan, k):
         log.info("segment_waits_for_inputs", job_id=job_id, segment=k, ready_frames=stored.preprocessed_frames,
-                 needs=inputs_needed(plan, min(k, len(plan.windows) - 1)))
+                 needs=inputs_needed(plan, k))
         return
     # publish k only on the message that made it ready (the chain publishes a segment whose inputs were
     # ready when its predecessor finished): one publisher per segment; a redelivery publishes again
