@@ -125,11 +125,15 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
 
     accepted = AcceptedData(model=job.model, task=job.task, width=job.width, height=job.height,
                             num_frames=job.num_frames, fps=job.fps, steps=job.steps, seed=job.seed)
-    # stored before the first event is published: the webhook dispatcher reads the subscription from it
-    await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
-                               alongside=ports.storage.put_bytes(request_key(job.job_id), payload,
-                                                                 "application/json"),
-                               model=job.model, task=job.task.value)
+    current, _ = await ports.tracker.status.get(job.job_id)
+    if current is None or not streaming_unfinished(current):
+        # stored before the first event is published: the webhook dispatcher reads the subscription from it
+        # (a redelivery of a job already planned and rendering while it was preprocessed skips this: the
+        # job stays where it is, and request.json was stored before it was handed on)
+        await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
+                                   alongside=ports.storage.put_bytes(request_key(job.job_id), payload,
+                                                                     "application/json"),
+                                   model=job.model, task=job.task.value)
 
     stream: ReadyAnnouncer | None = None
     if job.task != Task.T2V:
@@ -182,16 +186,19 @@ class ReadyAnnouncer:
 
     async def __call__(self, refs: dict[str, ObjectRef], ready: int) -> None:
         job_id = self.job.job_id
-        if (state := await self.ports.guard.stopped(job_id, among=STOPPED, clean_up=False)) is not None:
+        status, _ = await self.ports.tracker.status.get(job_id)
+        if (state := await self.ports.guard.stopped(job_id, among=STOPPED, status=status, clean_up=False)) is not None:
             raise JobStopped(state.value)
         job = self.job.model_copy(update={"inputs": JobInputs(**refs)})
         if self.first_frames is None:
-            # the status says how far the stored frames go from the start (a redelivered submission
-            # sees preprocessing unfinished and carries on, see ``claim``)
-            await self.ports.tracker.record(
-                JobEvent.build(job_id, EventType.PREPROCESSED, PreprocessedData(inputs=job.inputs.objects())),
-                preprocessed_frames=ready)
             self.first_frames = ready
+            if status is None or status.preprocessed_frames is None:
+                # the status says how far the stored frames go from the start (a redelivered submission
+                # sees preprocessing unfinished and carries on, see ``claim``); a redelivery that carries
+                # on finds it set and neither re-announces the job nor moves its state back
+                await self.ports.tracker.record(
+                    JobEvent.build(job_id, EventType.PREPROCESSED, PreprocessedData(inputs=job.inputs.objects())),
+                    preprocessed_frames=ready)
         await self.publish(job, ready)
 
     async def publish(self, job: ResolvedJob, ready: int) -> None:
