@@ -148,7 +148,7 @@ class RunnerIO:
     async def _open(self) -> None:
         await self.bus.connect()
         await self.storage.open()
-        self.tracker = JobTracker(self.bus)
+        self.tracker = JobTracker(self.bus, self.storage)
         self.guard = JobGuard(self.tracker, self.storage)
         spec = runner_consumer(self.model)
         self.puller = Puller(self.bus, spec, stage=STAGE, on_permanent=self._record_failure,
@@ -243,7 +243,8 @@ class RunnerIO:
         active.last_progress = now
         j = active.job
         pct = segment_progress(j, step, steps)
-        data = ProgressData(progress=pct, segment=j.index, segments_total=j.count, step=step, steps=steps)
+        data = ProgressData(progress=pct, segment=j.index, segments_total=j.count, step=step, steps=steps,
+                            playable_frames=j.playable_frames)
         event = JobEvent.build(j.job.job_id, EventType.PROGRESS, data, j.index, step, *revision_tag(j.plan_revision))
         assert self.tracker is not None
         self.spawn(self.tracker.record(event, progress=pct, segments_total=j.count))

@@ -5,7 +5,9 @@ Layout for a stream named ``<prefix>`` (e.g. ``jobs/<id>/frames/driving``)::
     <prefix>/chunk-00000.mp4   frames [0, chunk_frames)
     <prefix>/chunk-00001.mp4   frames [chunk_frames, 2*chunk_frames)
     ...
-    <prefix>/index.json        FramesIndex, written last (its presence means "complete")
+    <prefix>/index.json        FramesIndex, written last (``complete``); a streaming producer rewrites it
+                               after every stored chunk batch with ``complete=False``, so a reader can
+                               take frames [0, frames) while the rest is still being made
 
 Why this format (measured on 832x480 content, see README): H.264 CRF 10 in yuv444p is
 visually lossless (PSNR ~40-44 dB, no chroma smearing of thin coloured pose limbs, unlike
@@ -63,6 +65,8 @@ class FramesIndex(BaseModel):
     chunk_frames: int = Field(ge=1)
     chunks: list[ChunkInfo]
     meta: dict[str, Any] = Field(default_factory=dict, description="producer details (e.g. padded_frames)")
+    complete: bool = Field(True, description="False while a streaming producer is still appending chunks: "
+                           "frames [0, frames) are stored, more follow")
 
     def chunks_for(self, start: int, count: int) -> list[ChunkInfo]:
         end = start + count
@@ -129,6 +133,18 @@ class ChunkWriter:
         self._container = self._stream = self._buf = None
         self.chunks += 1
         return chunk
+
+
+def encode_chunk(frames: list[np.ndarray] | np.ndarray, number: int, start: int, width: int, height: int,
+                 fps: float, *, crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, threads: int = 1) -> Chunk:
+    """One whole chunk at once (chunks are independent MP4s, so several encode in parallel). With a fixed
+    ``threads`` the bytes do not depend on how many chunks were encoded side by side."""
+    w = ChunkWriter(width, height, fps, chunk_frames=len(frames) + 1, crf=crf, preset=preset, threads=threads)
+    for frame in frames:
+        w.add(frame)
+    chunk = w.flush()
+    assert chunk is not None, "encode_chunk needs at least one frame"
+    return Chunk(number, start, chunk.frames, chunk.data)
 
 
 def chunk_key(prefix: str, n: int) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from runtime.bus import Bus
+from runtime.hls import close_playlist
 from runtime.logging import get_logger
 from runtime.storage import Storage
 from schemas.messages import (
@@ -152,9 +153,11 @@ class StatusStore:
 class JobTracker:
     """Emits events and keeps the status in step with them."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, storage: Storage | None = None) -> None:
         self.bus = bus
         self.status = StatusStore(bus)
+        self.storage = storage
+        """Set (``Ports`` does): a job that fails has its HLS playlist closed at its real end."""
 
     async def publish_event(self, event: JobEvent) -> None:
         # Nats-Msg-Id = event id: a redelivered stage re-emitting the same change is de-duplicated.
@@ -202,6 +205,10 @@ class JobTracker:
                      state=stored.state.value)
             return stored
         await self.publish_event(event)
+        if (self.storage is not None and stored is not None and stored.state == JobState.FAILED
+                and stored.playlist_url is not None):
+            # a streaming job that failed: players see the stream end where the frames end
+            await close_playlist(self.storage, event.job_id)
         return stored
 
 

@@ -19,4 +19,6 @@ class Ports:
     guard: JobGuard = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.tracker.storage is None:
+            self.tracker.storage = self.storage  # lets the lifecycle close a failed job's stream
         self.guard = JobGuard(self.tracker, self.storage)

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     input_buckets: list[str] = Field(default_factory=list,
                                      description="buckets s3:// inputs may come from (empty: any readable)")
     preprocess_workers: int | None = Field(None, ge=1, description="pose/frame worker threads (default: cores)")
+    preprocess_streaming: bool = Field(True, description="animate: plan and render while preprocessing goes on "
+                                       "(segment k starts once its window's frames are stored); False: serial")
     status_ttl_s: int = Field(7 * 86400, description="how long finished jobs stay in KV videogen-jobs")
     heartbeat_s: float = Field(10.0, description="in_progress interval while a stage works on a message")
     # --- GPU runner --------------------------------------------------------------------

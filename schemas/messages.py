@@ -219,6 +219,8 @@ class ProgressData(_Frozen):
     segments_total: int
     step: int
     steps: int
+    playable_frames: int | None = Field(None, ge=0, description="output frames already final and in the job's "
+                                        "HLS playlist (added in v1.1)")
 
 
 class SegmentCompletedData(_Frozen):
@@ -227,6 +229,16 @@ class SegmentCompletedData(_Frozen):
     object: ObjectRef
     frames: int
     elapsed_s: float
+    # streaming (v1.1): the output frames this segment made final, and the growing playlist
+    playable_frames: int | None = Field(None, ge=0, description="output frames [0, playable_frames) are final "
+                                        "and listed in the playlist")
+    stream: ObjectRef | None = Field(None, description="HLS media segment (MPEG-TS) of the output frames this "
+                                     "segment made final: [stream_start_frame, playable_frames)")
+    stream_start_frame: int | None = Field(None, ge=0)
+    url: str | None = Field(None, description="presigned GET of `stream` (the job's presign_ttl_s)")
+    url_expires_at: datetime | None = None
+    playlist_url: str | None = Field(None, description="presigned GET of the job's HLS playlist; its media "
+                                     "segment URIs are presigned absolute URLs too")
 
 
 class SucceededData(_Frozen):
@@ -330,6 +342,12 @@ class JobStatus(_Frozen):
     task: str | None = None
     plan: PlanInfo | None = None
     queue_position: int | None = None
+    playable_frames: int = Field(0, ge=0, description="output frames final and playable in the HLS playlist "
+                                 "(v1.1)")
+    playlist_url: str | None = Field(None, description="presigned GET of the job's HLS playlist (v1.1)")
+    playlist_url_expires_at: datetime | None = None
+    preprocessed_frames: int | None = Field(None, ge=0, description="animate jobs preprocessed while they render: "
+                                            "driving/pose/face frames stored so far (v1.1); None: not streamed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +420,8 @@ class ReplanHint(_Frozen):
 class PlanRequest(_Frozen):
     job: ResolvedJob
     replan: ReplanHint | None = Field(None, description="set: re-plan from a segment that did not fit (runner -> planner)")
+    ready_frames: int | None = Field(None, ge=0, description="streaming preprocess: the job's frame inputs are "
+                                     "stored for output frames [0, ready_frames); None: every input is stored")
 
 
 class WindowSpec(_Frozen):
@@ -432,6 +452,8 @@ class SegmentJob(_Frozen):
     seed: int
     condition: ObjectRef | None = Field(None, description="previous segment's tail frames (uint8 .npy)")
     plan_revision: int = Field(0, ge=0, description="revision of the plan this segment belongs to")
+    playable_frames: int | None = Field(None, ge=0, description="output frames already final (in the job's HLS "
+                                        "stream) while this segment renders; None: the plan is not streamed")
 
     @field_validator("count")
     @classmethod

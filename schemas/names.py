@@ -272,6 +272,21 @@ def output_key(job_id: str) -> str:
     return f"{job_prefix(job_id)}output.mp4"
 
 
+def stream_prefix(job_id: str) -> str:
+    """Where the job's HLS stream lives (playlist + media segments), under the job's objects."""
+    return f"jobs/{job_id}/stream/"
+
+
+def playlist_key(job_id: str) -> str:
+    """The job's HLS playlist (``EXT-X-PLAYLIST-TYPE:EVENT``), rewritten as segments finish."""
+    return f"{stream_prefix(job_id)}playlist.m3u8"
+
+
+def stream_piece_key(job_id: str, index: int) -> str:
+    """HLS media segment ``index`` (MPEG-TS): the output frames that became final with segment ``index``."""
+    return f"{stream_prefix(job_id)}{index:05d}.ts"
+
+
 def temp_key(final_key: str, token: str) -> str:
     """Upload target before an atomic finalise (copy) to ``final_key``."""
     return f"{final_key}.tmp-{token}"

@@ -10,17 +10,16 @@ the plan revision: a result of a revision that was re-planned since is ignored t
 
 from __future__ import annotations
 
-import asyncio
-
 from functions.planner.replan import replan
-from functions.planner.segments import RunnerTarget, make_plan, progress_after, segment_job
+from functions.planner.segments import RunnerTarget, inputs_needed, inputs_ready, make_plan, progress_after, segment_job
 from runtime.jobs import TERMINAL
 from runtime.logging import get_logger
 from runtime.plans import read_plan, store_plan
 from runtime.ports import Ports
 from runtime.work import WorkItem
-from schemas.messages import PlanRequest, ReplanHint
-from schemas.names import segment_msg_id, segments_subject
+from schemas.errors import Permanent
+from schemas.messages import JobPlan, JobStatus, PlanRequest, ReplanHint, SegmentResult
+from schemas.names import segment_msg_id, segment_result_key, segments_subject
 
 __all__ = ["handle_plan", "handle_replan", "make_plan", "progress_after", "segment_job"]
 
@@ -37,20 +36,65 @@ async def handle_plan(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     if (state := await ports.guard.stopped(job_id, among=TERMINAL)) is not None:
         log.info("job_already_finished", job_id=job_id, state=state.value)
         return
-    plan = make_plan(req, ports.settings.runner_memory_budget_bytes, RunnerTarget.from_settings(ports.settings))
-    first = segment_job(plan, 0, None)
-    # independent writes, done concurrently; a failure of any redelivers the whole step, and
-    # each write is idempotent (same key, same Nats-Msg-Id, same status fields)
-    *_, ack = await asyncio.gather(
-        store_plan(ports.storage, plan),
-        ports.tracker.status.update(job_id, lambda cur: cur and cur.model_copy(update={
-            "segments_total": plan.info.segments, "plan": plan.info})),
-        ports.bus.publish(segments_subject(req.job.model), first, msg_id=segment_msg_id(job_id, 0)),
-    )
+    # a streaming preprocess sends one PlanRequest per stored batch of frames (``ready_frames``): the
+    # first plans the job, every one records how far the inputs go and may release the waiting segment
+    plan = await _stored_plan(ports, job_id)
+    fresh = plan is None
+    if plan is None:
+        plan = make_plan(req, ports.settings.runner_memory_budget_bytes, RunnerTarget.from_settings(ports.settings))
+        await store_plan(ports.storage, plan)
+    info = plan.info
+    before: list[int | None] = []
+
+    def mutate(cur: JobStatus | None) -> JobStatus | None:
+        if cur is None:
+            return None
+        before[:] = [cur.preprocessed_frames]
+        update: dict[str, object] = {}
+        if cur.plan is None or cur.plan.revision < info.revision or fresh:
+            update.update(segments_total=info.segments, plan=info)
+        if req.ready_frames is not None and (cur.preprocessed_frames or 0) < req.ready_frames:
+            update["preprocessed_frames"] = req.ready_frames
+        return cur.model_copy(update=update) if update else None
+
+    stored = await ports.tracker.status.update(job_id, mutate)
+    if stored is None:
+        return
+    k = stored.segments_done
+    if k >= len(plan.windows):
+        return  # every segment rendered already
+    if not inputs_ready(stored, plan, k):
+        log.info("segment_waits_for_inputs", job_id=job_id, segment=k, ready_frames=stored.preprocessed_frames,
+                 needs=inputs_needed(plan, k))
+        return
+    # publish k only on the message that made it ready (the chain publishes a segment whose inputs were
+    # ready when its predecessor finished): one publisher per segment; a redelivery publishes again
+    # (same Nats-Msg-Id, de-duplicated)
+    was_ready = bool(before) and before[0] is not None and before[0] >= inputs_needed(plan, k)
+    if not (fresh and k == 0) and was_ready and delivery.num_delivered <= 1:
+        return
+    if not fresh and k == 0 and req.ready_frames is None and delivery.num_delivered <= 1:
+        return  # nothing new: segment 0 went out with the plan
+    condition = None
+    if k > 0:
+        prev = SegmentResult.model_validate_json(await ports.storage.get_bytes(segment_result_key(job_id, k - 1)))
+        condition = prev.tail
+    seg = segment_job(plan, k, condition)
+    ack = await ports.bus.publish(segments_subject(req.job.model), seg, msg_id=segment_msg_id(job_id, k, info.revision))
     if await ports.guard.stopped(job_id, queued_seq=ack.seq) is not None:
         return
-    log.info("job_planned", job_id=job_id, segments=plan.info.segments, window=plan.info.window_frames,
-             overlap=plan.info.overlap_frames, reason=plan.info.reason)
+    if fresh:
+        log.info("job_planned", job_id=job_id, segments=info.segments, window=info.window_frames,
+                 overlap=info.overlap_frames, reason=info.reason, ready_frames=stored.preprocessed_frames)
+    else:
+        log.info("segment_released_inputs_ready", job_id=job_id, segment=k, ready_frames=stored.preprocessed_frames)
+
+
+async def _stored_plan(ports: Ports, job_id: str) -> JobPlan | None:
+    try:
+        return await read_plan(ports.storage, job_id)
+    except Permanent:
+        return None
 
 
 async def handle_replan(req: PlanRequest, hint: ReplanHint, ports: Ports) -> None:

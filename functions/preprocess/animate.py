@@ -1,15 +1,23 @@
 """The CPU-heavy part of an animate job, driven step by step from the event loop.
 
 ``AnimateRun.step(n)`` (call it in a worker thread) pulls up to ``n`` more frames through
-decode -> resample -> fit to grid -> pose (thread pool, ordered) -> render pose -> face crop ->
-encode, and returns the chunks that got finished, ready to upload. Memory stays bounded: one
-decoded frame, the pool's in-flight window, three encoders and the small keypoint rows.
+decode -> resample -> fit to grid -> [pose -> render pose] (thread pool, ordered) -> face crop ->
+[encode chunk] (the same pool), and returns the chunks that got finished, ready to upload.
+
+Everything heavy runs on the estimator's ``workers`` threads, so the whole path scales with cores:
+pose and skeleton drawing per frame, and the encoding per 32-frame chunk (chunks are independent MP4s,
+each encoded single-threaded, so the bytes are the same for any worker count). Only what is
+sequential by nature stays in the calling thread: decode, the face box's temporal smoothing and its
+crop. Memory stays bounded: the pool's in-flight window, the three chunks being filled, at most
+``2 x workers`` chunks being encoded, and the small keypoint rows.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +28,7 @@ from functions.preprocess.media import SampledFrame, Source, iter_frames
 from functions.preprocess.pose import PoseEstimator, to_pixels
 from functions.preprocess.render import FaceCropper, render_pose
 from functions.preprocess.skeleton import DET, NUM_JOINTS
-from runtime.frames_store import Chunk, ChunkWriter
+from runtime.frames_store import Chunk, encode_chunk
 
 STREAMS = ("driving", "pose", "face")
 """Frame streams an animate job produces: the driving video on the model grid, the rendered
@@ -46,15 +54,18 @@ class AnimateRun:
                  chunk_frames: int = 32, analysis_min_side: int = 512) -> None:
         self.width, self.height, self.fps, self.num_frames = width, height, fps, num_frames
         self.face_size = face_size
+        self.chunk_frames = chunk_frames
         self.analysis_w, self.analysis_h = analysis_size(width, height, analysis_min_side)
         frames = iter_frames(video, fps=fps, width=width, height=height, limits=limits, max_frames=num_frames,
                              analysis_min_side=analysis_min_side)
-        self._results: Iterator[tuple[SampledFrame, np.ndarray]] = estimator.map_ordered(frames, lambda s: s.analysis)
-        self._writers = {
-            "driving": ChunkWriter(width, height, fps, chunk_frames=chunk_frames),
-            "pose": ChunkWriter(width, height, fps, chunk_frames=chunk_frames),
-            "face": ChunkWriter(face_size, face_size, fps, chunk_frames=chunk_frames),
-        }
+        self._estimator = estimator
+        self._results: Iterator[tuple[SampledFrame, np.ndarray, np.ndarray]] = estimator.map_ordered_then(
+            frames, lambda s: s.analysis, self._draw)
+        self._sizes = {"driving": (width, height), "pose": (width, height), "face": (face_size, face_size)}
+        self._filling: dict[str, list[np.ndarray]] = {name: [] for name in STREAMS}
+        self._numbers = dict.fromkeys(STREAMS, 0)
+        self._encoding: deque[Future[tuple[str, Chunk]]] = deque()
+        self._max_encoding = 2 * estimator.workers
         self._cropper = FaceCropper(face_size)
         self._rows: list[np.ndarray] = []
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # driving, pose, face
@@ -62,9 +73,15 @@ class AnimateRun:
         self.done = False
         self._lock = threading.Lock()
 
+    def _draw(self, sampled: SampledFrame, kp: np.ndarray) -> np.ndarray:
+        """In a pool thread, right after the pose: the skeleton frame (pure per frame)."""
+        del sampled
+        return render_pose(to_pixels(kp, self.width, self.height), self.width, self.height)
+
     def step(self, max_frames: int) -> list[tuple[str, Chunk]]:
-        """Process up to ``max_frames`` frames; returns ``(stream, chunk)`` for each finished chunk.
-        After the video (or ``num_frames``) is exhausted, pads, flushes and sets ``done``."""
+        """Process up to ``max_frames`` frames; returns ``(stream, chunk)`` for each chunk whose encoding
+        finished (in order per stream). After the video (or ``num_frames``) is exhausted, pads, flushes,
+        waits for the last encodes and sets ``done``."""
         out: list[tuple[str, Chunk]] = []
         with self._lock:
             for _ in range(max_frames):
@@ -72,16 +89,19 @@ class AnimateRun:
                 if nxt is None:
                     self._finish(out)
                     break
-                sampled, kp = nxt
-                self._add(sampled, kp, out)
+                self._add(*nxt)
+            self._collect(out, wait=False)
         return out
 
     def close(self) -> None:
-        """Stop early: cancel in-flight pose work and close the video (idempotent)."""
+        """Stop early: cancel in-flight pose and encode work and close the video (idempotent)."""
         with self._lock:
             close = getattr(self._results, "close", None)
             if close is not None:
                 close()
+            for fut in self._encoding:
+                fut.cancel()
+            self._encoding.clear()
 
     def keypoints(self) -> np.ndarray:
         """(F, 33, 4) float32: x, y in grid pixels, visibility, detected (see ``skeleton``)."""
@@ -89,22 +109,40 @@ class AnimateRun:
             return np.zeros((0, NUM_JOINTS, 4), np.float32)
         return np.stack(self._rows).astype(np.float32, copy=False)
 
-    def _emit(self, frames: tuple[np.ndarray, np.ndarray, np.ndarray], out: list[tuple[str, Chunk]]) -> None:
-        for name, frame in zip(STREAMS, frames, strict=True):
-            chunk = self._writers[name].add(frame)
-            if chunk is not None:
-                out.append((name, chunk))
+    def _encode(self, stream: str, frames: list[np.ndarray], number: int, start: int) -> tuple[str, Chunk]:
+        w, h = self._sizes[stream]
+        return stream, encode_chunk(frames, number, start, w, h, self.fps)
 
-    def _add(self, sampled: SampledFrame, kp: np.ndarray, out: list[tuple[str, Chunk]]) -> None:
+    def _seal(self, name: str) -> None:
+        frames = self._filling[name]
+        if not frames:
+            return
+        number = self._numbers[name]
+        self._numbers[name] += 1
+        self._filling[name] = []
+        start = number * self.chunk_frames
+        self._encoding.append(self._estimator.submit(self._encode, name, frames, number, start))
+
+    def _collect(self, out: list[tuple[str, Chunk]], *, wait: bool) -> None:
+        """Finished encodes from the head (keeps stream order); blocks while too many are in flight."""
+        while self._encoding and (wait or self._encoding[0].done() or len(self._encoding) > self._max_encoding):
+            out.append(self._encoding.popleft().result())
+
+    def _emit(self, frames: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        for name, frame in zip(STREAMS, frames, strict=True):
+            self._filling[name].append(frame)
+            if len(self._filling[name]) >= self.chunk_frames:
+                self._seal(name)
+
+    def _add(self, sampled: SampledFrame, kp: np.ndarray, pose: np.ndarray) -> None:
         grid_kp = to_pixels(kp, self.width, self.height)
         self._rows.append(grid_kp)
         self.stats.source_frames += 1
         if kp[:, DET].max() > 0:
             self.stats.detected_frames += 1
-        pose = render_pose(grid_kp, self.width, self.height)
         face = self._cropper.crop(sampled.analysis, to_pixels(kp, self.analysis_w, self.analysis_h))
         self._last = (sampled.frame, pose, face)
-        self._emit(self._last, out)
+        self._emit(self._last)
 
     def _finish(self, out: list[tuple[str, Chunk]]) -> None:
         if self.done:
@@ -112,11 +150,10 @@ class AnimateRun:
         while self._last is not None and len(self._rows) < self.num_frames:  # video shorter than asked
             self._rows.append(self._rows[-1])
             self.stats.padded_frames += 1
-            self._emit(self._last, out)
-        for name, writer in self._writers.items():
-            chunk = writer.flush()
-            if chunk is not None:
-                out.append((name, chunk))
+            self._emit(self._last)
         for name in STREAMS:
-            self.stats.chunks[name] = self._writers[name].chunks
+            self._seal(name)
+        self._collect(out, wait=True)
+        for name in STREAMS:
+            self.stats.chunks[name] = self._numbers[name]
         self.done = True

@@ -15,6 +15,7 @@ from functions.preprocess.validate import (
     resolve,
 )
 from runtime.consumer import Delivery
+from runtime.jobs import STOPPED
 from runtime.logging import get_logger
 from runtime.ports import Ports
 from runtime.storage import ObjectNotFound
@@ -27,8 +28,10 @@ from schemas.messages import (
     JobRequest,
     JobState,
     JobStatus,
+    ObjectRef,
     PlanRequest,
     PreprocessedData,
+    ResolvedJob,
     Task,
     utcnow,
 )
@@ -81,7 +84,7 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
         stored = await ports.storage.get_bytes(request_key(job_id), max_bytes=1 << 20)
     except ObjectNotFound:
         stored = None
-    preprocessing = current is not None and current.state == JobState.PREPROCESSING
+    preprocessing = current is not None and (current.state == JobState.PREPROCESSING or streaming_unfinished(current))
     if stored == payload:
         if preprocessing:
             return True  # our own message again, interrupted mid-preprocess: carry on
@@ -94,6 +97,13 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
     state = current.state.value if current is not None else "unknown"
     await refuse_duplicate(payload, delivery, ports, job_id, f"it is {state}; job ids are idempotency keys")
     return False
+
+
+def streaming_unfinished(st: JobStatus) -> bool:
+    """A job handed to the planner before its preprocessing ended (``preprocessed_frames`` short of T)."""
+    if st.state.terminal or st.preprocessed_frames is None:
+        return False
+    return st.plan is None or st.preprocessed_frames < st.plan.total_frames
 
 
 async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> None:
@@ -123,20 +133,85 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
 
     accepted = AcceptedData(model=job.model, task=job.task, width=job.width, height=job.height,
                             num_frames=job.num_frames, fps=job.fps, steps=job.steps, seed=job.seed)
-    # stored before the first event is published: the webhook dispatcher reads the subscription from it
-    await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
-                               alongside=ports.storage.put_bytes(request_key(job.job_id), payload,
-                                                                 "application/json"),
-                               model=job.model, task=job.task.value)
+    current, _ = await ports.tracker.status.get(job.job_id)
+    if current is None or not streaming_unfinished(current):
+        # stored before the first event is published: the webhook dispatcher reads the subscription from it
+        # (a redelivery of a job already planned and rendering while it was preprocessed skips this: the
+        # job stays where it is, and request.json was stored before it was handed on)
+        await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
+                                   alongside=ports.storage.put_bytes(request_key(job.job_id), payload,
+                                                                     "application/json"),
+                                   model=job.model, task=job.task.value)
 
+    stream: ReadyAnnouncer | None = None
     if job.task != Task.T2V:
         from functions.preprocess.pipeline import preprocess as run_preprocess
 
-        inputs = await run_preprocess(job, req, ports.storage, ports.settings)
+        if job.task == Task.ANIMATE and settings.preprocess_streaming:
+            stream = ReadyAnnouncer(job, ports)
+        try:
+            inputs = await run_preprocess(job, req, ports.storage, ports.settings, on_ready=stream)
+        except JobStopped as e:
+            # cancelled (or failed) while preprocessing: stop; a cancelled job's objects are removed
+            await ports.guard.stopped(job.job_id, among=STOPPED)
+            log.info("preprocess_stopped", job_id=job.job_id, state=str(e))
+            return
         job = job.model_copy(update={"inputs": JobInputs(**inputs)})
 
+    if stream is not None and stream.ready_frames:
+        # already planned and rendering: the last word is "every frame is stored"
+        await stream.publish(job, job.num_frames)
+        log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value,
+                 frames=job.num_frames, streamed_from_frames=stream.first_frames)
+        return
     await ports.tracker.record(
         JobEvent.build(job.job_id, EventType.PREPROCESSED, PreprocessedData(inputs=job.inputs.objects()))
     )
     await ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job), msg_id=f"plan:{job.job_id}")
     log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value, frames=job.num_frames)
+
+
+class JobStopped(Exception):
+    """The job was cancelled or failed while its preprocessing was still going (message: the state)."""
+
+
+class ReadyAnnouncer:
+    """Streaming preprocess (animate): hand the job to the planner as soon as its first frames are stored,
+    then tell it how far the stored frames go after every batch (``PlanRequest.ready_frames``).
+
+    The first call records ``job.preprocessed`` (the inputs exist, more frames follow) and sends the
+    PlanRequest that plans the job (``Nats-Msg-Id = plan:<job>``); later ones ``plan:<job>:f<F>``. The
+    planner records F in the status (``preprocessed_frames``) and releases a segment whose window became
+    ready; the chain publishes the next segment itself when its window was ready in time. Every call
+    also checks the job: cancelled or failed -> :class:`JobStopped` (preprocessing ends there).
+    """
+
+    def __init__(self, job: ResolvedJob, ports: Ports) -> None:
+        self.job = job
+        self.ports = ports
+        self.ready_frames = 0
+        self.first_frames: int | None = None
+
+    async def __call__(self, refs: dict[str, ObjectRef], ready: int) -> None:
+        job_id = self.job.job_id
+        status, _ = await self.ports.tracker.status.get(job_id)
+        if (state := await self.ports.guard.stopped(job_id, among=STOPPED, status=status, clean_up=False)) is not None:
+            raise JobStopped(state.value)
+        job = self.job.model_copy(update={"inputs": JobInputs(**refs)})
+        if self.first_frames is None:
+            self.first_frames = ready
+            if status is None or status.preprocessed_frames is None:
+                # the status says how far the stored frames go from the start (a redelivered submission
+                # sees preprocessing unfinished and carries on, see ``claim``); a redelivery that carries
+                # on finds it set and neither re-announces the job nor moves its state back
+                await self.ports.tracker.record(
+                    JobEvent.build(job_id, EventType.PREPROCESSED, PreprocessedData(inputs=job.inputs.objects())),
+                    preprocessed_frames=ready)
+        await self.publish(job, ready)
+
+    async def publish(self, job: ResolvedJob, ready: int) -> None:
+        first = self.ready_frames == 0
+        msg_id = f"plan:{job.job_id}" if first else f"plan:{job.job_id}:f{ready}"
+        await self.ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job, ready_frames=ready), msg_id=msg_id)
+        self.ready_frames = ready
+        log.info("preprocess_frames_ready", job_id=job.job_id, ready_frames=ready, of=job.num_frames)

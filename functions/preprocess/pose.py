@@ -33,6 +33,7 @@ __all__ = ["PoseEstimator", "available_cores", "face_crops", "render_pose", "ren
            "shared_estimator", "to_pixels"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 log = get_logger(stage="preprocess")
 
 
@@ -109,6 +110,35 @@ class PoseEstimator:
         finally:
             for _, fut in pending:
                 fut.cancel()
+
+    def map_ordered_then(self, items: Iterable[T], image_of: Callable[[T], np.ndarray],
+                         then: Callable[[T, np.ndarray], R]) -> Iterator[tuple[T, np.ndarray, R]]:
+        """Like :meth:`map_ordered`, and ``then(item, keypoints)`` runs in the same worker thread right
+        after the pose (per-frame work that needs the keypoints, e.g. drawing the skeleton, in parallel)."""
+        if self._closed:
+            raise RuntimeError("PoseEstimator is closed")
+
+        def work(item: T) -> tuple[np.ndarray, R]:
+            kp = self.estimate_one(image_of(item))
+            return kp, then(item, kp)
+
+        pending: deque[tuple[T, Future[tuple[np.ndarray, R]]]] = deque()
+        try:
+            for item in items:
+                pending.append((item, self._pool.submit(work, item)))
+                if len(pending) >= self.window:
+                    head, fut = pending.popleft()
+                    yield (head, *fut.result())
+            while pending:
+                head, fut = pending.popleft()
+                yield (head, *fut.result())
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+    def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        """Run ``fn(*args)`` on the pool (e.g. encoding a finished chunk while pose goes on)."""
+        return self._pool.submit(fn, *args)
 
     def estimate(self, frames: Iterable[np.ndarray]) -> np.ndarray:
         """(F, 33, 4) normalised keypoints for a sequence of RGB frames, in order."""

@@ -23,7 +23,7 @@ import numpy as np
 from functions.stitch.blend import BlendFn, Method, blend_function, stitch_frames
 from functions.stitch.errors import StitchError
 from functions.stitch.remux import Clip, ConcatReport, Piece, concat_pieces
-from runtime.video import DEFAULT_CRF, remux_keyframes, Dest, Source, decode_mp4, decode_range, encode_mp4, probe_mp4
+from runtime.video import DEFAULT_CRF, Dest, Source, decode_mp4, decode_range, encode_mp4, probe_mp4, remux_keyframes
 
 
 def segment_keyframes(index: int, overlaps: Sequence[int], frames: int | None = None) -> list[int]:
@@ -38,7 +38,8 @@ def segment_keyframes(index: int, overlaps: Sequence[int], frames: int | None = 
     return remux_keyframes(frames, before, after)
 
 
-def plan_pieces(frames: Sequence[int], overlaps: Sequence[int], total_frames: int, blend: bool) -> list[tuple[int, int, int]]:
+def plan_pieces(frames: Sequence[int], overlaps: Sequence[int], total_frames: int,
+                blend: bool) -> list[tuple[int, int, int]]:
     """Pure layout: ``(segment, start, stop)`` remux ranges; a blended boundary ``i`` is ``(-i, 0, O_i)``."""
     if len(overlaps) != len(frames) - 1:
         raise StitchError(f"{len(frames)} segments need {len(frames) - 1} overlaps, got {len(overlaps)}")

@@ -11,6 +11,7 @@ import hashlib
 import tempfile
 from pathlib import Path
 
+from functions.stitch.blend import Method
 from runtime.jobs import CANCELLED, TERMINAL
 from runtime.logging import get_logger
 from runtime.ports import Ports
@@ -27,7 +28,7 @@ from schemas.names import output_key
 log = get_logger(stage="stitch")
 
 # Cross-fade measured the smaller seam (bench/seams.py); latent blend needs the real VAE to judge.
-STITCH_METHOD = "crossfade"
+STITCH_METHOD: Method = "crossfade"
 
 
 async def _assemble_multi(req: StitchRequest, ports: Ports, workdir: Path) -> tuple[bytes, int]:

@@ -35,13 +35,15 @@ def workers(stack: Settings) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     data = Path(stack.data_dir)
     fn = start_functions(stack, data / "functions.log")
     rn = start_runner(stack, data / "runner.log")
+    # a test may swap a process (e.g. functions with other settings): whatever is there at the end is stopped
+    procs = {"functions": fn, "runner": rn}
     try:
         wait_for_log(data / "functions.log", '"consumer_started"', 120, fn)
         wait_for_log(data / "runner.log", "runner_io_ready", 180, rn)
-        yield {"functions": fn, "runner": rn}
+        yield procs
     finally:
-        stop(rn)
-        stop(fn)
+        for proc in {*procs.values(), fn, rn}:
+            stop(proc)
 
 
 @pytest.fixture

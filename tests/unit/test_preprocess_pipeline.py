@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from functions.preprocess.errors import InputRejected
-from runtime.frames_store import FramesIndex, read_frames
 from functions.preprocess.media import encode_png
-from runtime.objects import MemoryStore
 from functions.preprocess.pipeline import preprocess, resolve_workers
 from functions.preprocess.skeleton import DET, J
 from functions.preprocess.synthetic import draw_figure, encode_video, figure_joints, figure_video
 from functions.preprocess.validate import resolve
+from runtime.frames_store import FramesIndex, read_frames
+from runtime.objects import MemoryStore
 from runtime.settings import Settings
 from schemas.errors import ErrorCode
-from schemas.registry import MODELS
 from schemas.messages import JobRequest
+from schemas.registry import MODELS
 
 SETTINGS = Settings()
 
@@ -32,6 +32,7 @@ def inputs() -> dict[str, bytes]:
         "ref.png": encode_png(draw_figure(0.0, 320, 240)),
         "drive.mp4": figure_video(1.2, 15, 320, 240),
         "short.mp4": figure_video(0.4, 15, 320, 240),
+        "long.mp4": figure_video(3.5, 30, 160, 120),
         "empty-scene.mp4": encode_video((np.full((96, 128, 3), 90 + i, np.uint8) for i in range(10)), 15),
         "text.mp4": b"definitely not a video\n" * 10,
         "zero.mp4": b"",
@@ -148,3 +149,60 @@ async def test_missing_input_and_t2v() -> None:
     with pytest.raises(InputRejected) as info:
         await preprocess(job, no_video, store, SETTINGS)
     assert info.value.code == ErrorCode.MISSING_INPUT
+
+
+async def test_streaming_preprocess_announces_stored_prefixes_and_matches_serial(inputs: dict[str, bytes]) -> None:
+    """on_ready: F grows by whole chunks, the partial index at the final key already serves [0, F), and
+    the finished objects are byte for byte those of the serial run."""
+    req = animate_request("long.mp4", num_frames=100, fps=30, job_id="anim-stream")
+    serial_store, stream_store = store_with(inputs), store_with(inputs)
+    serial = await run(req, serial_store)
+    seen: list[tuple[int, FramesIndex, np.ndarray]] = []
+
+    async def on_ready(refs: dict[str, Any], ready: int) -> None:
+        assert set(refs) >= {"frames_index", "pose_index", "face_index", "keypoints", "reference"}
+        index = FramesIndex.model_validate_json(await stream_store.get_bytes(refs["pose_index"].key))
+        frames = await read_frames(stream_store, index, 0, ready)
+        seen.append((ready, index, frames))
+
+    streamed = await run(req, stream_store, on_ready=on_ready)
+    readies = [r for r, _, _ in seen]
+    assert readies == sorted(set(readies)) and len(readies) >= 2 and readies[0] % 32 == 0
+    assert all(not index.complete and index.frames == r for r, index, _ in seen if r < 100)
+    final = FramesIndex.model_validate_json(await stream_store.get_bytes(streamed["pose_index"].key))
+    assert final.complete and final.frames == 100
+    full = await read_frames(stream_store, final, 0, 100)
+    for r, _, frames in seen:
+        np.testing.assert_array_equal(frames, full[:r])  # what a runner read early is what it would read late
+    assert set(streamed) == set(serial)
+    chunk_keys = sorted(k for (_, k) in serial_store.objects if k.endswith(".mp4") and "/chunk-" in k)
+    assert chunk_keys and all(serial_store.objects[(serial_store.bucket, k)]
+                              == stream_store.objects[(stream_store.bucket, k)] for k in chunk_keys)
+    kp = streamed["keypoints"].key
+    assert serial_store.objects[(serial_store.bucket, kp)] == stream_store.objects[(stream_store.bucket, kp)]
+
+
+async def test_streaming_preprocess_never_announces_a_video_without_a_person(inputs: dict[str, bytes]) -> None:
+    calls: list[int] = []
+
+    async def on_ready(refs: dict[str, Any], ready: int) -> None:
+        calls.append(ready)
+
+    with pytest.raises(InputRejected) as e:
+        await run(animate_request("empty-scene.mp4", num_frames=40), store_with(inputs), on_ready=on_ready)
+    assert e.value.code == ErrorCode.INPUT_UNSUPPORTED and calls == []
+
+
+async def test_one_worker_and_two_store_identical_objects(inputs: dict[str, bytes]) -> None:
+    """The whole path runs on the pool (pose, skeleton, chunk encodes): the bytes do not depend on it."""
+    req = animate_request("long.mp4", num_frames=70, fps=30, job_id="anim-workers")
+    stores = []
+    for n in (1, 2):
+        store = store_with(inputs)
+        job, _ = resolve(req)
+        await preprocess(job, req, store, SETTINGS, workers=n)
+        stores.append(store)
+    one, two = ({k: v for (_, k), v in s.objects.items() if k.startswith("jobs/")} for s in stores)
+    meta = [k for k in one if k.endswith(".json")]  # index/sidecar JSON records the worker count and timing
+    assert set(one) == set(two) and len(one) > len(meta) + 6
+    assert all(one[k] == two[k] for k in one if k not in meta)
