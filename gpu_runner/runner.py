@@ -200,6 +200,7 @@ class Runner:
         """Rank 0: everything the other ranks need for this segment, or idle if it could not be had."""
         try:
             inputs = self.io.fetch_inputs(active)
+            self.io.begin_render(active)  # the segment's own budget: renders started (runtime/liveness.py)
             # state_dict() fetches and caches on rank 0; the other ranks get the tensors in the broadcast
             adapters = {s.cache_key: self.adapters.state_dict(s) for s in lora_specs(active.job)}
         except Exception as e:

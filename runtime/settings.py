@@ -78,6 +78,17 @@ class Settings(BaseSettings):
     sp_backend: str = Field("native", description="sequence-parallel attention of a multi-GPU runner: native | "
                                                   "ulysses | xfuser (CUDA; see gpu_runner/sequence_parallel.py)")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
+    runner_heartbeat_s: float = Field(3.0, gt=0, description="in_progress interval of a runner holding a segment "
+                                                            "(rank 0's I/O thread; the runner ack wait is 10 s)")
+    runner_spool_segments: int = Field(4, ge=1, description="rendered segments a runner keeps while their upload "
+                                                           "is retried (S3/NATS down); when full it stops pulling")
+    runner_spool_bytes: int = Field(2 << 30, ge=1, description="bytes of encoded segments held for retried uploads")
+    runner_upload_backoff_max_s: float = Field(15.0, gt=0, description="longest wait between upload retries")
+    no_runner_timeout_s: float = Field(300.0, gt=0, description="a queued job whose model has had no live runner "
+                                                               "this long fails with no_runner (retryable)")
+    # --- broker ------------------------------------------------------------------------
+    nats_replicas: int = Field(1, ge=1, le=5, description="replicas of every stream and KV bucket (3 on a 3-node "
+                                                          "cluster: infra/, `videogen up --cluster`)")
     # --- trust boundary (issue 13; docs in README "Security model") ------------------------
     webhook_tenant_secrets: dict[str, SecretStr] = Field(
         default_factory=dict, description="per-tenant signing secret(s), space separated for rotation; "

@@ -51,6 +51,12 @@ SWEPT_STREAMS = (STREAM_JOBS, STREAM_WORK, STREAM_SEGMENTS, STREAM_EVENTS, STREA
 
 # ---- key-value ----------------------------------------------------------------------------
 KV_JOBS = "videogen-jobs"
+# <model>.<runner_id> -> RunnerPresence, refreshed every RUNNER_PRESENCE_S by each live runner
+# (rank 0's I/O thread); entries expire after RUNNER_PRESENCE_TTL_S (the runner died or hangs)
+KV_RUNNERS = "videogen-runners"
+# <job_id>.<index>.r<revision> -> how many times a runner *started rendering* the segment (see
+# ``RENDER_ATTEMPTS``); deliveries that never reached the model do not count
+KV_RENDERS = "videogen-renders"
 
 # ---- S3 -----------------------------------------------------------------------------------
 DEFAULT_BUCKET = "videogen"
@@ -78,6 +84,19 @@ def webhook_disabled_subject(job_id: str) -> str:
 
 def webhook_replay_subject(job_id: str) -> str:
     return f"{SUBJECT_WEBHOOK_REPLAY_PREFIX}.{job_id}"
+
+
+def runner_presence_key(model: str, runner_id: str) -> str:
+    return f"{_kv_token(model)}.{_kv_token(runner_id)}"
+
+
+def render_attempts_key(job_id: str, index: int, plan_revision: int = 0) -> str:
+    return f"{_kv_token(job_id)}.{index}.r{plan_revision}"
+
+
+def _kv_token(s: str) -> str:
+    # KV keys: [-/_=.a-zA-Z0-9], '.' separates tokens
+    return "".join(c if c.isalnum() or c in "-_=" else "_" for c in s)
 
 
 def segments_subject(model: str) -> str:
@@ -309,16 +328,34 @@ def runner_durable_for_subject(subject: str) -> str:
     return f"runner-{subject.rsplit('.', 1)[-1]}"
 
 
+# ---- GPU runner failure detection (issue 16; docs: gpu_runner/README.md "Failure detection") ----
+# A runner holding a segment sends in_progress every RUNNER_HEARTBEAT_S from rank 0's I/O thread
+# (an asyncio loop of its own, never blocked by compute); a runner that died stops, and JetStream
+# redelivers the segment RUNNER_ACK_WAIT_S after the last heartbeat.
+RUNNER_ACK_WAIT_S = 10
+RUNNER_HEARTBEAT_S = 3.0
+# The segment's own budget: renders started (counted in KV_RENDERS before the model runs). A
+# delivery to a runner that died idle, a failed input fetch or upload never reaches the model
+# and costs nothing of it.
+RENDER_ATTEMPTS = 3
+# JetStream's max_deliver: only the outer bound (a segment that keeps failing before its render).
+RUNNER_MAX_DELIVER = 30
+# Runner presence (KV_RUNNERS): refreshed this often, gone this long after the last refresh.
+RUNNER_PRESENCE_S = 3.0
+RUNNER_PRESENCE_TTL_S = 15
+
+
 def runner_consumer(model: str) -> ConsumerSpec:
     """One durable work-queue consumer per model, shared by all runners serving it."""
     return ConsumerSpec(
         STREAM_SEGMENTS,
         f"runner-{model.replace('.', '_')}",
         segments_subject(model),
-        ack_wait_s=60,
-        max_deliver=4,
+        ack_wait_s=RUNNER_ACK_WAIT_S,
+        max_deliver=RUNNER_MAX_DELIVER,
         max_ack_pending=256,  # shared by all runners of the model; each pulls 1 at a time
-        backoff_s=(60, 120, 300),
+        # no backoff list: every redelivery after a silent death waits RUNNER_ACK_WAIT_S (a
+        # backoff entry would replace the ack wait, see ConsumerSpec.backoff_s)
         description=f"GPU runners serving model {model}.",
     )
 

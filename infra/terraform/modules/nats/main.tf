@@ -26,10 +26,10 @@ locals {
   # JetStream API (pull, ack, KV), receive replies on inboxes.
   app_permissions = {
     publish = {
-      allow = ["videogen.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.videogen-jobs.>", "_INBOX.>"]
+      allow = ["videogen.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.videogen-jobs.>", "$KV.videogen-runners.>", "$KV.videogen-renders.>", "_INBOX.>"]
     }
     subscribe = {
-      allow = ["_INBOX.>", "videogen.>", "$KV.videogen-jobs.>"]
+      allow = ["_INBOX.>", "videogen.>", "$KV.videogen-jobs.>", "$KV.videogen-runners.>", "$KV.videogen-renders.>"]
     }
     allow_responses = true
   }
