@@ -322,6 +322,9 @@ class JobStatus(_Frozen):
     task: str | None = None
     plan: PlanInfo | None = None
     queue_position: int | None = None
+    waiting_reason: str | None = Field(
+        None, description="why a queued or preprocessing job is not moving on (no live runner for its model; "
+                          "an input fetch being retried, with its next attempt); cleared when it does")
 
 
 # ---------------------------------------------------------------------------------------------

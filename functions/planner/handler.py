@@ -20,7 +20,7 @@ from runtime.plans import read_plan, store_plan
 from runtime.ports import Ports
 from runtime.work import WorkItem
 from schemas.messages import PlanRequest, ReplanHint
-from schemas.names import segment_msg_id, segments_subject
+from schemas.names import STREAM_SEGMENTS, runner_consumer, segment_msg_id, segments_subject
 
 __all__ = ["handle_plan", "handle_replan", "make_plan", "progress_after", "segment_job"]
 
@@ -49,8 +49,23 @@ async def handle_plan(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     )
     if await ports.guard.stopped(job_id, queued_seq=ack.seq) is not None:
         return
+    await set_first_queue_position(ports, req.job.model, job_id)
     log.info("job_planned", job_id=job_id, segments=plan.info.segments, window=plan.info.window_frames,
              overlap=plan.info.overlap_frames, reason=plan.info.reason)
+
+
+async def set_first_queue_position(ports: Ports, model: str, job_id: str) -> None:
+    """``queue_position`` as the job enters the queue (the queue stage refines it each tick).
+
+    The messages of the model's queue not yet delivered, less this one: never below the true
+    place (messages published after it only add to the count), and a position only ever goes
+    down (``StatusStore.set_queue_position``), so the queue stage's exact number wins."""
+    try:
+        undelivered, _ = await ports.bus.pending(STREAM_SEGMENTS, runner_consumer(model).durable)
+        if undelivered > 0:
+            await ports.tracker.status.set_queue_position(job_id, undelivered - 1)
+    except Exception as e:  # informative only: the queue stage sets it within a tick
+        log.debug("first_queue_position_failed", job_id=job_id, error=str(e))
 
 
 async def handle_replan(req: PlanRequest, hint: ReplanHint, ports: Ports) -> None:
