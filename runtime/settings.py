@@ -88,7 +88,9 @@ class Settings(BaseSettings):
                                                                "this long fails with no_runner (retryable)")
     # --- broker ------------------------------------------------------------------------
     nats_replicas: int = Field(1, ge=1, le=5, description="replicas of every stream and KV bucket (3 on a 3-node "
-                                                          "cluster: infra/, `videogen up --cluster`)")
+                                                          "cluster: infra/, or nats_cluster_size=3)")
+    nats_cluster_size: int = Field(1, ge=1, le=5, description="embedded stack: nats-servers in a loopback cluster "
+                                                              "(3: streams and KV become R3, one node may die)")
     # --- trust boundary (issue 13; docs in README "Security model") ------------------------
     webhook_tenant_secrets: dict[str, SecretStr] = Field(
         default_factory=dict, description="per-tenant signing secret(s), space separated for rotation; "

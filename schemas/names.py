@@ -285,20 +285,25 @@ STREAMS: tuple[StreamSpec, ...] = (
     ),
 )
 
+# The stages between a job's acceptance and its output (planner, chain, stitch) read and write S3
+# on every message: their retries (nak 5 s doubling to 80 s, runtime.work.WorkItem.retry_delay_s)
+# must outlast a 10-minute S3 outage (5+10+20+40+80x8 s = 715 s) before a job fails for it.
+OUTAGE_MAX_DELIVER = 12
+
 CONSUMER_PREPROCESS = ConsumerSpec(
     STREAM_JOBS, "preprocess", SUBJECT_SUBMIT, ack_wait_s=60, max_deliver=5,
     backoff_s=(60, 120, 300, 600), description="Validates and preprocesses submissions.",
 )
 CONSUMER_PLANNER = ConsumerSpec(
-    STREAM_WORK, "planner", SUBJECT_WORK_PLAN, ack_wait_s=30, max_deliver=5,
+    STREAM_WORK, "planner", SUBJECT_WORK_PLAN, ack_wait_s=30, max_deliver=OUTAGE_MAX_DELIVER,
     backoff_s=(30, 60, 120, 300), description="Plans segments for a preprocessed job.",
 )
 CONSUMER_CHAIN = ConsumerSpec(
-    STREAM_WORK, "chain", SUBJECT_WORK_SEGMENT_DONE, ack_wait_s=30, max_deliver=5,
+    STREAM_WORK, "chain", SUBJECT_WORK_SEGMENT_DONE, ack_wait_s=30, max_deliver=OUTAGE_MAX_DELIVER,
     backoff_s=(30, 60, 120, 300), description="Publishes segment k+1 when segment k is done.",
 )
 CONSUMER_STITCH = ConsumerSpec(
-    STREAM_WORK, "stitch", SUBJECT_WORK_STITCH, ack_wait_s=120, max_deliver=5,
+    STREAM_WORK, "stitch", SUBJECT_WORK_STITCH, ack_wait_s=120, max_deliver=OUTAGE_MAX_DELIVER,
     backoff_s=(120, 240, 480, 960), description="Joins segments into output.mp4 and completes the job.",
 )
 CONSUMER_WEBHOOK = ConsumerSpec(

@@ -118,7 +118,7 @@ resource "jetstream_consumer" "planner" {
   description     = "Plans segments for a preprocessed job."
   filter_subject  = "videogen.work.plan"
   ack_wait        = 30
-  max_delivery    = 5
+  max_delivery    = 12
   max_ack_pending = 64
   backoff         = [30, 60, 120, 300]
   deliver_all     = true
@@ -132,7 +132,7 @@ resource "jetstream_consumer" "chain" {
   description     = "Publishes segment k+1 when segment k is done."
   filter_subject  = "videogen.work.segment_done"
   ack_wait        = 30
-  max_delivery    = 5
+  max_delivery    = 12
   max_ack_pending = 64
   backoff         = [30, 60, 120, 300]
   deliver_all     = true
@@ -146,7 +146,7 @@ resource "jetstream_consumer" "stitch" {
   description     = "Joins segments into output.mp4 and completes the job."
   filter_subject  = "videogen.work.stitch"
   ack_wait        = 120
-  max_delivery    = 5
+  max_delivery    = 12
   max_ack_pending = 64
   backoff         = [120, 240, 480, 960]
   deliver_all     = true
