@@ -128,8 +128,8 @@ def up(
     signal.signal(signal.SIGTERM, _stop)
     try:
         while not stop:
-            for server in (stack.nats, stack.s3):
-                if server and server.process and server.process.proc.poll() is not None:
+            for server in stack.servers():
+                if server.process and server.process.proc.poll() is not None:
                     err.print(f"[red]{server.process.name} exited[/] (see {server.process.logfile})")
                     stop = True
             time.sleep(0.5)

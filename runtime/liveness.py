@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from runtime.logging import get_logger
 from schemas.names import (
@@ -87,7 +88,7 @@ class RenderAttempts:
         self.bus = bus
         self.ttl_s = ttl_s
 
-    async def _kv(self):  # type: ignore[no-untyped-def]
+    async def _kv(self) -> KeyValue:
         return await self.bus.kv_bucket(KV_RENDERS, ttl_s=self.ttl_s)
 
     async def count(self, job_id: str, index: int, plan_revision: int = 0) -> int:

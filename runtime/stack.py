@@ -27,6 +27,11 @@ class Stack:
     s3: S3Server | None = None
     provisioned: dict[str, list[str]] = field(default_factory=dict)
 
+    def servers(self) -> list[NatsServer | S3Server]:
+        """Every embedded server process (each node of a cluster)."""
+        nats = self.nats.nodes if isinstance(self.nats, NatsCluster) else [self.nats] if self.nats else []
+        return [*nats, *([self.s3] if self.s3 else [])]
+
     def stop(self) -> None:
         for server in (self.s3, self.nats):
             if server is not None:

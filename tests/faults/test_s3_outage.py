@@ -24,6 +24,15 @@ JOB = {"width": 64, "height": 64, "num_frames": 33, "steps": 40, "seed": 3}
 TWO_SEGMENTS = {"width": 64, "height": 64, "num_frames": 121, "steps": 4, "seed": 4}
 
 
+async def wait_any_running(bus: Bus, jobs: list[str], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s * 10)):
+        states = await wait_jobs(bus, jobs, lambda s: True)
+        if any(s.state == JobState.RUNNING for s in states.values()) or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.1)
+
+
 async def test_s3_down_during_renders_fails_nothing_and_renders_once(tmp_path: Path) -> None:
     with fault_stack(tmp_path) as fs:
         fs.start_runner()
@@ -34,14 +43,13 @@ async def test_s3_down_during_renders_fails_nothing_and_renders_once(tmp_path: P
             await wait_jobs(bus, jobs, lambda s: s.state in (JobState.QUEUED, JobState.RUNNING,
                                                              JobState.SUCCEEDED), 120)
             # the first render under way (a job RUNNING) and most work still ahead
-            while not any(s.state == JobState.RUNNING for s in (await wait_jobs(bus, jobs, lambda s: True)).values()):
-                await asyncio.sleep(0.1)
+            await wait_any_running(bus, jobs)
             t_down = time.time()
             fs.s3.process.kill()  # type: ignore[union-attr]
             ahead = [j for j, s in (await wait_jobs(bus, jobs, lambda s: True, 10)).items()
                      if s.state != JobState.SUCCEEDED]
             assert len(ahead) >= 3, "the outage came too late to hit renders"
-            time.sleep(OUTAGE_S)
+            await asyncio.sleep(OUTAGE_S)
             fs.s3.start()  # same port, same data directory
             t_up = time.time()
             done = await wait_jobs(bus, jobs, timeout_s=180 + OUTAGE_S / 2)

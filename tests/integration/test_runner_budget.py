@@ -17,8 +17,17 @@ import pytest
 from gpu_runner.io import RunnerIO
 from runtime.liveness import live_runners, model_token
 from runtime.settings import Settings
-from schemas.messages import EventType, JobEvent, JobState, ObjectRef, ResolvedJob, SegmentJob, SegmentResult, \
-    StartedData, Task
+from schemas.messages import (
+    EventType,
+    JobEvent,
+    JobState,
+    ObjectRef,
+    ResolvedJob,
+    SegmentJob,
+    SegmentResult,
+    StartedData,
+    Task,
+)
 from schemas.names import RENDER_ATTEMPTS, segment_msg_id, segment_result_key, segments_subject
 
 pytestmark = [pytest.mark.integration]
