@@ -115,6 +115,7 @@ class Active:
     step: int = 0  # last denoising step reported (every step, before the progress throttle)
     watcher: asyncio.Task[None] | None = None
     last_progress: float = 0.0
+    counting: Future[Any] | None = None  # the render-count increment (begin_render)
 
 
 class RunnerIO:
@@ -302,6 +303,10 @@ class RunnerIO:
         job_id = j.job.job_id
         held = int(frames.nbytes)
         self._spool_bytes += held
+        assert self.tracker is not None
+        # the first try's status read overlaps the encode
+        first_status: asyncio.Future[Any] | None = asyncio.ensure_future(self.tracker.status.get(job_id))
+        first_status.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, if unused
         try:
             try:
                 data = await asyncio.to_thread(encode_segment, frames, j)
@@ -324,7 +329,8 @@ class RunnerIO:
             while True:
                 attempt += 1
                 try:
-                    await self._store(active, data, tail, shape, elapsed_s)
+                    pre, first_status = first_status, None
+                    await self._store(active, data, tail, shape, elapsed_s, pre)
                     if attempt > 1:
                         log.info("segment_upload_recovered", job_id=job_id, segment=j.index, attempts=attempt)
                     return
@@ -335,17 +341,19 @@ class RunnerIO:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.runner_upload_backoff_max_s)
         finally:
+            if first_status is not None:
+                first_status.cancel()
             self._spool_bytes -= held
             self._release(active)
 
     async def _store(self, active: Active, data: bytes, tail: bytes | None, shape: tuple[int, int, int],
-                     elapsed_s: float) -> None:
+                     elapsed_s: float, status_read: asyncio.Future[Any] | None = None) -> None:
         """One try at storing a rendered segment and handing it off; raises on any I/O failure."""
         j = active.job
         job_id = j.job.job_id
         assert self.tracker is not None
         assert self.guard is not None
-        status, _ = await self.tracker.status.get(job_id)
+        status, _ = await (status_read if status_read is not None else self.tracker.status.get(job_id))
         # cancelled or failed: drop the work; a cancelled job's partial objects are deleted on
         # the way (a failed job's are kept for inspection)
         stopped = await self.guard.stopped(job_id, among=STOPPED, status=status)
@@ -395,8 +403,16 @@ class RunnerIO:
                 or self._spool_bytes >= self.settings.runner_spool_bytes)
 
     def begin_render(self, active: Active) -> None:
-        """Count this render in KV ``videogen-renders`` (the segment's own budget) before the model runs."""
-        self.call(self._begin_render(active), timeout=60)
+        """Count this render in KV ``videogen-renders`` (the segment's own budget) as the model starts.
+
+        Off the critical path: the increment runs on the I/O thread while compute starts; a
+        failure report waits for it (``_counted``) before deciding whether it was the last try."""
+        active.counting = self.spawn(self._begin_render(active))
+
+    async def _counted(self, active: Active) -> None:
+        if active.counting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(active.counting), 30)
 
     async def _begin_render(self, active: Active) -> None:
         j = active.job
@@ -439,6 +455,7 @@ class RunnerIO:
         """A model error: retry on another delivery unless permanent or out of attempts (then
         job.failed; out of attempts also dead-letters the segment so it can be replayed)."""
         verr = err if isinstance(err, VideogenError) else Retryable(str(err), code=ErrorCode.MODEL_ERROR)
+        await self._counted(active)
         try:
             await active.item.fail(verr, retry_delay_s=5 * active.item.num_delivered)
         finally:
@@ -470,6 +487,7 @@ class RunnerIO:
         self.call(self._hand_back(active, delay_s), timeout=30)
 
     async def _hand_back(self, active: Active, delay_s: float) -> None:
+        await self._counted(active)
         try:
             await active.item.hand_back(delay_s, reason=f"segment {active.job.index} handed back")
         finally:

@@ -61,7 +61,8 @@ def test_only_started_renders_count_against_the_segment(stack: Settings) -> None
         for r in range(1, RENDER_ATTEMPTS + 1):
             active = io.next_segment(timeout_s=10)
             assert active is not None, f"render {r} never delivered"
-            io.begin_render(active)
+            io.begin_render(active)  # on the I/O thread, while compute would start
+            io.call(io._counted(active))
             assert active.item.attempts == r
             assert active.item.final_attempt == (r == RENDER_ATTEMPTS)
             io.call(active.item.nak(0))
