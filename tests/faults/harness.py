@@ -170,7 +170,11 @@ async def wait_jobs(bus: Bus, ids: list[str], pred: Callable[[JobStatus], bool] 
         for job_id in ids:
             if job_id in done:
                 continue
-            st = await status(bus, job_id)
+            try:
+                st = await status(bus, job_id)
+            except Exception:  # a broker node just died: the cluster settles within seconds
+                await asyncio.sleep(0.5)
+                continue
             if st is not None and pred(st):
                 done[job_id] = st
         if len(done) == len(ids):
