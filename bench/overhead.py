@@ -30,7 +30,7 @@ STAGES = ("job.accepted", "job.preprocessed", "job.started", "job.segment_comple
 async def run_pipeline(settings, jobs: int, params: dict, marks: dict[str, list[float]]) -> tuple[list[float], list[float]]:
     from runtime.bus import Bus
     from runtime.client import follow, submit
-    from runtime.storage import Storage
+    from runtime.storage import ObjectNotFound, Storage
     from schemas.messages import EventType, JobRequest, SegmentResult
     from schemas.names import segment_result_key
 
@@ -48,7 +48,15 @@ async def run_pipeline(settings, jobs: int, params: dict, marks: dict[str, list[
                 seen.setdefault(e.type.value, e.time.timestamp())
             t1 = time.perf_counter()
             assert last.type == EventType.SUCCEEDED, last
-            res = SegmentResult.model_validate_json(await storage.get_bytes(segment_result_key(job_id, 0)))
+            # the runner stores its result JSON alongside the hand-off, so the job can finish first
+            for _ in range(50):
+                try:
+                    res = SegmentResult.model_validate_json(await storage.get_bytes(segment_result_key(job_id, 0)))
+                    break
+                except ObjectNotFound:
+                    await asyncio.sleep(0.02)
+            else:
+                raise AssertionError(f"{job_id}: no segment result stored")
             if i:
                 e2e.append(t1 - t0)
                 compute.append(res.elapsed_s)

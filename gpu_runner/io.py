@@ -31,6 +31,7 @@ from gpu_runner.inputs import SegmentInputs
 from runtime.bus import Bus
 from runtime.frames_store import load_index, read_frames
 from runtime.jobs import STOPPED, TERMINAL, JobGuard, JobTracker, window_progress
+from runtime.liveness import RenderAttempts, RunnerPresence
 from runtime.logging import get_logger
 from runtime.settings import Settings
 from runtime.storage import Storage
@@ -51,6 +52,8 @@ from schemas.messages import (
     StartedData,
 )
 from schemas.names import (
+    RENDER_ATTEMPTS,
+    RUNNER_PRESENCE_S,
     SUBJECT_WORK_PLAN,
     SUBJECT_WORK_SEGMENT_DONE,
     replan_msg_id,
@@ -112,6 +115,7 @@ class Active:
     step: int = 0  # last denoising step reported (every step, before the progress throttle)
     watcher: asyncio.Task[None] | None = None
     last_progress: float = 0.0
+    counting: Future[Any] | None = None  # the render-count increment (begin_render)
 
 
 class RunnerIO:
@@ -129,6 +133,13 @@ class RunnerIO:
         self.guard: JobGuard | None = None
         self.puller: Puller | None = None
         self._uploads: set[Future[Any]] = set()
+        self._finishing: set[Future[Any]] = set()  # rendered segments not yet stored (the spool)
+        self._spool_bytes = 0
+        self._spool_full_logged = False
+        self.upload_retries = 0
+        self.attempts = RenderAttempts(self.bus, float(settings.status_ttl_s))
+        self.presence: RunnerPresence | None = None
+        self._presence_task: asyncio.Task[None] | None = None
         self.busy_s = 0.0
 
     # ---- thread plumbing ---------------------------------------------------------------
@@ -154,6 +165,8 @@ class RunnerIO:
         self.puller = Puller(self.bus, spec, stage=STAGE, on_permanent=self._record_failure,
                              on_exhausted=self._record_failure)
         await self.puller.open()
+        self.presence = RunnerPresence(self.bus, self.model, self.runner_id)
+        self._presence_task = asyncio.create_task(self._presence_loop())
         log.info("runner_io_ready", model=self.model, consumer=spec.durable, runner=self.runner_id)
 
     def close(self, timeout_s: float = 120.0) -> None:
@@ -168,6 +181,10 @@ class RunnerIO:
         self._thread.join(timeout=10)
 
     async def _close(self) -> None:
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+        if self.presence is not None:
+            await self.presence.withdraw()
         if self.puller is not None:
             await self.puller.close()
         await self.storage.close()
@@ -179,6 +196,13 @@ class RunnerIO:
 
     async def _next(self, timeout_s: float) -> Active | None:
         assert self.puller is not None and self.tracker is not None and self.guard is not None
+        if self.spool_full():  # rendered segments wait for their upload: take no new work
+            if not self._spool_full_logged:
+                log.warning("spool_full_not_pulling", segments=len(self._finishing), bytes=self._spool_bytes)
+                self._spool_full_logged = True
+            await asyncio.sleep(min(timeout_s, 1.0))
+            return None
+        self._spool_full_logged = False
         item = await self.puller.next(timeout_s)
         if item is None:
             return None
@@ -191,8 +215,21 @@ class RunnerIO:
             log.info("segment_skipped_job_finished", job_id=job.job.job_id, segment=job.index, state=state.value)
             await item.ack()
             return None
+        if item.num_delivered > 1:
+            if await self._already_done(item, job):
+                return None
+            renders = await self.attempts.count(job.job.job_id, job.index, job.plan_revision)
+            if renders >= RENDER_ATTEMPTS:
+                # every render so far ended with its runner gone (a reported failure would have
+                # settled the message): the segment itself kills runners; stop here
+                item.attempts, item.max_attempts = renders, RENDER_ATTEMPTS
+                log.error("segment_render_budget_spent", job_id=job.job.job_id, segment=job.index, renders=renders,
+                          delivery=item.num_delivered)
+                await item.fail(Retryable(f"segment {job.index}: {renders} renders started, none finished "
+                                          f"(the runner died each time)", code=ErrorCode.MAX_DELIVERIES))
+                return None
         active = Active(job, item)
-        item.start_heartbeat(self.settings.heartbeat_s)
+        item.start_heartbeat(self.settings.runner_heartbeat_s)
         active.watcher = asyncio.create_task(self._watch_cancel(active))
         if job.index == 0:  # off the critical path: compute starts now
             self.spawn(self.tracker.record(
@@ -252,64 +289,165 @@ class RunnerIO:
     # ---- finishing ----------------------------------------------------------------------
     def submit_result(self, active: Active, frames: np.ndarray, elapsed_s: float) -> Future[Any]:
         """Encode + upload + hand off + ack on the I/O thread; returns at once."""
-        return self.spawn(self._finish(active, frames, elapsed_s))
+        fut = self.spawn(self._finish(active, frames, elapsed_s))
+        self._finishing.add(fut)
+        fut.add_done_callback(self._finishing.discard)
+        return fut
 
     async def _finish(self, active: Active, frames: np.ndarray, elapsed_s: float) -> None:
+        """Encode once, then store until stored: an S3 or NATS outage keeps the encoded segment here
+        (the spool: ``runner_spool_segments``/``runner_spool_bytes``; when full the runner stops
+        pulling) and retries with back-off while the heartbeat keeps the message. The segment is
+        acked only once its objects and hand-off are stored, and is never rendered again for a
+        fault of the infrastructure."""
         j = active.job
         job_id = j.job.job_id
+        held = int(frames.nbytes)
+        self._spool_bytes += held
+        assert self.tracker is not None
+        # the first try's status read overlaps the encode
+        first_status: asyncio.Future[Any] | None = asyncio.ensure_future(self.tracker.status.get(job_id))
+        first_status.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, if unused
         try:
-            assert self.tracker is not None
-            assert self.guard is not None
-            status, _ = await self.tracker.status.get(job_id)
-            # cancelled or failed: drop the work; a cancelled job's partial objects are deleted on
-            # the way (a failed job's are kept for inspection)
-            stopped = await self.guard.stopped(job_id, among=STOPPED, status=status)
-            if stopped is not None:
-                await self._discard(active, stopped, "before upload")
+            try:
+                data = await asyncio.to_thread(encode_segment, frames, j)
+                tail: bytes | None = None
+                if j.index + 1 < j.count and j.next_overlap_frames:
+                    buf = io.BytesIO()
+                    np.save(buf, np.ascontiguousarray(frames[-j.next_overlap_frames:]), allow_pickle=False)
+                    tail = buf.getvalue()
+            except Exception as e:  # not an outage: the frames cannot be encoded
+                log.error("segment_encode_failed", job_id=job_id, segment=j.index, error=str(e))
+                verr = Retryable(f"encode failed: {e}", code=ErrorCode.MODEL_ERROR)
+                await active.item.fail(verr, retry_delay_s=5 * active.item.num_delivered)
                 return
-            if status is not None and status.plan is not None and status.plan.revision > j.plan_revision:
-                # the job was re-planned after this segment was handed out (its runner died before
-                # acking it): the new revision renders this part of the video; keep out of its keys
-                await active.item.ack()
-                log.info("segment_superseded", job_id=job_id, segment=j.index, revision=j.plan_revision,
-                         plan_revision=status.plan.revision)
-                return
-            data = await asyncio.to_thread(encode_segment, frames, j)
-            uploads = [self.storage.put_atomic(segment_key(job_id, j.index), data, "video/mp4")]
-            if j.index + 1 < j.count and j.next_overlap_frames:
-                buf = io.BytesIO()
-                np.save(buf, np.ascontiguousarray(frames[-j.next_overlap_frames:]), allow_pickle=False)
-                uploads.append(self.storage.put_atomic(segment_tail_key(job_id, j.index), buf.getvalue()))
-            seg_ref, *rest = await asyncio.gather(*uploads)
-            tail_ref = rest[0] if rest else None
-            result = SegmentResult(
-                job_id=job_id, index=j.index, count=j.count, segment=seg_ref, tail=tail_ref,
-                frames=int(frames.shape[0]), overlap_frames=j.overlap_frames, width=int(frames.shape[2]),
-                height=int(frames.shape[1]), fps=j.job.fps, sha256=hashlib.sha256(data).hexdigest(),
-                runner=self.runner_id, elapsed_s=round(elapsed_s, 3), plan_revision=j.plan_revision,
-            )
-            # the stored result (read by stitch) and the hand-off are independent: send both at once
-            await asyncio.gather(
-                self.storage.put_bytes(segment_result_key(job_id, j.index), result.model_dump_json().encode(),
-                                       "application/json"),
-                self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result,
-                                 msg_id=segment_done_msg_id(job_id, j.index, j.plan_revision)),
-            )
-            stopped = await self.guard.stopped(job_id, among=STOPPED)
-            if stopped is not None:
-                # cancelled during the upload: the canceller may have listed jobs/<id>/ before these
-                # objects existed, so the last writer deletes (the chain ignores the hand-off of a
-                # cancelled job); see functions/cancel/README.md
-                await self._discard(active, stopped, "during upload")
-                return
-            await active.item.ack()
-            log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=result.frames,
-                     bytes=len(data), elapsed_s=result.elapsed_s)
-        except Exception as e:
-            log.error("segment_upload_failed", job_id=job_id, segment=j.index, error=str(e))
-            await active.item.nak(5)
+            self._spool_bytes += len(data) + len(tail or b"") - held
+            held = len(data) + len(tail or b"")
+            shape = (int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2]))
+            del frames  # only the encoded bytes are kept while the upload is retried
+            delay = 0.5
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    pre, first_status = first_status, None
+                    await self._store(active, data, tail, shape, elapsed_s, pre)
+                    if attempt > 1:
+                        log.info("segment_upload_recovered", job_id=job_id, segment=j.index, attempts=attempt)
+                    return
+                except Exception as e:
+                    self.upload_retries += 1
+                    log.warning("segment_upload_retry", job_id=job_id, segment=j.index, attempt=attempt,
+                                next_in_s=round(delay, 2), error=str(e)[:300])
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.runner_upload_backoff_max_s)
         finally:
+            if first_status is not None:
+                first_status.cancel()
+            self._spool_bytes -= held
             self._release(active)
+
+    async def _store(self, active: Active, data: bytes, tail: bytes | None, shape: tuple[int, int, int],
+                     elapsed_s: float, status_read: asyncio.Future[Any] | None = None) -> None:
+        """One try at storing a rendered segment and handing it off; raises on any I/O failure."""
+        j = active.job
+        job_id = j.job.job_id
+        assert self.tracker is not None
+        assert self.guard is not None
+        status, _ = await (status_read if status_read is not None else self.tracker.status.get(job_id))
+        # cancelled or failed: drop the work; a cancelled job's partial objects are deleted on
+        # the way (a failed job's are kept for inspection)
+        stopped = await self.guard.stopped(job_id, among=STOPPED, status=status)
+        if stopped is not None:
+            await self._discard(active, stopped, "before upload")
+            return
+        if status is not None and status.plan is not None and status.plan.revision > j.plan_revision:
+            # the job was re-planned after this segment was handed out (its runner died before
+            # acking it): the new revision renders this part of the video; keep out of its keys
+            await active.item.ack()
+            log.info("segment_superseded", job_id=job_id, segment=j.index, revision=j.plan_revision,
+                     plan_revision=status.plan.revision)
+            return
+        uploads = [self.storage.put_atomic(segment_key(job_id, j.index), data, "video/mp4")]
+        if tail is not None:
+            uploads.append(self.storage.put_atomic(segment_tail_key(job_id, j.index), tail))
+        seg_ref, *rest = await asyncio.gather(*uploads)
+        tail_ref = rest[0] if rest else None
+        frames_n, height, width = shape
+        result = SegmentResult(
+            job_id=job_id, index=j.index, count=j.count, segment=seg_ref, tail=tail_ref,
+            frames=frames_n, overlap_frames=j.overlap_frames, width=width,
+            height=height, fps=j.job.fps, sha256=hashlib.sha256(data).hexdigest(),
+            runner=self.runner_id, elapsed_s=round(elapsed_s, 3), plan_revision=j.plan_revision,
+        )
+        # the stored result (read by stitch) and the hand-off are independent: send both at once
+        await asyncio.gather(
+            self.storage.put_bytes(segment_result_key(job_id, j.index), result.model_dump_json().encode(),
+                                   "application/json"),
+            self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result,
+                             msg_id=segment_done_msg_id(job_id, j.index, j.plan_revision)),
+        )
+        stopped = await self.guard.stopped(job_id, among=STOPPED)
+        if stopped is not None:
+            # cancelled during the upload: the canceller may have listed jobs/<id>/ before these
+            # objects existed, so the last writer deletes (the chain ignores the hand-off of a
+            # cancelled job); see functions/cancel/README.md
+            await self._discard(active, stopped, "during upload")
+            return
+        await active.item.ack()
+        log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=result.frames,
+                 bytes=len(data), elapsed_s=result.elapsed_s)
+
+    # ---- spool and render budget ----------------------------------------------------------
+    def spool_full(self) -> bool:
+        return (len(self._finishing) >= self.settings.runner_spool_segments
+                or self._spool_bytes >= self.settings.runner_spool_bytes)
+
+    def begin_render(self, active: Active) -> None:
+        """Count this render in KV ``videogen-renders`` (the segment's own budget) as the model starts.
+
+        Off the critical path: the increment runs on the I/O thread while compute starts; a
+        failure report waits for it (``_counted``) before deciding whether it was the last try."""
+        active.counting = self.spawn(self._begin_render(active))
+
+    async def _counted(self, active: Active) -> None:
+        if active.counting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(active.counting), 30)
+
+    async def _begin_render(self, active: Active) -> None:
+        j = active.job
+        n = await self.attempts.begin(j.job.job_id, j.index, j.plan_revision)
+        active.item.attempts = n
+        active.item.max_attempts = RENDER_ATTEMPTS
+        if n > 1:
+            log.info("segment_render_retry", job_id=j.job.job_id, segment=j.index, render=n, of=RENDER_ATTEMPTS,
+                     delivery=active.item.num_delivered)
+
+    async def _already_done(self, item: WorkItem, j: SegmentJob) -> bool:
+        """A redelivered segment whose result an earlier delivery stored (it died before its ack,
+        or its ack was lost): hand it off again (de-duplicated by msg id) instead of rendering."""
+        try:
+            raw = await self.storage.get_bytes(segment_result_key(j.job.job_id, j.index))
+            result = SegmentResult.model_validate_json(raw)
+        except Exception:
+            return False
+        if result.plan_revision != j.plan_revision or result.count != j.count:
+            return False
+        await self.bus.publish(SUBJECT_WORK_SEGMENT_DONE, result,
+                               msg_id=segment_done_msg_id(j.job.job_id, j.index, j.plan_revision))
+        await item.ack()
+        log.info("segment_already_stored", job_id=j.job.job_id, segment=j.index, delivery=item.num_delivered)
+        return True
+
+    async def _presence_loop(self) -> None:
+        assert self.presence is not None
+        while True:
+            try:
+                await self.presence.announce(busy=bool(self._finishing))
+            except Exception as e:
+                log.warning("presence_failed", error=str(e)[:200])
+            await asyncio.sleep(RUNNER_PRESENCE_S)
 
     def fail(self, active: Active, err: BaseException) -> None:
         self.call(self._fail(active, err), timeout=60)
@@ -318,6 +456,7 @@ class RunnerIO:
         """A model error: retry on another delivery unless permanent or out of attempts (then
         job.failed; out of attempts also dead-letters the segment so it can be replayed)."""
         verr = err if isinstance(err, VideogenError) else Retryable(str(err), code=ErrorCode.MODEL_ERROR)
+        await self._counted(active)
         try:
             await active.item.fail(verr, retry_delay_s=5 * active.item.num_delivered)
         finally:
@@ -349,6 +488,7 @@ class RunnerIO:
         self.call(self._hand_back(active, delay_s), timeout=30)
 
     async def _hand_back(self, active: Active, delay_s: float) -> None:
+        await self._counted(active)
         try:
             await active.item.hand_back(delay_s, reason=f"segment {active.job.index} handed back")
         finally:

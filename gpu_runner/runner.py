@@ -267,6 +267,7 @@ class Runner:
         """Rank 0: everything the other ranks need for this segment, or idle if it could not be had."""
         try:
             inputs = self.io.fetch_inputs(active)
+            self.io.begin_render(active)  # the segment's own budget: renders started (runtime/liveness.py)
             specs = lora_specs(active.job)
             # state_dict() fetches and caches on rank 0; the other ranks get the tensors in the broadcast,
             # only those they do not hold yet (not every segment: a job's segments share its adapters)

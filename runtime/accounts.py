@@ -38,12 +38,22 @@ SERVICE_USER = "service"
 TENANTS_FILE = "tenants.json"
 STAGE_USERS_FILE = "nats-stage-users.json"
 
+def _kv_read(bucket: str) -> list[str]:
+    stream = f"KV_{bucket}"
+    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
+            f"$JS.API.STREAM.MSG.GET.{stream}", "$JS.API.INFO"]
+
+
+def _kv_write(bucket: str) -> list[str]:
+    stream = f"KV_{bucket}"
+    return [f"$KV.{bucket}.>", *_kv_read(bucket),
+            f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            "$JS.FC.>"]  # watch (cancel waits on its job's key)
+
+
 _KV_STREAM = f"KV_{names.KV_JOBS}"
-_KV_READ = [f"$JS.API.STREAM.INFO.{_KV_STREAM}", f"$JS.API.DIRECT.GET.{_KV_STREAM}.>",
-            f"$JS.API.STREAM.MSG.GET.{_KV_STREAM}", "$JS.API.INFO"]
-_KV_WRITE = [f"$KV.{names.KV_JOBS}.>", *_KV_READ,
-             f"$JS.API.CONSUMER.CREATE.{_KV_STREAM}", f"$JS.API.CONSUMER.CREATE.{_KV_STREAM}.>",
-             "$JS.FC.>"]  # watch (cancel waits on its job's key)
+_KV_READ = _kv_read(names.KV_JOBS)
+_KV_WRITE = _kv_write(names.KV_JOBS)
 _EVENTS = list(names.all_tenants("events.>"))
 
 
@@ -69,7 +79,9 @@ _STAGE_EXTRA: dict[str, list[str]] = {
     "webhook-replay": [*names.all_tenants("webhooks.attempts.>"), *_stream_read(names.STREAM_WEBHOOKS),
                        *_stream_read(names.STREAM_EVENTS)],
     "cancel": [*_stream_read(names.STREAM_SEGMENTS), f"$JS.API.STREAM.MSG.DELETE.{names.STREAM_SEGMENTS}"],
-    "queue": [f"$JS.API.CONSUMER.INFO.{names.STREAM_SEGMENTS}.*", *_stream_read(names.STREAM_SEGMENTS)],
+    "queue": [f"$JS.API.CONSUMER.INFO.{names.STREAM_SEGMENTS}.*", *_stream_read(names.STREAM_SEGMENTS),
+              *_kv_read(names.KV_RUNNERS), f"$JS.API.CONSUMER.CREATE.KV_{names.KV_RUNNERS}.>",
+              f"$JS.API.STREAM.MSG.DELETE.{names.STREAM_SEGMENTS}"],  # live runners; no_runner drops the segment
     "sweeper": [*(r for s in names.SWEPT_STREAMS for r in _stream_read(s)),
                 *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in names.SWEPT_STREAMS)],
     "status": [*_stream_read(names.STREAM_EVENTS)],
@@ -92,7 +104,8 @@ def runner_permissions() -> dict[str, Any]:
     """The GPU runners' user: pull segments of any model, publish segment_done / re-plans, events, status."""
     pub = [f"$JS.API.CONSUMER.MSG.NEXT.{names.STREAM_SEGMENTS}.*", f"$JS.API.CONSUMER.INFO.{names.STREAM_SEGMENTS}.*",
            f"$JS.ACK.{names.STREAM_SEGMENTS}.>", names.SUBJECT_WORK_SEGMENT_DONE, names.SUBJECT_WORK_PLAN,
-           names.dlq_subject("runner"), *_EVENTS, *_KV_WRITE]
+           names.dlq_subject("runner"), *_EVENTS, *_KV_WRITE,
+           *_kv_write(names.KV_RUNNERS), *_kv_write(names.KV_RENDERS)]  # presence; renders started per segment
     return {"publish": {"allow": sorted(set(pub))}, "subscribe": {"allow": ["_INBOX.>"]}}
 
 

@@ -25,6 +25,9 @@ from schemas.names import (
     CPU_CONSUMERS,
     HEADER_MSG_ID,
     KV_JOBS,
+    KV_RENDERS,
+    KV_RUNNERS,
+    RUNNER_PRESENCE_TTL_S,
     STREAMS,
     ConsumerSpec,
     StreamSpec,
@@ -60,8 +63,9 @@ def _without_userinfo(url: str) -> str:
     return urlunsplit((p.scheme, f"{host}:{p.port}" if p.port else host, p.path, p.query, p.fragment))
 
 
-def stream_config(spec: StreamSpec) -> js_api.StreamConfig:
+def stream_config(spec: StreamSpec, replicas: int = 1) -> js_api.StreamConfig:
     return js_api.StreamConfig(
+        num_replicas=replicas,
         name=spec.name,
         description=spec.description,
         subjects=list(spec.subjects),
@@ -108,6 +112,7 @@ class Bus:
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
+        self._buckets: dict[str, KeyValue] = {}
         self._closing = False
 
     async def __aenter__(self) -> Bus:
@@ -188,7 +193,7 @@ class Bus:
         """Create or update every stream, durable consumer and the KV bucket."""
         report: dict[str, list[str]] = {"streams": [], "consumers": [], "kv": []}
         for spec in STREAMS:
-            cfg = stream_config(spec)
+            cfg = stream_config(spec, self.settings.nats_replicas)
             try:
                 await self.js.stream_info(spec.name)
                 await self.js.update_stream(cfg)
@@ -210,10 +215,31 @@ class Bus:
                     direct=True,  # reads by key on $JS.API.DIRECT.GET.<bucket stream>.<key>: permission-filterable
                     ttl=float(self.settings.status_ttl_s),
                     storage=js_api.StorageType.FILE,
+                    replicas=self.settings.nats_replicas,
                 )
             )
         report["kv"].append(KV_JOBS)
+        for bucket, ttl, what in ((KV_RUNNERS, RUNNER_PRESENCE_TTL_S, "live runners per model"),
+                                  (KV_RENDERS, self.settings.status_ttl_s, "renders started per segment")):
+            await self.kv_bucket(bucket, ttl_s=float(ttl), description=what)
+            report["kv"].append(bucket)
         return report
+
+    async def kv_bucket(self, bucket: str, *, ttl_s: float | None = None, description: str = "") -> KeyValue:
+        """A KV bucket (created with ``ttl_s`` and the configured replicas when it does not exist)."""
+        cached = self._buckets.get(bucket)
+        if cached is not None:
+            return cached
+        try:
+            kv = await self.js.key_value(bucket)
+        except (NotFoundError, BadRequestError):
+            if ttl_s is None:
+                raise
+            kv = await self.js.create_key_value(js_api.KeyValueConfig(
+                bucket=bucket, description=description, history=1, ttl=ttl_s,
+                storage=js_api.StorageType.FILE, replicas=self.settings.nats_replicas))
+        self._buckets[bucket] = kv
+        return kv
 
     async def ensure_consumer(self, spec: ConsumerSpec) -> None:
         cfg = consumer_config(spec)

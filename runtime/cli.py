@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -135,8 +135,8 @@ def up(
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
         while not stop:
-            for server in (stack.nats, stack.s3):
-                if server and server.process and server.process.proc.poll() is not None:
+            for server in stack.servers():
+                if server.process and server.process.proc.poll() is not None:
                     err.print(f"[red]{server.process.name} exited[/] (see {server.process.logfile})")
                     stop = True
             if gw is not None and gw.poll() is not None:
@@ -243,7 +243,9 @@ def runner(
     """Run a GPU runner: ``torchrun --nproc_per_node N -m gpu_runner``."""
     settings = _settings()
     cmd = runner_command(model or settings.runner_model, nproc_per_node, max_segments)
-    proc = subprocess.Popen(cmd)
+    # torchrun and its ranks get a process group of their own, owned by this wrapper: whatever way
+    # the wrapper ends, the group goes with it (killpg below; PDEATHSIG if the wrapper is SIGKILLed)
+    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM))
 
     def _forward(signum: int, _frame: object) -> None:
         # Signal the ranks, not torchrun: rank 0 finishes (or hands back) its segment and tells
@@ -258,7 +260,40 @@ def runner(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _forward)
-    raise typer.Exit(proc.wait())
+    try:
+        code = proc.wait()
+    finally:
+        _kill_group(proc.pid)
+    raise typer.Exit(code if code >= 0 else 128 - code)
+
+
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the child receive ``sig`` when this process dies (Linux prctl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def set_pdeathsig() -> None:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
+
+
+def _kill_group(pgid: int, grace_s: float = 5.0) -> None:
+    """End what is left of the runner's process group: SIGTERM, then SIGKILL after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.1)
 
 
 def _children(pid: int) -> list[int]:

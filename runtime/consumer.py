@@ -59,6 +59,7 @@ class ConsumerLoop:
         stage: str,
         on_permanent: FailureHook | None = None,
         on_exhausted: FailureHook | None = None,
+        on_retry: Callable[[bytes, VideogenError, WorkItem, float], Awaitable[None]] | None = None,
         heartbeat_s: float = 10.0,
         fetch_timeout_s: float = 5.0,
         shutdown_grace_s: float = 30.0,
@@ -70,6 +71,7 @@ class ConsumerLoop:
         self.stage = stage
         self.on_permanent = on_permanent
         self.on_exhausted = on_exhausted
+        self.on_retry = on_retry
         self.heartbeat_s = heartbeat_s
         self.fetch_timeout_s = fetch_timeout_s
         self.shutdown_grace_s = shutdown_grace_s
@@ -154,6 +156,11 @@ class ConsumerLoop:
                 else:
                     log.warning("handler_retry", code=err.code.value, error=str(e), delay_s=item.retry_delay_s(err),
                                 exc_info=not isinstance(e, VideogenError))
+                    if self.on_retry is not None:
+                        try:  # visible, best effort: the retry itself does not depend on it
+                            await self.on_retry(item.payload, err, item, item.retry_delay_s(err))
+                        except Exception as hook_error:
+                            log.warning("retry_hook_failed", error=str(hook_error))
                 outcome = await item.fail(err)
             else:
                 await item.ack()

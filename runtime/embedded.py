@@ -99,26 +99,27 @@ class NatsServer:
     def conf_path(self) -> Path:
         return self.data_dir / "nats-server.conf"
 
+    server_name: str = "videogen_embedded"
+    cluster: tuple[str, int, list[str]] | None = None  # (name, route port, routes to the other nodes)
+
     def write_config(self, store: Path) -> None:
-        write_private_file(
-            self.conf_path,
-            "\n".join(
-                [
-                    "server_name: videogen_embedded",
-                    f"listen: {self.host}:{self.port}",
-                    f"http: {self.host}:{self.monitor_port}",
-                    "max_payload: 4MB",
-                    "jetstream {",
-                    f'  store_dir: "{store}"',
-                    "  sync_interval: always",  # acknowledged = on disk
-                    "  max_memory_store: 256MB",
-                    "  max_file_store: 20GB",
-                    "}",
-                    self.accounts,
-                    "",
-                ]
-            )
-        )
+        lines = [
+            f"server_name: {self.server_name}",
+            f"listen: {self.host}:{self.port}",
+            f"http: {self.host}:{self.monitor_port}",
+            "max_payload: 4MB",
+            "jetstream {",
+            f'  store_dir: "{store}"',
+            "  sync_interval: always",  # acknowledged = on disk
+            "  max_memory_store: 256MB",
+            "  max_file_store: 20GB",
+            "}",
+        ]
+        if self.cluster is not None:
+            cname, cport, routes = self.cluster
+            lines += ["cluster {", f"  name: {cname}", f"  listen: {self.host}:{cport}",
+                      "  routes: [" + ", ".join(routes) + "]", "}"]
+        write_private_file(self.conf_path, "\n".join([*lines, self.accounts, ""]))
 
     def reload(self, accounts: str) -> None:
         """Rewrite the accounts (``videogen tenants add``) and have the running server re-read them."""
@@ -131,8 +132,12 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 20.0) -> NatsServer:
+    def start(self, timeout_s: float = 20.0, *, server_name: str | None = None, wait_js: bool = True,
+              cluster: tuple[str, int, list[str]] | None = None) -> NatsServer:
+        """``cluster``: (name, route port, routes to the other nodes) to join a cluster."""
         require_loopback(self.host, "nats-server")
+        self.server_name = server_name or self.server_name
+        self.cluster = cluster if cluster is not None else self.cluster
         self.port = self.port or free_port(self.host)
         self.monitor_port = self.monitor_port or free_port(self.host)
         private_dir(self.data_dir)
@@ -146,17 +151,21 @@ class NatsServer:
         self.process = ServerProcess("nats-server", proc, logfile)
         write_private_file(self.data_dir / "nats-server.pid", f"{proc.pid}\n")  # `videogen tenants add` reloads it
         _wait_tcp(self.host, self.port, timeout_s, proc, "nats-server", logfile)
-        # JetStream is ready once /healthz says so
+        if wait_js:
+            self.wait_jetstream(timeout_s)
+        log.info("nats_server_started", url=self.url, store=str(store), pid=proc.pid, server=self.server_name)
+        return self
+
+    def wait_jetstream(self, timeout_s: float) -> None:
+        """JetStream is ready once /healthz says so."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
                 with urlopen(f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true", timeout=1) as r:
                     if r.status == 200:
-                        break
+                        return
             except OSError:
                 time.sleep(0.1)
-        log.info("nats_server_started", url=self.url, store=str(store), pid=proc.pid)
-        return self
 
     def stop(self) -> None:
         if self.process:
@@ -181,6 +190,50 @@ def reload_accounts(data_dir: Path, accounts: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+@dataclass
+class NatsCluster:
+    """``size`` nats-servers on loopback joined by routes into one JetStream cluster, each with its
+    own store under ``<data_dir>/nats-<i>``: with R3 streams and KV (``Settings.nats_replicas``)
+    any one node can die -- acknowledged publishes survive on the other two, which elect a new
+    stream leader. The same shape as infra/ (3 NATS replicas, R3)."""
+
+    data_dir: Path
+    size: int = 3
+    host: str = "127.0.0.1"
+    name: str = "videogen"
+    accounts: str = ""  # the same accounts block on every node (runtime.accounts.accounts_config)
+    nodes: list[NatsServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self, timeout_s: float = 30.0) -> NatsCluster:
+        require_loopback(self.host, "nats-server")
+        private_dir(self.data_dir)
+        cluster_ports = [free_port(self.host) for _ in range(self.size)]
+        self.nodes = [NatsServer(self.data_dir / f"nats-{i}", host=self.host, accounts=self.accounts)
+                      for i in range(self.size)]
+        routes = [f"nats-route://{self.host}:{p}" for p in cluster_ports]
+        for i, node in enumerate(self.nodes):
+            node.start(timeout_s, server_name=f"{self.name}_{i}", wait_js=False, cluster=(
+                self.name, cluster_ports[i], [r for j, r in enumerate(routes) if j != i]))
+        for node in self.nodes:  # JetStream answers once the meta group has a leader
+            node.wait_jetstream(timeout_s)
+        log.info("nats_cluster_started", url=self.url, nodes=self.size)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def node_named(self, server_name: str) -> NatsServer:
+        for node in self.nodes:
+            if node.server_name == server_name:
+                return node
+        raise KeyError(server_name)
 
 
 def security_toml() -> str:

@@ -150,6 +150,19 @@ class StatusStore:
         return await self.update(job_id, mutate)
 
 
+    async def set_waiting_reason(self, job_id: str, reason: str | None, *,
+                                 among: frozenset[JobState] = frozenset({JobState.QUEUED})) -> JobStatus | None:
+        """Say why a job in one of ``among`` is not moving on (None clears); written only while the
+        job is in one of those states and only when it changes."""
+
+        def mutate(cur: JobStatus | None) -> JobStatus | None:
+            if cur is None or cur.state not in among or cur.waiting_reason == reason:
+                return None
+            return cur.model_copy(update={"waiting_reason": reason, "updated_at": utcnow()})
+
+        return await self.update(job_id, mutate)
+
+
 class JobTracker:
     """Emits events and keeps the status in step with them."""
 
@@ -187,6 +200,8 @@ class JobTracker:
             base["state"] = state
             if state != JobState.QUEUED:
                 base["queue_position"] = None  # only queued jobs have a place in the queue
+            if state != (cur.state if cur is not None else None) and "waiting_reason" not in fields:
+                base["waiting_reason"] = None  # the job moved on
             base["updated_at"] = now
             if state == JobState.SUCCEEDED:
                 base["progress"] = 100.0

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from runtime.bus import Bus
 from runtime.consumer import ConsumerLoop, Delivery
-from runtime.failures import failure_hooks
+from runtime.failures import failure_hooks, retry_hook
 from runtime.health import HealthServer
 from runtime.jobs import JobTracker
 from runtime.logging import configure_logging, get_logger
@@ -128,8 +128,10 @@ class Service:
 
                 on_perm, on_exh = (failure_hooks(ports.tracker, name, rejects=st.rejects)
                                    if st.records_failures else (None, None))
+                on_retry = retry_hook(ports.tracker, name) if st.records_failures else None
                 self.loops.append(ConsumerLoop(
                     bus, st.spec, bound, stage=name, on_permanent=on_perm, on_exhausted=on_exh,
+                    on_retry=on_retry,
                     heartbeat_s=self.settings.heartbeat_s, concurrency=st.concurrency,
                 ))
             tasks = [asyncio.create_task(loop.run(), name=f"consumer-{loop.stage}") for loop in self.loops]

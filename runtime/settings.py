@@ -97,6 +97,19 @@ class Settings(BaseSettings):
     runner_memory_margin_bytes: int = Field(3 << 30, ge=0, description="kept free below the device's free memory "
                                                                        "when the runner checks a window fits")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
+    runner_heartbeat_s: float = Field(3.0, gt=0, description="in_progress interval of a runner holding a segment "
+                                                            "(rank 0's I/O thread; the runner ack wait is 10 s)")
+    runner_spool_segments: int = Field(4, ge=1, description="rendered segments a runner keeps while their upload "
+                                                           "is retried (S3/NATS down); when full it stops pulling")
+    runner_spool_bytes: int = Field(2 << 30, ge=1, description="bytes of encoded segments held for retried uploads")
+    runner_upload_backoff_max_s: float = Field(15.0, gt=0, description="longest wait between upload retries")
+    no_runner_timeout_s: float = Field(300.0, gt=0, description="a queued job whose model has had no live runner "
+                                                               "this long fails with no_runner (retryable)")
+    # --- broker ------------------------------------------------------------------------
+    nats_replicas: int = Field(1, ge=1, le=5, description="replicas of every stream and KV bucket (3 on a 3-node "
+                                                          "cluster: infra/, or nats_cluster_size=3)")
+    nats_cluster_size: int = Field(1, ge=1, le=5, description="embedded stack: nats-servers in a loopback cluster "
+                                                              "(3: streams and KV become R3, one node may die)")
     # --- trust boundary (issue 13; docs in README "Security model") ------------------------
     webhook_tenant_secrets: dict[str, SecretStr] = Field(
         default_factory=dict, description="per-tenant signing secret(s), space separated for rotation; "

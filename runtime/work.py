@@ -105,6 +105,12 @@ class WorkItem:
         except Exception:  # not a JetStream message (a core NATS message in a test)
             self.stream_seq, self.num_delivered, self.stored_at = None, 1, None
         self._heartbeat: asyncio.Task[None] | None = None
+        # the owner's own budget (the runner: renders started, runtime.liveness.RenderAttempts):
+        # when set, the final attempt is the one reaching ``max_attempts`` -- or JetStream's
+        # ``max_deliver``, which stays the outer bound
+        self.heartbeats = 0
+        self.attempts: int | None = None
+        self.max_attempts: int | None = None
 
     # ---- facts ----------------------------------------------------------------------------
     @property
@@ -117,7 +123,10 @@ class WorkItem:
 
     @property
     def final_attempt(self) -> bool:
-        """JetStream will not deliver this message again after this delivery."""
+        """No further try after this one: JetStream will not deliver the message again, or the
+        owner's attempt budget (``attempts``/``max_attempts``) is spent."""
+        if self.attempts is not None and self.max_attempts is not None and self.attempts >= self.max_attempts:
+            return True
         return self.num_delivered >= self.max_deliver
 
     @property
@@ -139,12 +148,16 @@ class WorkItem:
             await self.msg.in_progress()
 
     def start_heartbeat(self, interval_s: float) -> None:
-        """``in_progress`` every ``interval_s`` until :meth:`stop_heartbeat` (long work keeps its message)."""
+        """``in_progress`` every ``interval_s`` until :meth:`stop_heartbeat` (long work keeps its message).
+
+        A task on the owner's event loop: it beats while that loop runs, whatever the work does
+        elsewhere (the GPU runner's compute runs on another thread; its loop is I/O only)."""
 
         async def beat() -> None:
             while True:
                 await asyncio.sleep(interval_s)
                 await self.in_progress()
+                self.heartbeats += 1
 
         self.stop_heartbeat()
         self._heartbeat = asyncio.create_task(beat())

@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     MAX_DELIVERIES = "max_deliveries"
+    NO_RUNNER = "no_runner"  # queued for longer than no_runner_timeout_s with no live runner for the model
     INTERNAL = "internal"
 
 

@@ -348,6 +348,9 @@ class JobStatus(_Frozen):
     playlist_url_expires_at: datetime | None = None
     preprocessed_frames: int | None = Field(None, ge=0, description="animate jobs preprocessed while they render: "
                                             "driving/pose/face frames stored so far (v1.1); None: not streamed")
+    waiting_reason: str | None = Field(
+        None, description="why a queued or preprocessing job is not moving on (no live runner for its model; "
+                          "an input fetch being retried, with its next attempt); cleared when it does")
 
 
 # ---------------------------------------------------------------------------------------------

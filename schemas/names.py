@@ -152,6 +152,12 @@ SWEPT_STREAMS = (STREAM_JOBS, STREAM_WORK, STREAM_SEGMENTS, STREAM_EVENTS, STREA
 # ---- key-value ----------------------------------------------------------------------------
 KV_JOBS = "videogen-jobs"
 KV_APIKEYS = "videogen-apikeys"  # HTTP gateway: sha256(api key) -> {tenant, ...}; never the key itself
+# <model>.<runner_id> -> RunnerPresence, refreshed every RUNNER_PRESENCE_S by each live runner
+# (rank 0's I/O thread); entries expire after RUNNER_PRESENCE_TTL_S (the runner died or hangs)
+KV_RUNNERS = "videogen-runners"
+# <job_id>.<index>.r<revision> -> how many times a runner *started rendering* the segment (see
+# ``RENDER_ATTEMPTS``); deliveries that never reached the model do not count
+KV_RENDERS = "videogen-renders"
 
 # ---- S3 -----------------------------------------------------------------------------------
 DEFAULT_BUCKET = "videogen"
@@ -184,6 +190,19 @@ def webhook_disabled_subject(job_id: str) -> str:
 def webhook_replay_subject(job_id: str) -> str:
     tenant, jid = split_job_key(job_id)
     return f"{scoped_subject(tenant, 'webhooks.replay')}.{jid}"
+
+
+def runner_presence_key(model: str, runner_id: str) -> str:
+    return f"{_kv_token(model)}.{_kv_token(runner_id)}"
+
+
+def render_attempts_key(job_id: str, index: int, plan_revision: int = 0) -> str:
+    return f"{_kv_token(job_id)}.{index}.r{plan_revision}"
+
+
+def _kv_token(s: str) -> str:
+    # KV keys: [-/_=.a-zA-Z0-9], '.' separates tokens
+    return "".join(c if c.isalnum() or c in "-_=" else "_" for c in s)
 
 
 def segments_subject(model: str) -> str:
@@ -404,20 +423,25 @@ STREAMS: tuple[StreamSpec, ...] = (
     ),
 )
 
+# The stages between a job's acceptance and its output (planner, chain, stitch) read and write S3
+# on every message: their retries (nak 5 s doubling to 80 s, runtime.work.WorkItem.retry_delay_s)
+# must outlast a 10-minute S3 outage (5+10+20+40+80x8 s = 715 s) before a job fails for it.
+OUTAGE_MAX_DELIVER = 12
+
 CONSUMER_PREPROCESS = ConsumerSpec(
     STREAM_JOBS, "preprocess", SUBJECT_SUBMIT, ack_wait_s=60, max_deliver=5, extra_filters=(submit_subject("*"),),
     backoff_s=(60, 120, 300, 600), description="Validates and preprocesses submissions.",
 )
 CONSUMER_PLANNER = ConsumerSpec(
-    STREAM_WORK, "planner", SUBJECT_WORK_PLAN, ack_wait_s=30, max_deliver=5,
+    STREAM_WORK, "planner", SUBJECT_WORK_PLAN, ack_wait_s=30, max_deliver=OUTAGE_MAX_DELIVER,
     backoff_s=(30, 60, 120, 300), description="Plans segments for a preprocessed job.",
 )
 CONSUMER_CHAIN = ConsumerSpec(
-    STREAM_WORK, "chain", SUBJECT_WORK_SEGMENT_DONE, ack_wait_s=30, max_deliver=5,
+    STREAM_WORK, "chain", SUBJECT_WORK_SEGMENT_DONE, ack_wait_s=30, max_deliver=OUTAGE_MAX_DELIVER,
     backoff_s=(30, 60, 120, 300), description="Publishes segment k+1 when segment k is done.",
 )
 CONSUMER_STITCH = ConsumerSpec(
-    STREAM_WORK, "stitch", SUBJECT_WORK_STITCH, ack_wait_s=120, max_deliver=5,
+    STREAM_WORK, "stitch", SUBJECT_WORK_STITCH, ack_wait_s=120, max_deliver=OUTAGE_MAX_DELIVER,
     backoff_s=(120, 240, 480, 960), description="Joins segments into output.mp4 and completes the job.",
 )
 CONSUMER_WEBHOOK = ConsumerSpec(
@@ -449,16 +473,34 @@ def runner_durable_for_subject(subject: str) -> str:
     return f"runner-{subject.rsplit('.', 1)[-1]}"
 
 
+# ---- GPU runner failure detection (issue 16; docs: gpu_runner/README.md "Failure detection") ----
+# A runner holding a segment sends in_progress every RUNNER_HEARTBEAT_S from rank 0's I/O thread
+# (an asyncio loop of its own, never blocked by compute); a runner that died stops, and JetStream
+# redelivers the segment RUNNER_ACK_WAIT_S after the last heartbeat.
+RUNNER_ACK_WAIT_S = 10
+RUNNER_HEARTBEAT_S = 3.0
+# The segment's own budget: renders started (counted in KV_RENDERS before the model runs). A
+# delivery to a runner that died idle, a failed input fetch or upload never reaches the model
+# and costs nothing of it.
+RENDER_ATTEMPTS = 3
+# JetStream's max_deliver: only the outer bound (a segment that keeps failing before its render).
+RUNNER_MAX_DELIVER = 30
+# Runner presence (KV_RUNNERS): refreshed this often, gone this long after the last refresh.
+RUNNER_PRESENCE_S = 3.0
+RUNNER_PRESENCE_TTL_S = 15
+
+
 def runner_consumer(model: str) -> ConsumerSpec:
     """One durable work-queue consumer per model, shared by all runners serving it."""
     return ConsumerSpec(
         STREAM_SEGMENTS,
         f"runner-{model.replace('.', '_')}",
         segments_subject(model),
-        ack_wait_s=60,
-        max_deliver=4,
+        ack_wait_s=RUNNER_ACK_WAIT_S,
+        max_deliver=RUNNER_MAX_DELIVER,
         max_ack_pending=256,  # shared by all runners of the model; each pulls 1 at a time
-        backoff_s=(60, 120, 300),
+        # no backoff list: every redelivery after a silent death waits RUNNER_ACK_WAIT_S (a
+        # backoff entry would replace the ack wait, see ConsumerSpec.backoff_s)
         description=f"GPU runners serving model {model}.",
     )
 

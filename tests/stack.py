@@ -21,6 +21,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update({
         "VIDEOGEN_DATA_DIR": str(settings.data_dir),
         "VIDEOGEN_NATS_URL": settings.nats_url,
+        "VIDEOGEN_NATS_REPLICAS": str(settings.nats_replicas),
         "VIDEOGEN_S3_ENDPOINT": str(settings.s3_endpoint),
         "VIDEOGEN_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
         "VIDEOGEN_INPUT_ALLOW_HOSTS": '["127.0.0.1"]',

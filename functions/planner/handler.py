@@ -19,7 +19,7 @@ from runtime.ports import Ports
 from runtime.work import WorkItem
 from schemas.errors import Permanent
 from schemas.messages import JobPlan, JobStatus, PlanRequest, ReplanHint, SegmentResult
-from schemas.names import segment_msg_id, segment_result_key, segments_subject
+from schemas.names import STREAM_SEGMENTS, runner_consumer, segment_msg_id, segment_result_key, segments_subject
 
 __all__ = ["handle_plan", "handle_replan", "make_plan", "progress_after", "segment_job"]
 
@@ -84,6 +84,7 @@ async def handle_plan(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     if await ports.guard.stopped(job_id, queued_seq=ack.seq) is not None:
         return
     if fresh:
+        await set_first_queue_position(ports, req.job.model, job_id)
         log.info("job_planned", job_id=job_id, segments=info.segments, window=info.window_frames,
                  overlap=info.overlap_frames, reason=info.reason, ready_frames=stored.preprocessed_frames)
     else:
@@ -95,6 +96,20 @@ async def _stored_plan(ports: Ports, job_id: str) -> JobPlan | None:
         return await read_plan(ports.storage, job_id)
     except Permanent:
         return None
+
+
+async def set_first_queue_position(ports: Ports, model: str, job_id: str) -> None:
+    """``queue_position`` as the job enters the queue (the queue stage refines it each tick).
+
+    The messages of the model's queue not yet delivered, less this one: never below the true
+    place (messages published after it only add to the count), and a position only ever goes
+    down (``StatusStore.set_queue_position``), so the queue stage's exact number wins."""
+    try:
+        undelivered, _ = await ports.bus.pending(STREAM_SEGMENTS, runner_consumer(model).durable)
+        if undelivered > 0:
+            await ports.tracker.status.set_queue_position(job_id, undelivered - 1)
+    except Exception as e:  # informative only: the queue stage sets it within a tick
+        log.debug("first_queue_position_failed", job_id=job_id, error=str(e))
 
 
 async def handle_replan(req: PlanRequest, hint: ReplanHint, ports: Ports) -> None:

@@ -60,11 +60,17 @@ async def refuse_duplicate(payload: bytes, delivery: Delivery, ports: Ports, job
     log.warning("duplicate_submission_refused", job_id=job_id, why=why)
 
 
-async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -> bool:
+# claim(): the job is ours and only its hand-off to the planner may be missing
+HAND_OFF = "hand_off"
+
+
+async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -> bool | str:
     """Create the job's status (KV create: exactly one submission wins), or prove this is its own.
 
     True: this submission owns the job (it created it now, or it is a redelivery of the message
-    that did and preprocessing has not finished). False: nothing more to do (an already handled
+    that did and preprocessing has not finished). ``HAND_OFF``: a redelivery of the message after
+    ``job.preprocessed`` was recorded but before a plan exists (the publish to the planner may have
+    failed): only the hand-off is redone. False: nothing more to do (an already handled
     redelivery, or a different submission with the same job_id: dead-lettered ``duplicate_job``).
     """
     created = False
@@ -88,6 +94,14 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
     if stored == payload:
         if preprocessing:
             return True  # our own message again, interrupted mid-preprocess: carry on
+        if (current is not None and current.state == JobState.QUEUED and current.plan is None
+                and delivery.num_delivered > 1):
+            # our own message again, after job.preprocessed but with no plan yet: the hand-off to
+            # the planner may have failed (e.g. a NATS node died mid-publish). Carry on: every
+            # write again is idempotent (same event ids, same Nats-Msg-Id plan:<job_id>), and a
+            # plan request that did arrive is de-duplicated.
+            log.info("submission_resumed_for_hand_off", job_id=job_id, delivery=delivery.num_delivered)
+            return HAND_OFF
         log.info("duplicate_submission_ignored", job_id=job_id, state=current.state.value if current else None)
         return False
     if stored is None and preprocessing and delivery.num_delivered > 1:
@@ -121,7 +135,8 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
             return
         raise
     req = req.model_copy(update={"job_id": job_key(tenant, req.job_id)})
-    if not await claim(req.job_id, payload, delivery, ports):
+    claimed = await claim(req.job_id, payload, delivery, ports)
+    if not claimed:
         return
     job, _spec = resolve(req)
     settings = ports.settings
@@ -134,7 +149,7 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     accepted = AcceptedData(model=job.model, task=job.task, width=job.width, height=job.height,
                             num_frames=job.num_frames, fps=job.fps, steps=job.steps, seed=job.seed)
     current, _ = await ports.tracker.status.get(job.job_id)
-    if current is None or not streaming_unfinished(current):
+    if claimed != HAND_OFF and (current is None or not streaming_unfinished(current)):
         # stored before the first event is published: the webhook dispatcher reads the subscription from it
         # (a redelivery of a job already planned and rendering while it was preprocessed skips this: the
         # job stays where it is, and request.json was stored before it was handed on)
@@ -164,9 +179,10 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
         log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value,
                  frames=job.num_frames, streamed_from_frames=stream.first_frames)
         return
-    await ports.tracker.record(
-        JobEvent.build(job.job_id, EventType.PREPROCESSED, PreprocessedData(inputs=job.inputs.objects()))
-    )
+    if claimed != HAND_OFF:  # a resumed hand-off: preprocessed already; states never go back
+        await ports.tracker.record(
+            JobEvent.build(job.job_id, EventType.PREPROCESSED, PreprocessedData(inputs=job.inputs.objects()))
+        )
     await ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job), msg_id=f"plan:{job.job_id}")
     log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value, frames=job.num_frames)
 

@@ -263,8 +263,13 @@ def _status_ttl_s() -> int:
 def _check_kv(parsed: dict[Path, dict]) -> list[str]:
     kvs = {b.get("name"): b for _, _, _, b in blocks(parsed, "resource", "jetstream_kv_bucket")}
     out = []
-    if set(kvs) != {names.KV_JOBS}:
-        out.append(f"KV buckets in Terraform are {sorted(map(str, kvs))}, schemas/names.py has [{names.KV_JOBS!r}]")
+    want_buckets = {names.KV_JOBS, names.KV_RUNNERS, names.KV_RENDERS}
+    if set(kvs) != want_buckets:
+        out.append(f"KV buckets in Terraform are {sorted(map(str, kvs))}, schemas/names.py has "
+                   f"{sorted(want_buckets)}")
+    for bucket, ttl in ((names.KV_RUNNERS, names.RUNNER_PRESENCE_TTL_S), (names.KV_RENDERS, _status_ttl_s())):
+        if bucket in kvs and kvs[bucket].get("ttl") != ttl:
+            out.append(f"KV {bucket}: ttl is {kvs[bucket].get('ttl')!r}, runtime uses {ttl!r}")
     b = kvs.get(names.KV_JOBS)
     if b is not None:
         want = {"ttl": _status_ttl_s(), "history": BUS_KV_HISTORY, "storage": "file"}
@@ -385,7 +390,8 @@ def _check_nats_values(parsed: dict[Path, dict], root: Path) -> list[str]:
         out.append("modules/nats: variable replicas must default to 3")
     perms = json.dumps(loc.get("app_permissions"))
     root_subject = names.SUBJECT_SUBMIT.split(".", 1)[0]
-    for needed in (f"{root_subject}.>", f"$KV.{names.KV_JOBS}.>", "$JS.API.>", "_INBOX.>"):
+    for needed in (f"{root_subject}.>", f"$KV.{names.KV_JOBS}.>", f"$KV.{names.KV_RUNNERS}.>",
+                   f"$KV.{names.KV_RENDERS}.>", "$JS.API.>", "_INBOX.>"):
         if needed not in perms:
             out.append(f"modules/nats: the app user's permissions lack {needed!r}")
     return out

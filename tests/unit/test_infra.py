@@ -118,7 +118,8 @@ def test_changed_limits_fail_the_cross_check(parsed, monkeypatch) -> None:
     assert "consumer stitch: ack_wait is 120 in Terraform, 7 in schemas" in problems
     assert "consumer stitch: backoff" in problems
     assert "modules/videogen: function_consumers['stitch']" in problems  # KEDA would watch the wrong thing
-    assert "runner consumer for wan2.1-t2v-14b: max_delivery is 4 in Terraform, 9 in schemas" in problems
+    assert (f"runner consumer for wan2.1-t2v-14b: max_delivery is {names.RUNNER_MAX_DELIVER} in Terraform, "
+            "9 in schemas") in problems
 
 
 def test_renamed_consumer_and_kv_fail_the_cross_check(parsed, monkeypatch) -> None:

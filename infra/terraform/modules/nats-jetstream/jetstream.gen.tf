@@ -123,7 +123,7 @@ resource "jetstream_consumer" "planner" {
   description     = "Plans segments for a preprocessed job."
   filter_subject  = "videogen.work.plan"
   ack_wait        = 30
-  max_delivery    = 5
+  max_delivery    = 12
   max_ack_pending = 64
   backoff         = [30, 60, 120, 300]
   deliver_all     = true
@@ -137,7 +137,7 @@ resource "jetstream_consumer" "chain" {
   description     = "Publishes segment k+1 when segment k is done."
   filter_subject  = "videogen.work.segment_done"
   ack_wait        = 30
-  max_delivery    = 5
+  max_delivery    = 12
   max_ack_pending = 64
   backoff         = [30, 60, 120, 300]
   deliver_all     = true
@@ -151,7 +151,7 @@ resource "jetstream_consumer" "stitch" {
   description     = "Joins segments into output.mp4 and completes the job."
   filter_subject  = "videogen.work.stitch"
   ack_wait        = 120
-  max_delivery    = 5
+  max_delivery    = 12
   max_ack_pending = 64
   backoff         = [120, 240, 480, 960]
   deliver_all     = true
@@ -222,6 +222,24 @@ resource "jetstream_kv_bucket" "videogen_jobs" {
   replicas    = var.replicas
 }
 
+resource "jetstream_kv_bucket" "videogen_runners" {
+  name        = "videogen-runners"
+  description = "live runners per model"
+  storage     = "file"
+  history     = 1
+  ttl         = 15
+  replicas    = var.replicas
+}
+
+resource "jetstream_kv_bucket" "videogen_renders" {
+  name        = "videogen-renders"
+  description = "renders started per segment"
+  storage     = "file"
+  history     = 1
+  ttl         = 604800
+  replicas    = var.replicas
+}
+
 # runner_consumer(model) for every model in schemas/registry.py
 locals {
   runner_consumers = {
@@ -229,82 +247,82 @@ locals {
       durable_name    = "runner-tiny-wan"
       description     = "GPU runners serving model tiny-wan."
       filter_subject  = "videogen.segments.tiny-wan"
-      ack_wait        = 60
-      max_delivery    = 4
+      ack_wait        = 10
+      max_delivery    = 30
       max_ack_pending = 256
-      backoff         = [60, 120, 300]
+      backoff         = []
     }
     "tiny-wan-animate" = {
       durable_name    = "runner-tiny-wan-animate"
       description     = "GPU runners serving model tiny-wan-animate."
       filter_subject  = "videogen.segments.tiny-wan-animate"
-      ack_wait        = 60
-      max_delivery    = 4
+      ack_wait        = 10
+      max_delivery    = 30
       max_ack_pending = 256
-      backoff         = [60, 120, 300]
+      backoff         = []
     }
     "tiny-wan-i2v" = {
       durable_name    = "runner-tiny-wan-i2v"
       description     = "GPU runners serving model tiny-wan-i2v."
       filter_subject  = "videogen.segments.tiny-wan-i2v"
-      ack_wait        = 60
-      max_delivery    = 4
+      ack_wait        = 10
+      max_delivery    = 30
       max_ack_pending = 256
-      backoff         = [60, 120, 300]
+      backoff         = []
     }
     "wan2.1-i2v-14b-480p" = {
       durable_name    = "runner-wan2_1-i2v-14b-480p"
       description     = "GPU runners serving model wan2.1-i2v-14b-480p."
       filter_subject  = "videogen.segments.wan2_1-i2v-14b-480p"
-      ack_wait        = 60
-      max_delivery    = 4
+      ack_wait        = 10
+      max_delivery    = 30
       max_ack_pending = 256
-      backoff         = [60, 120, 300]
+      backoff         = []
     }
     "wan2.1-t2v-1.3b" = {
       durable_name    = "runner-wan2_1-t2v-1_3b"
       description     = "GPU runners serving model wan2.1-t2v-1.3b."
       filter_subject  = "videogen.segments.wan2_1-t2v-1_3b"
-      ack_wait        = 60
-      max_delivery    = 4
+      ack_wait        = 10
+      max_delivery    = 30
       max_ack_pending = 256
-      backoff         = [60, 120, 300]
+      backoff         = []
     }
     "wan2.1-t2v-14b" = {
       durable_name    = "runner-wan2_1-t2v-14b"
       description     = "GPU runners serving model wan2.1-t2v-14b."
       filter_subject  = "videogen.segments.wan2_1-t2v-14b"
-      ack_wait        = 60
-      max_delivery    = 4
+      ack_wait        = 10
+      max_delivery    = 30
       max_ack_pending = 256
-      backoff         = [60, 120, 300]
+      backoff         = []
     }
     "wan2.2-animate-14b" = {
       durable_name    = "runner-wan2_2-animate-14b"
       description     = "GPU runners serving model wan2.2-animate-14b."
       filter_subject  = "videogen.segments.wan2_2-animate-14b"
-      ack_wait        = 60
-      max_delivery    = 4
+      ack_wait        = 10
+      max_delivery    = 30
       max_ack_pending = 256
-      backoff         = [60, 120, 300]
+      backoff         = []
     }
     "wan2.2-t2v-a14b" = {
       durable_name    = "runner-wan2_2-t2v-a14b"
       description     = "GPU runners serving model wan2.2-t2v-a14b."
       filter_subject  = "videogen.segments.wan2_2-t2v-a14b"
-      ack_wait        = 60
-      max_delivery    = 4
+      ack_wait        = 10
+      max_delivery    = 30
       max_ack_pending = 256
-      backoff         = [60, 120, 300]
+      backoff         = []
     }
     "wan2.2-ti2v-5b" = {
       durable_name    = "runner-wan2_2-ti2v-5b"
       description     = "GPU runners serving model wan2.2-ti2v-5b."
       filter_subject  = "videogen.segments.wan2_2-ti2v-5b"
-      ack_wait        = 60
-      max_delivery    = 4
+      ack_wait        = 10
+      max_delivery    = 30
       max_ack_pending = 256
-      backoff         = [60, 120, 300]
+      backoff         = []
     }
   }
 }

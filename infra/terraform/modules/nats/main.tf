@@ -26,10 +26,10 @@ locals {
   # JetStream API (pull, ack, KV), receive replies on inboxes.
   app_permissions = {
     publish = {
-      allow = ["videogen.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.videogen-jobs.>", "$KV.videogen-apikeys.>", "_INBOX.>"]
+      allow = ["videogen.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.videogen-jobs.>", "$KV.videogen-apikeys.>", "$KV.videogen-runners.>", "$KV.videogen-renders.>", "_INBOX.>"]
     }
     subscribe = {
-      allow = ["_INBOX.>", "videogen.>", "$KV.videogen-jobs.>", "$KV.videogen-apikeys.>"]
+      allow = ["_INBOX.>", "videogen.>", "$KV.videogen-jobs.>", "$KV.videogen-apikeys.>", "$KV.videogen-runners.>", "$KV.videogen-renders.>"]
     }
     allow_responses = true
   }

@@ -66,47 +66,47 @@ locals {
     "tiny-wan" = {
       stream     = "VIDEOGEN_SEGMENTS"
       consumer   = "runner-tiny-wan"
-      ack_wait_s = 60
+      ack_wait_s = 10
     }
     "tiny-wan-animate" = {
       stream     = "VIDEOGEN_SEGMENTS"
       consumer   = "runner-tiny-wan-animate"
-      ack_wait_s = 60
+      ack_wait_s = 10
     }
     "tiny-wan-i2v" = {
       stream     = "VIDEOGEN_SEGMENTS"
       consumer   = "runner-tiny-wan-i2v"
-      ack_wait_s = 60
+      ack_wait_s = 10
     }
     "wan2.1-i2v-14b-480p" = {
       stream     = "VIDEOGEN_SEGMENTS"
       consumer   = "runner-wan2_1-i2v-14b-480p"
-      ack_wait_s = 60
+      ack_wait_s = 10
     }
     "wan2.1-t2v-1.3b" = {
       stream     = "VIDEOGEN_SEGMENTS"
       consumer   = "runner-wan2_1-t2v-1_3b"
-      ack_wait_s = 60
+      ack_wait_s = 10
     }
     "wan2.1-t2v-14b" = {
       stream     = "VIDEOGEN_SEGMENTS"
       consumer   = "runner-wan2_1-t2v-14b"
-      ack_wait_s = 60
+      ack_wait_s = 10
     }
     "wan2.2-animate-14b" = {
       stream     = "VIDEOGEN_SEGMENTS"
       consumer   = "runner-wan2_2-animate-14b"
-      ack_wait_s = 60
+      ack_wait_s = 10
     }
     "wan2.2-t2v-a14b" = {
       stream     = "VIDEOGEN_SEGMENTS"
       consumer   = "runner-wan2_2-t2v-a14b"
-      ack_wait_s = 60
+      ack_wait_s = 10
     }
     "wan2.2-ti2v-5b" = {
       stream     = "VIDEOGEN_SEGMENTS"
       consumer   = "runner-wan2_2-ti2v-5b"
-      ack_wait_s = 60
+      ack_wait_s = 10
     }
   }
   models = {
