@@ -56,6 +56,9 @@ class IO:
     def progress(self, active: Any, step: int, total: int) -> None:
         pass
 
+    def begin_render(self, active: Any) -> None:
+        self.sent.append(("begin_render", None))
+
 
 def segment(job_id: str, frames: int) -> SegmentJob:
     job = ResolvedJob(job_id=job_id, task=Task.T2V, model="tiny-wan", prompt="p", negative_prompt="", width=32,
