@@ -31,10 +31,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run(settings, events: int, jobs: int, rate: float) -> int:
-    from runtime.testing.webhook_receiver import WebhookReceiver
     from runtime.bus import Bus
     from runtime.client import webhook_attempts
     from runtime.storage import Storage
+    from runtime.testing.webhook_receiver import WebhookReceiver
     from schemas.messages import EventType, JobEvent, JobRequest, ProgressData, WebhookSpec
     from schemas.names import events_subject, request_key
 
@@ -42,7 +42,8 @@ async def run(settings, events: int, jobs: int, rate: float) -> int:
     async with WebhookReceiver(secret) as rx, Bus(settings, "bench-events") as bus, Storage(settings) as s3:
         job_ids = [f"bench-evt-{i}" for i in range(jobs)]
         for job_id in job_ids:
-            req = JobRequest(job_id=job_id, prompt="bench", webhook=WebhookSpec(url=rx.url, events=(EventType.PROGRESS,)))
+            hook = WebhookSpec(url=rx.url, events=(EventType.PROGRESS,))
+            req = JobRequest(job_id=job_id, prompt="bench", webhook=hook)
             await s3.put_bytes(request_key(job_id), req.model_dump_json().encode(), "application/json")
         sent: dict[str, float] = {}
         counter = iter(range(10**9))
@@ -68,7 +69,7 @@ async def run(settings, events: int, jobs: int, rate: float) -> int:
                 before = set(sent)
                 await asyncio.gather(*(publish_one(job_ids[i % jobs]) for i in range(count)))
                 ids = list(set(sent) - before)
-            await rx.wait_for(start_n + count, timeout=300)
+            await rx.wait_for(start_n + count, timeout_s=300)
             got = rx.deliveries[start_n:]
             lat = [1000.0 * (d.received_at - sent[d.msg_id]) for d in got]
             span = max(d.received_at for d in got) - t0

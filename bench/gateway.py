@@ -64,7 +64,9 @@ async def latency(settings, base_url: str, key: str, jobs: int) -> tuple[list[fl
     return direct, gateway
 
 
-async def throughput(settings, base_url: str, key: str, seconds: float, concurrency: int) -> tuple[int, float, list[float]]:
+async def throughput(
+    settings, base_url: str, key: str, seconds: float, concurrency: int
+) -> tuple[int, float, list[float]]:
     import httpx2 as httpx
 
     body = {**PARAMS, "model": "tiny-wan"}
@@ -168,7 +170,8 @@ def main() -> None:
         procs += [fn, rn]
         env = {"VIDEOGEN_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        gw, url = start_gateway_process(settings.model_copy(update={"gateway_port": _free()}), data / "gateway.log", env)
+        gw_settings = settings.model_copy(update={"gateway_port": _free()})
+        gw, url = start_gateway_process(gw_settings, data / "gateway.log", env)
         procs.append(gw)
         wait_for_log(data / "functions.log", '"consumer_started"', 120, fn)
         wait_for_log(data / "runner.log", "runner_io_ready", 240, rn)

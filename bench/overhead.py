@@ -27,7 +27,9 @@ def pct(values: list[float], q: float) -> float:
 STAGES = ("job.accepted", "job.preprocessed", "job.started", "job.segment_completed", "job.succeeded")
 
 
-async def run_pipeline(settings, jobs: int, params: dict, marks: dict[str, list[float]]) -> tuple[list[float], list[float]]:
+async def run_pipeline(
+    settings, jobs: int, params: dict, marks: dict[str, list[float]]
+) -> tuple[list[float], list[float]]:
     from runtime.bus import Bus
     from runtime.client import follow, submit
     from runtime.storage import ObjectNotFound, Storage

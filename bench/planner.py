@@ -67,7 +67,8 @@ def main() -> int:
                 f"{plan.padding_frames:>3} {covered / total:>8.3f} {plan.rendered_frames / total:>8.3f} | "
                 f"{ratio:>13.4f} {ms:>7.2f}"
             )
-    print("check: ours covers exactly T (pad only inside one window) and costs <= vanilla (0.1 %):", "OK" if ok else "FAIL")
+    print("check: ours covers exactly T (pad only inside one window) and costs <= vanilla (0.1 %):",
+          "OK" if ok else "FAIL")
     return 0 if ok else 1
 
 

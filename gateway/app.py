@@ -371,7 +371,8 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         checks = {"started": gw.started,
                   "nats_connected": bool(gw.bus.nc is not None and gw.bus.nc.is_connected)}
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
+                            status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:

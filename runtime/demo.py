@@ -132,7 +132,7 @@ async def run_demo(settings: Settings, console: Console, *, prompt: str, num_fra
 
 async def _verify(console: Console, receiver: WebhookReceiver, last: JobEvent) -> bool:
     """The signed webhooks arrived and verify; the presigned URL serves the MP4 the event describes."""
-    await receiver.wait_for(2, timeout=60)
+    await receiver.wait_for(2, timeout_s=60)
     console.print("webhooks received:")
     ok = True
     for d in receiver.deliveries:

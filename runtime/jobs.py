@@ -306,9 +306,9 @@ class JobGuard:
         while True:
             await asyncio.sleep(poll_s)
             with contextlib.suppress(Exception):
-                state = await self.stopped(job_id, among=among, clean_up=False)
-                if state is not None:
-                    return state
+                stopped = await self.stopped(job_id, among=among, clean_up=False)
+                if stopped is not None:
+                    return stopped
 
     async def discard(self, job_id: str, *, queued_seq: int | None = None, queue: str = STREAM_SEGMENTS) -> list[str]:
         """Delete what a cancelled job left: the message ``queued_seq`` (if still waiting; one a

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -43,7 +43,8 @@ class _CurrentStderr:
 
 def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
     global _configured
-    out = stream or _CurrentStderr()
+    # _CurrentStderr is a duck-typed TextIO (write/flush/isatty: all that PrintLogger uses)
+    out: TextIO = stream or cast(TextIO, _CurrentStderr())
     renderer = _renderer(fmt, out)
     timestamper = (structlog.processors.TimeStamper(fmt="iso", utc=True) if fmt == "json"
                    else structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False))

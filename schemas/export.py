@@ -116,7 +116,8 @@ def asyncapi() -> dict[str, Any]:
         },
         "defaultContentType": "application/json",
         "servers": {"nats": {"host": "localhost:4222", "protocol": "nats",
-                             "description": "NATS with JetStream (streams: " + ", ".join(s.name for s in names.STREAMS) + ")"}},
+                             "description": "NATS with JetStream (streams: "
+                             + ", ".join(s.name for s in names.STREAMS) + ")"}},
         "channels": {
             "submit": {"address": names.SUBJECT_SUBMIT, "messages": {"JobRequest": _msg(
                 "JobRequest", "Submit a job", f"stream {names.STREAM_JOBS}; set Nats-Msg-Id to job_id", msg_id_header)},

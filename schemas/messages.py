@@ -2,7 +2,8 @@
 
 Public: ``JobRequest``, ``CancelRequest``, ``JobEvent`` (its ``data`` is the model ``EVENT_DATA[type]``),
 ``JobStatus``. Internal (between stages): ``ResolvedJob`` (+ ``JobInputs``), ``PlanRequest``,
-``SegmentJob``, ``SegmentResult``, ``StitchRequest``, ``DLQEntry``. All frozen; units are in field names where the contract allows.
+``SegmentJob``, ``SegmentResult``, ``StitchRequest``, ``DLQEntry``. All frozen; units are in field names where the
+contract allows.
 """
 
 from __future__ import annotations
@@ -122,10 +123,13 @@ class JobRequest(_Frozen):
     model: str = Field("tiny-wan", min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     prompt: str = Field("", max_length=4000)
     negative_prompt: str = Field("", max_length=4000)
-    image: str | None = Field(None, max_length=2048, pattern=INPUT_URI_PATTERN, description="i2v/animate reference image")
+    image: str | None = Field(None, max_length=2048, pattern=INPUT_URI_PATTERN,
+                              description="i2v/animate reference image")
     video: str | None = Field(None, max_length=2048, pattern=INPUT_URI_PATTERN, description="animate driving video")
-    width: StrictInt | None = Field(None, ge=16, le=4096, description="pixels; multiple of the model's spatial_multiple")
-    height: StrictInt | None = Field(None, ge=16, le=4096, description="pixels; multiple of the model's spatial_multiple")
+    width: StrictInt | None = Field(None, ge=16, le=4096,
+                                    description="pixels; multiple of the model's spatial_multiple")
+    height: StrictInt | None = Field(None, ge=16, le=4096,
+                                     description="pixels; multiple of the model's spatial_multiple")
     num_frames: StrictInt | None = Field(None, ge=1, le=5000, description="frames in the output video")
     fps: StrictInt | None = Field(None, ge=1, le=60, description="frames per second of the output")
     steps: StrictInt | None = Field(None, ge=1, le=100, description="denoising steps per segment")
@@ -323,7 +327,7 @@ class JobEvent(_Frozen):
               *discriminators: object) -> JobEvent:
         """``data``: the type's model (or a dict validated into it; ``None``: all defaults)."""
         return cls(id=cls.make_id(job_id, type_, *discriminators), type=type_, job_id=job_id, time=utcnow(),
-                   data=data)  # type: ignore[arg-type]
+                   data=data)
 
 
 class JobStatus(_Frozen):
@@ -372,7 +376,7 @@ class JobInputs(_Frozen):
     face_index: ObjectRef | None = Field(None, description="animate: face crop frames (FramesIndex JSON)")
 
     @model_serializer(mode="wrap")
-    def _set_only(self, handler: Any):  # type: ignore[no-untyped-def]  # unannotated: keeps the schema
+    def _set_only(self, handler: Any):  # no return annotation: it would change the serialization schema
         return {k: v for k, v in handler(self).items() if v is not None}
 
     def refs(self) -> dict[str, ObjectRef]:
@@ -422,7 +426,8 @@ class ReplanHint(_Frozen):
 
 class PlanRequest(_Frozen):
     job: ResolvedJob
-    replan: ReplanHint | None = Field(None, description="set: re-plan from a segment that did not fit (runner -> planner)")
+    replan: ReplanHint | None = Field(
+        None, description="set: re-plan from a segment that did not fit (runner -> planner)")
     ready_frames: int | None = Field(None, ge=0, description="streaming preprocess: the job's frame inputs are "
                                      "stored for output frames [0, ready_frames); None: every input is stored")
 

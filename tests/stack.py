@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from runtime.settings import Settings
@@ -53,6 +54,21 @@ def start_functions(settings: Settings, log: Path, stages: list[str] | None = No
                             cwd=str(REPO), start_new_session=True)
 
 
+async def poll_until(cond: Callable[[], object | Awaitable[object]], *, timeout_s: float,
+                     interval_s: float = 0.2) -> object:
+    """Re-check ``cond`` (a plain or an async callable) every ``interval_s`` until it returns something truthy,
+    and return that; ``TimeoutError`` after ``timeout_s``. For conditions outside this process (a log file, a
+    KV entry, another process's state), where there is no event to wait on."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            result = cond()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return result
+            await asyncio.sleep(interval_s)
+
+
 def wait_for_log(log: Path, needle: str, timeout_s: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -61,7 +77,8 @@ def wait_for_log(log: Path, needle: str, timeout_s: float = 120.0, proc: subproc
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited ({proc.returncode}) before '{needle}':\n{log.read_text()[-4000:]}")
         time.sleep(0.2)
-    raise TimeoutError(f"'{needle}' not in {log} after {timeout_s}s:\n{log.read_text()[-4000:] if log.exists() else ''}")
+    tail = log.read_text()[-4000:] if log.exists() else ""
+    raise TimeoutError(f"'{needle}' not in {log} after {timeout_s}s:\n{tail}")
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:

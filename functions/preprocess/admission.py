@@ -87,7 +87,8 @@ def admit(job: ResolvedJob, limits: Limits) -> Figures | None:
     if fig.stitch_bytes > limits.max_stitch_bytes:
         raise RequestRejected(
             f"over_limit: stitching {fig.segments} segments at {job.width}x{job.height} needs about "
-            f"{fig.stitch_bytes / (1 << 30):,.1f} GiB of memory (limit {limits.max_stitch_bytes / (1 << 30):,.1f} GiB); "
+            f"{fig.stitch_bytes / (1 << 30):,.1f} GiB of memory "
+            f"(limit {limits.max_stitch_bytes / (1 << 30):,.1f} GiB); "
             "use longer max_segment_frames or a lower resolution",
             code=ErrorCode.OVER_LIMIT, job_id=job.job_id)
     return fig

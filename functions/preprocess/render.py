@@ -45,7 +45,9 @@ def render_pose(kp: np.ndarray, width: int, height: int, *, threshold: float = D
         mx, my = (pa[0] + pb[0]) / 2, (pa[1] + pb[1]) / 2
         length = math.hypot(pa[0] - pb[0], pa[1] - pb[1]) / 2
         angle = math.degrees(math.atan2(pa[1] - pb[1], pa[0] - pb[0]))
-        poly = cv2.ellipse2Poly((round(mx), round(my)), (max(1, round(length)), stick), round(angle), 0, 360, 1)
+        # ellipse2Poly returns an (N, 2) int32 array (the stubs say Sequence[Sequence[int]]): asarray is a no-op
+        poly = np.asarray(cv2.ellipse2Poly((round(mx), round(my)), (max(1, round(length)), stick), round(angle),
+                                           0, 360, 1), dtype=np.int32)
         color = tuple(int(c * 0.6) for c in OPENPOSE_COLORS[i])
         cv2.fillConvexPoly(canvas, poly, color, lineType=cv2.LINE_AA)
     for i, p in enumerate(pts):

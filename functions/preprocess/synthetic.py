@@ -92,8 +92,12 @@ def encode_video(frames: Iterable[np.ndarray], fps: float, *, codec: str = "libx
     h, w = first.shape[:2]
     with av.open(buf, mode="w", format=container) as c:
         stream = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        assert isinstance(stream, av.VideoStream), f"{codec} is not a video codec"
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-        stream.options = options if options is not None else ({"preset": "veryfast"} if "264" in codec else {})
+        # a fresh dict typed as PyAV's stubs declare Stream.options (same keys and values)
+        opts: dict[str, object] = dict(options) if options is not None else (
+            {"preset": "veryfast"} if "264" in codec else {})
+        stream.options = opts
         for i, frame in enumerate(itertools.chain([first], it)):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             vf.pts = i

@@ -136,8 +136,9 @@ def resolve(req: JobRequest) -> tuple[ResolvedJob, ModelSpec]:
         raise RequestRejected(f"unknown model {req.model!r}; known: {', '.join(sorted(MODELS))}",
                               code=ErrorCode.UNKNOWN_MODEL, job_id=req.job_id)
     if req.task.value not in spec.tasks:
-        raise RequestRejected(f"model {spec.name} does not support task {req.task.value} (supports {', '.join(spec.tasks)})",
-                              code=ErrorCode.UNSUPPORTED_TASK_FOR_MODEL, job_id=req.job_id)
+        raise RequestRejected(
+            f"model {spec.name} does not support task {req.task.value} (supports {', '.join(spec.tasks)})",
+            code=ErrorCode.UNSUPPORTED_TASK_FOR_MODEL, job_id=req.job_id)
     if req.task in (Task.I2V, Task.ANIMATE) and not req.image:
         raise RequestRejected(f"task {req.task.value} needs 'image'", code=ErrorCode.MISSING_INPUT, job_id=req.job_id)
     if req.task == Task.ANIMATE and not req.video:

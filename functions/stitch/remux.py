@@ -61,6 +61,7 @@ def _read(src: Source) -> _Packets:
     stream = container.streams.video[0]
     packets = [p for p in container.demux(stream) if p.size > 0]
     ctx = stream.codec_context
+    assert stream.time_base is not None  # a demuxed stream always has one (the stubs allow None)
     return _Packets(packets, bytes(ctx.extradata or b""), (ctx.width, ctx.height), stream.time_base, stream, container)
 
 
@@ -97,9 +98,9 @@ def concat_pieces(
         try:
             return _remux(pieces, dest, fps=fps, crf=crf, preset=preset)
         except _Incompatible:
-            if hasattr(dest, "seek"):
-                dest.seek(0)  # type: ignore[union-attr]
-                dest.truncate()  # type: ignore[union-attr]
+            if not isinstance(dest, (str, Path)) and hasattr(dest, "seek"):
+                dest.seek(0)
+                dest.truncate()
     n = encode_mp4(_all_frames(pieces), fps, dest, crf=crf, preset=preset)
     return ConcatReport(frames=n, remuxed_frames=0, encoded_frames=n)
 
@@ -181,7 +182,9 @@ def remux_concat(
     if fps is None:
         container = open_source(segment_files[0])
         try:
-            fps = int(round(float(container.streams.video[0].average_rate)))
+            rate = container.streams.video[0].average_rate
+            assert rate is not None, f"{segment_files[0]!r}: no average frame rate; pass fps"
+            fps = int(round(float(rate)))
         finally:
             container.close()
     pieces = [Clip(src, skip, keep) for src, (skip, keep) in zip(segment_files, trims, strict=True)]

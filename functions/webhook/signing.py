@@ -14,6 +14,7 @@ import hmac
 import secrets as _secrets
 import time
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from pydantic import SecretStr
 
@@ -153,9 +154,12 @@ def verify(
 DEFAULT_TENANT = "default"
 
 
-class _SecretSettings:  # the two settings secret_for reads (runtime.settings.Settings has them)
-    webhook_secret: SecretStr
-    webhook_tenant_secrets: Mapping[str, SecretStr]
+class _SecretSettings(Protocol):  # the two settings secret_for reads (runtime.settings.Settings has them)
+    @property
+    def webhook_secret(self) -> SecretStr: ...
+
+    @property
+    def webhook_tenant_secrets(self) -> Mapping[str, SecretStr]: ...
 
 
 def secret_for(tenant: str, settings: _SecretSettings) -> list[bytes]:

@@ -49,7 +49,14 @@ TEXT_MAX_LENGTH = 512  # Wan's text context length (the i2v processor hard-codes
 _SEED_OFFSETS = {"text_encoder": 1, "vae": 2, "transformer": 3, "image_encoder": 4}
 
 _SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in (U)MT5
-_WORDS = ["a", "the", "of", "and", "in", "on", "with", "to", "at", "is", "are", "an", "by", "for", "from", "his", "her", "their", "it", "its", "cat", "dog", "man", "woman", "person", "people", "car", "city", "street", "sky", "sun", "night", "day", "water", "sea", "forest", "tree", "mountain", "river", "beach", "snow", "rain", "fire", "light", "red", "blue", "green", "white", "black", "walking", "running", "dancing", "flying", "sitting", "standing", "looking", "smiling", "slow", "fast", "camera", "shot", "view", "close", "up", "wide", "video", "scene", "background", "style", "cinematic", "realistic"]
+_WORDS = [
+    "a", "the", "of", "and", "in", "on", "with", "to", "at", "is", "are", "an", "by", "for", "from", "his", "her",
+    "their", "it", "its", "cat", "dog", "man", "woman", "person", "people", "car", "city", "street", "sky", "sun",
+    "night", "day", "water", "sea", "forest", "tree", "mountain", "river", "beach", "snow", "rain", "fire", "light",
+    "red", "blue", "green", "white", "black", "walking", "running", "dancing", "flying", "sitting", "standing",
+    "looking", "smiling", "slow", "fast", "camera", "shot", "view", "close", "up", "wide", "video", "scene",
+    "background", "style", "cinematic", "realistic",
+]
 
 
 @contextmanager

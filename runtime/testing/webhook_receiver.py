@@ -3,7 +3,7 @@
     async with WebhookReceiver(secret) as rx:           # listens on 127.0.0.1:<free port>
         rx.behave(Reply(503), Reply(503), then=Reply(200))
         ...deliver to rx.url...
-        [d] = await rx.wait_for(1, timeout=5)
+        [d] = await rx.wait_for(1, timeout_s=5)
         assert d.verified
 
 Verification uses the ``standardwebhooks`` reference package when installed, else our own
@@ -183,16 +183,16 @@ class WebhookReceiver:
         await self.close()
 
     # -- waiting -----------------------------------------------------------------------------
-    async def wait_for(self, n: int, timeout: float = 5.0) -> list[Delivery]:
+    async def wait_for(self, n: int, timeout_s: float = 5.0) -> list[Delivery]:
         """Wait until at least ``n`` deliveries arrived; returns them all. Raises ``TimeoutError``."""
         async def reached() -> None:
             async with self._changed:
                 await self._changed.wait_for(lambda: len(self.deliveries) >= n)
 
         try:
-            await asyncio.wait_for(reached(), timeout)
+            await asyncio.wait_for(reached(), timeout_s)
         except TimeoutError as e:
-            raise TimeoutError(f"{len(self.deliveries)} of {n} webhook deliveries after {timeout}s") from e
+            raise TimeoutError(f"{len(self.deliveries)} of {n} webhook deliveries after {timeout_s}s") from e
         return list(self.deliveries)
 
     # -- handler -----------------------------------------------------------------------------

@@ -43,7 +43,8 @@ async def _dlq_entries(bus: Bus) -> list[DLQEntry]:
         ({"job_id": "bad-model", "model": "sdxl", "prompt": "x"}, "unknown_model"),
         ({"job_id": "bad-frames", "prompt": "x", "num_frames": 100000}, "out_of_range"),
         ({"job_id": "bad-width", "prompt": "x", "width": 50}, "out_of_range"),
-        ({"job_id": "bad-hook", "prompt": "x", "webhook": {"url": "http://169.254.169.254/latest"}}, "webhook_url_forbidden"),
+        ({"job_id": "bad-hook", "prompt": "x", "webhook": {"url": "http://169.254.169.254/latest"}},
+         "webhook_url_forbidden"),
     ],
 )
 async def test_rejected_with_code(stack, workers, bus: Bus, job: dict, code: str) -> None:

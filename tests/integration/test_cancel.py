@@ -23,7 +23,7 @@ from runtime.settings import Settings
 from runtime.storage import Storage
 from schemas.messages import CancelledData, EventType, JobEvent, JobRequest, JobState, JobStatus
 from schemas.names import job_prefix, request_key
-from tests.stack import REPO, child_env
+from tests.stack import REPO, child_env, poll_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -178,9 +178,8 @@ async def test_cancel_during_upload_leaves_nothing_behind(stack: Settings, worke
     await w.wait(lambda e: e.type in (EventType.CANCELLED, EventType.SUCCEEDED), 60)
     assert w.types()[-1] == EventType.CANCELLED, "the decode ended before the cancel landed"
     runner_log = Path(stack.data_dir) / "runner.log"
-    async with asyncio.timeout(60):
-        while not log_records(runner_log, "segment_discarded_job_stopped", job_id):
-            await asyncio.sleep(0.3)
+    await poll_until(lambda: log_records(runner_log, "segment_discarded_job_stopped", job_id),
+                     timeout_s=60, interval_s=0.3)
     assert await storage.list_keys(job_prefix(job_id)) == [request_key(job_id)]
     assert not log_records(runner_log, "segment_done", job_id)
     w.task.cancel()
@@ -198,9 +197,8 @@ async def test_cancel_finished_or_unknown_job_is_a_noop(stack: Settings, workers
     done = await asyncio.to_thread(cli, stack, "cancel", job_id)
     assert done.returncode == 0 and "cancel requested" in done.stdout
     await cancel(bus, "no-such-job")
-    async with asyncio.timeout(30):
-        while not (log_records(fn_log, "cancel_ignored", job_id) and log_records(fn_log, "cancel_ignored", "no-such-job")):
-            await asyncio.sleep(0.2)
+    await poll_until(lambda: log_records(fn_log, "cancel_ignored", job_id)
+                     and log_records(fn_log, "cancel_ignored", "no-such-job"), timeout_s=30, interval_s=0.2)
     [finished] = log_records(fn_log, "cancel_ignored", job_id)
     assert finished["why"] == "job already succeeded"
     [unknown] = log_records(fn_log, "cancel_ignored", "no-such-job")

@@ -249,7 +249,8 @@ def test_validation_errors_use_job_rejected_codes(gateway: str, keys: dict[str, 
     resp = httpx.post(f"{gateway}/v1/videos", content=b"{not json", headers={
         **_auth(keys["default"]), "Content-Type": "application/json"})
     assert (resp.status_code, resp.json()["error"]["code"]) == (400, "invalid_json")
-    resp = httpx.post(f"{gateway}/v1/videos", data={"prompt": "x", "num_frames": "lots"}, headers=_auth(keys["default"]))
+    resp = httpx.post(f"{gateway}/v1/videos", data={"prompt": "x", "num_frames": "lots"},
+                      headers=_auth(keys["default"]))
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "num_frames"
 
 

@@ -101,7 +101,7 @@ async def test_animate_from_synthetic_driving_video(stack, input_runners, bus: B
     detected = kp[..., 3] > 0
     assert detected.mean() > 0.5  # the drawn person is found
     xs, ys = kp[..., 0][detected], kp[..., 1][detected]
-    assert 0 <= xs.min() and xs.max() <= 64 and 0 <= ys.min() and ys.max() <= 64  # grid pixel coordinates
+    assert xs.min() >= 0 and xs.max() <= 64 and ys.min() >= 0 and ys.max() <= 64  # grid pixel coordinates
 
 
 async def test_bad_media_is_rejected_and_workers_survive(stack, input_runners, bus: Bus, storage: Storage) -> None:

@@ -5,8 +5,8 @@ the `videogen events` / `videogen status` commands."""
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -39,7 +39,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 async def stored_events(bus: Bus, job_id: str) -> list[JobEvent]:
-    return [JobEvent.model_validate_json(m.data) async for m in stream_messages(bus, STREAM_EVENTS, events_subject(job_id))]
+    messages = stream_messages(bus, STREAM_EVENTS, events_subject(job_id))
+    return [JobEvent.model_validate_json(m.data) async for m in messages]
 
 
 def progress(job_id: str, step: int) -> JobEvent:
@@ -83,7 +84,8 @@ async def test_two_writers_race_terminal_state_wins(stack: Settings) -> None:
 
         async def finish() -> None:
             await asyncio.sleep(0.3)
-            await stitch.record(JobEvent.build(job_id, EventType.SUCCEEDED, sample_data(EventType.SUCCEEDED)), progress=100.0)
+            succeeded = JobEvent.build(job_id, EventType.SUCCEEDED, sample_data(EventType.SUCCEEDED))
+            await stitch.record(succeeded, progress=100.0)
 
         writer = asyncio.create_task(late_progress())
         await finish()
@@ -105,7 +107,8 @@ async def test_two_writers_race_terminal_state_wins(stack: Settings) -> None:
         await stitch.record(JobEvent.build(job2, EventType.FAILED, FailedData(code="model_error", message="boom")))
         with pytest.raises(StaleRevision):
             await StatusStore(b1).write(job2, stale.model_copy(update={"progress": 50.0}), last=stale_rev)
-        kept = await StatusStore(b1).update(job2, lambda cur: cur and cur.model_copy(update={"state": JobState.RUNNING}))
+        kept = await StatusStore(b1).update(
+            job2, lambda cur: cur and cur.model_copy(update={"state": JobState.RUNNING}))
         assert kept is not None and kept.state == JobState.FAILED and kept.error and kept.error.code == "model_error"
 
 
@@ -184,8 +187,10 @@ async def test_status_ttl_and_bucket_lifecycle_rule(stack: Settings, tmp_path: P
 async def test_events_cli_follows_live_and_status_cli_shows_progress(stack: Settings, workers, bus: Bus) -> None:
     job_id = "lifecycle-cli"
     env = child_env(stack)
-    follower = subprocess.Popen([sys.executable, "-m", "runtime.cli", "events", job_id], env=env, cwd=str(REPO),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # started off the event loop, like the subprocess.run calls below
+    follower = await asyncio.to_thread(subprocess.Popen, [sys.executable, "-m", "runtime.cli", "events", job_id],
+                                       env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
     try:
         await asyncio.sleep(3.0)  # the follower is up and waiting for a job that does not exist yet
         assert follower.poll() is None

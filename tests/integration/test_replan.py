@@ -87,7 +87,8 @@ async def test_segment_over_the_runner_limit_is_replanned_mid_job(tmp_path: Path
             assert st.segments_done == st.segments_total == len(plan.windows)
 
         refusals = _log_events(tmp_path / "runner-b.log", "segment_replan_requested")
-        assert len(refusals) == 1 and refusals[0]["frames"] == original.windows[1].frames and refusals[0]["max_window_frames"] == LIMIT
+        assert len(refusals) == 1
+        assert refusals[0]["frames"] == original.windows[1].frames and refusals[0]["max_window_frames"] == LIMIT
         replans = _log_events(tmp_path / "functions.log", "job_replanned")
         assert len(replans) == 1 and replans[0]["segment"] == 1 and replans[0]["revision"] == 1
         assert stop(b) == 0

@@ -12,11 +12,11 @@ import urllib.request
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from runtime.testing.webhook_receiver import WebhookReceiver
 from runtime.bus import Bus
 from runtime.client import follow, status
 from runtime.settings import Settings
 from runtime.storage import Storage
+from runtime.testing.webhook_receiver import WebhookReceiver
 from runtime.video import probe_mp4 as probe
 from schemas.messages import EventType, JobEvent, JobState
 from schemas.names import SUBJECT_SUBMIT, output_key
@@ -85,7 +85,7 @@ async def test_job_to_mp4_with_webhook_and_presigned_url(stack: Settings, worker
         assert st.output is not None and st.output.sha256 == out.sha256
 
         # webhooks: signed per Standard Webhooks, verified with the reference library
-        await receiver.wait_for(2, timeout=30)
+        await receiver.wait_for(2, timeout_s=30)
         wh = Webhook(secret)
         got = []
         for d in receiver.deliveries:

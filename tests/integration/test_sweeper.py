@@ -23,9 +23,19 @@ from functions.sweeper.handler import fails_job, stage_of
 from runtime.bus import Bus
 from runtime.client import status
 from runtime.jobs import JobTracker
-from schemas.messages import DLQEntry, EventType, JobEvent, JobState, ResolvedJob, SegmentJob, StartedData, Task
+from schemas.messages import (
+    DLQEntry,
+    EventType,
+    JobEvent,
+    JobState,
+    JobStatus,
+    ResolvedJob,
+    SegmentJob,
+    StartedData,
+    Task,
+)
 from schemas.names import STREAM_DLQ, STREAM_SEGMENTS, ConsumerSpec, dlq_subject, segments_subject
-from tests.stack import REPO, child_env
+from tests.stack import REPO, child_env, poll_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -100,7 +110,7 @@ async def test_message_killing_every_worker_is_dead_lettered_and_fails_the_job(s
     # the next pull after the ack wait makes JetStream give up on it (and publish the advisory)
     sub = await bus.js.pull_subscribe_bind(DURABLE, stream=STREAM_SEGMENTS)
     await asyncio.sleep(SPEC.ack_wait_s + 0.5)
-    with pytest.raises(Exception):
+    with pytest.raises(TimeoutError):  # nothing is delivered (nats' TimeoutError subclasses the builtin)
         await sub.fetch(1, timeout=2)
     await sub.unsubscribe()
 
@@ -108,9 +118,12 @@ async def test_message_killing_every_worker_is_dead_lettered_and_fails_the_job(s
     assert entry.code == "max_deliveries" and entry.stage == "runner" and entry.num_delivered == 2
     assert entry.stream_seq == ack.seq and entry.subject == segments_subject(MODEL)
     assert SegmentJob.model_validate_json(base64.b64decode(entry.payload_b64)) == seg  # the payload survives
-    async with asyncio.timeout(30):
-        while (st := await status(bus, job.job_id)) is None or st.state != JobState.FAILED:
-            await asyncio.sleep(0.2)
+    async def failed() -> JobStatus | None:
+        st = await status(bus, job.job_id)
+        return st if st is not None and st.state == JobState.FAILED else None
+
+    st = await poll_until(failed, timeout_s=30, interval_s=0.2)
+    assert isinstance(st, JobStatus)
     assert st.error is not None and st.error.code == "max_deliveries" and st.error.retryable
     # gone from the work queue: no lag left behind
     assert await bus.get_message(STREAM_SEGMENTS, ack.seq) is None

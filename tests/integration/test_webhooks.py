@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import signal
 import socket
@@ -24,13 +25,13 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from runtime.testing.webhook_receiver import Reply, WebhookReceiver
 from functions.webhook.signing import generate_secret
 from runtime.bus import Bus
 from runtime.client import follow, stream_messages, webhook_attempts, webhook_disabled
 from runtime.settings import Settings, load_settings
 from runtime.stack import provision, start_servers
 from runtime.storage import Storage
+from runtime.testing.webhook_receiver import Reply, WebhookReceiver
 from schemas.messages import DLQEntry, EventType, JobEvent, JobRequest, WebhookSpec
 from schemas.names import STREAM_DLQ, SUBJECT_SUBMIT, dlq_subject, events_subject, request_key
 from tests.sample_events import sample_data
@@ -160,7 +161,7 @@ async def test_receiver_down_then_up_every_event_delivered_once(dispatcher, hbus
     events = await publish_events(hbus, "wh-down", 6)
     await asyncio.sleep(1.2)  # attempts 1 and 2 hit a closed port (connection refused)
     async with WebhookReceiver(OLD_SECRET, host=HOST, port=port) as rx:  # a receiver still on the old secret
-        await rx.wait_for(len(events), timeout=20)
+        await rx.wait_for(len(events), timeout_s=20)
         await asyncio.sleep(2.5)  # any duplicate would arrive by now (next scheduled attempt)
         ok = [d for d in rx.deliveries if 200 <= d.reply_status < 300]
         ids = Counter(d.headers["webhook-id"] for d in ok)
@@ -192,12 +193,12 @@ async def test_retries_grow_then_dead_letter(dispatcher, hbus: Bus, hstorage: St
     async with WebhookReceiver(NEW_SECRET, host=HOST, default=Reply(503)) as rx:
         await subscribe_job(hstorage, "wh-503", rx.url)
         [event] = await publish_events(hbus, "wh-503", 1, EventType.FAILED)
-        await rx.wait_for(len(SCHEDULE_S), timeout=30)
+        await rx.wait_for(len(SCHEDULE_S), timeout_s=30)
         entries = await eventually(lambda: dlq_webhook_entries(hbus, "wh-503"))
         await asyncio.sleep(1.0)
         assert len(rx.deliveries) == len(SCHEDULE_S)  # every scheduled attempt, and no more
-    gaps = [b.received_at - a.received_at for a, b in zip(rx.deliveries, rx.deliveries[1:])]
-    for gap, planned in zip(gaps, SCHEDULE_S[1:]):
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(rx.deliveries)]
+    for gap, planned in zip(gaps, SCHEDULE_S[1:], strict=True):
         assert gap >= planned * 0.8, (gaps, SCHEDULE_S)  # JetStream redelivery after nak(delay)
     assert {d.headers["webhook-id"] for d in rx.deliveries} == {event.id}
     [entry] = entries
@@ -276,7 +277,7 @@ async def test_replay_redelivers_same_id_and_body(dispatcher, hook_stack: Settin
     async with WebhookReceiver(NEW_SECRET, host=HOST) as rx:
         await subscribe_job(hstorage, "wh-replay", rx.url)
         [event] = await publish_events(hbus, "wh-replay", 1, EventType.SUCCEEDED)
-        [first] = await rx.wait_for(1, timeout=15)
+        [first] = await rx.wait_for(1, timeout_s=15)
         # the real CLI, as an operator would run it (finds the job through the attempt records)
         done = await asyncio.to_thread(_cli, hook_stack, "webhooks", "replay", event.id)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -300,7 +301,7 @@ async def test_410_stops_and_disables_durably(dispatcher, hook_stack: Settings, 
     async with WebhookReceiver(NEW_SECRET, host=HOST, default=Reply(410)) as rx:
         await subscribe_job(hstorage, "wh-gone", rx.url)
         await publish_events(hbus, "wh-gone", 1, EventType.ACCEPTED)
-        await rx.wait_for(1, timeout=15)
+        await rx.wait_for(1, timeout_s=15)
         assert await eventually(lambda: webhook_disabled(hbus, "wh-gone"))
         await publish_events(hbus, "wh-gone", 1, EventType.PREPROCESSED)
         # a restarted dispatcher (killed, not drained) must not call the endpoint again either

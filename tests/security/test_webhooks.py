@@ -16,7 +16,7 @@ from runtime.client import find_event
 from runtime.settings import Settings
 from schemas.messages import EventType, JobEvent
 from schemas.names import SUBJECT_SUBMIT, webhook_replay_subject
-from tests.stack import start_functions, stop, wait_for_log
+from tests.stack import poll_until, start_functions, stop, wait_for_log
 
 pytestmark = [pytest.mark.integration]
 
@@ -54,9 +54,7 @@ async def receiver() -> AsyncIterator[tuple[str, list[bytes]]]:
 
 
 async def _until(cond, timeout_s: float = 30.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not cond():
-            await asyncio.sleep(0.1)
+    await poll_until(cond, timeout_s=timeout_s, interval_s=0.1)
 
 
 async def test_forged_replay_is_not_delivered(stack, dispatchers, bus: Bus, receiver) -> None:

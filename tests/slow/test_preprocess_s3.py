@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from functions.preprocess.errors import InputRejected
-from runtime.frames_store import read_frames
 from functions.preprocess.limits import MediaLimits
 from functions.preprocess.media import encode_png
 from functions.preprocess.pipeline import preprocess
@@ -21,6 +20,7 @@ from functions.preprocess.skeleton import DET, J
 from functions.preprocess.synthetic import draw_figure, figure_joints, figure_video
 from functions.preprocess.validate import resolve
 from runtime.embedded import S3Server
+from runtime.frames_store import read_frames
 from runtime.settings import Settings, load_settings
 from runtime.storage import Storage
 from schemas.errors import ErrorCode

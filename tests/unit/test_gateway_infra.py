@@ -13,7 +13,7 @@ from schemas import names
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "infra" / "tools"))
 
-import tfcheck
+import tfcheck  # noqa: E402  (lives in infra/tools, put on sys.path just above; as in test_infra.py)
 
 GATEWAY_TF = REPO / "infra" / "terraform" / "modules" / "videogen" / "gateway.tf"
 NATS_TF = REPO / "infra" / "terraform" / "modules" / "nats" / "main.tf"

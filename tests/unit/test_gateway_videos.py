@@ -113,16 +113,21 @@ def test_states_map_to_openai_statuses() -> None:
     assert to_video("x", req, _status(JobState.PREPROCESSING), assets_ttl_s=60).status == "queued"
     queued = to_video("x", req, _status(JobState.QUEUED, queue_position=2), assets_ttl_s=60)
     assert queued.status == "queued" and queued.queue_position == 2
-    running = to_video("x", req, _status(JobState.RUNNING, progress=42.9, segments_done=1, segments_total=3), assets_ttl_s=60)
-    assert (running.status, running.progress, running.segments_done, running.segments_total) == ("in_progress", 42, 1, 3)
-    failed = to_video("x", req, _status(JobState.FAILED, error=ErrorInfo(code="model_error", message="boom")), assets_ttl_s=60)
+    running_status = _status(JobState.RUNNING, progress=42.9, segments_done=1, segments_total=3)
+    running = to_video("x", req, running_status, assets_ttl_s=60)
+    assert (running.status, running.progress, running.segments_done, running.segments_total) == (
+        "in_progress", 42, 1, 3)
+    failed_status = _status(JobState.FAILED, error=ErrorInfo(code="model_error", message="boom"))
+    failed = to_video("x", req, failed_status, assets_ttl_s=60)
     assert failed.status == "failed" and failed.error is not None and failed.error.code == "model_error"
     cancelled = to_video("x", req, _status(JobState.CANCELLED), assets_ttl_s=60)
     assert cancelled.status == "failed" and cancelled.error is not None and cancelled.error.code == "cancelled"
-    out = OutputInfo(bucket="b", key="k", size=1, sha256="0" * 64, duration_s=1.125, frames=9, width=96, height=64, fps=8)
+    out = OutputInfo(bucket="b", key="k", size=1, sha256="0" * 64, duration_s=1.125, frames=9, width=96, height=64,
+                     fps=8)
     done = to_video("x", req, _status(JobState.SUCCEEDED, output=out, progress=100), assets_ttl_s=60)
     assert (done.status, done.size, done.seconds, done.progress) == ("completed", "96x64", "1.125", 100)
-    assert done.completed_at == int((T0 + timedelta(seconds=30)).timestamp()) and done.expires_at == done.completed_at + 60
+    assert done.completed_at == int((T0 + timedelta(seconds=30)).timestamp())
+    assert done.expires_at == done.completed_at + 60
     assert done.created_at == int(T0.timestamp())  # not a gateway id: the status's created_at
     with pytest.raises(GatewayError):
         to_video("x", None, None, assets_ttl_s=60)

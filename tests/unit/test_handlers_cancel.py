@@ -66,7 +66,8 @@ async def test_cancel_of_unknown_or_finished_job_changes_nothing() -> None:
     await handle_cancel(cancel_payload("c-done"), FakeDelivery(), ports)
     st = await status(ports, "c-done")
     assert st is not None and st.state == JobState.SUCCEEDED
-    assert output_key("c-done") in storage_of(ports).keys()
+    stored = storage_of(ports).keys()  # FakeStorage.keys(): a sorted list, not a dict view
+    assert output_key("c-done") in stored
     assert EventType.CANCELLED not in [e.type for e in events(ports, "c-done")]
 
 

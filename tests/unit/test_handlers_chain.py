@@ -122,7 +122,8 @@ async def test_cancel_landing_while_chaining_deletes_the_next_segment() -> None:
     bus_of(ports).after_publish.append(cancel_on_next)
     await done(ports, result(ports, plan, 0))
     assert [SegmentJob.model_validate_json(m.data).index for m in bus_of(ports).messages(SEGMENTS)] == [0]
-    assert [k for k in storage_of(ports).keys() if k.startswith(job_prefix(jid))] == []
+    stored = storage_of(ports).keys()  # FakeStorage.keys(): a sorted list; FakeStorage is not iterable
+    assert [k for k in stored if k.startswith(job_prefix(jid))] == []
 
 
 async def test_missing_plan_of_a_live_job_fails_permanently() -> None:

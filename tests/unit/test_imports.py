@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("schemas", "runtime", "functions", "gpu_runner")
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import aiohttp
 import pytest
 
-from runtime.testing.webhook_receiver import WebhookReceiver
 from runtime.netguard import (
     AllowList,
     ForbiddenTarget,
@@ -23,6 +22,7 @@ from runtime.netguard import (
     guarded_session,
     redact_url,
 )
+from runtime.testing.webhook_receiver import WebhookReceiver
 from schemas.errors import ErrorCode, Permanent, Retryable
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
@@ -259,10 +259,9 @@ async def test_guarded_session_reaches_allow_listed_receiver() -> None:
     dns = fake_dns({"hooks.test": ["127.0.0.1"]})
     async with WebhookReceiver(SECRET) as rx:
         url = f"http://hooks.test:{rx.port}/hook"
-        async with guarded_session(["127.0.0.1"], resolver=dns) as session:
-            async with session.post(url, data=b"{}") as resp:
-                assert resp.status == 200
-        await rx.wait_for(1, timeout=5)
+        async with guarded_session(["127.0.0.1"], resolver=dns) as session, session.post(url, data=b"{}") as resp:
+            assert resp.status == 200
+        await rx.wait_for(1, timeout_s=5)
         assert dns.calls == ["hooks.test"]  # type: ignore[attr-defined]
 
 

@@ -158,7 +158,8 @@ def test_memory_model_monotone_and_sequence_parallel() -> None:
     assert max_window_frames(spec, 1280, 720, 8 * GIB) == 0  # 14B weights alone exceed 8 GiB
     assert max_window_frames(spec, 1280, 720, 80 * GIB, max_frames=50) == 49
     tight = max_window_frames(spec, 1280, 720, 40 * GIB)
-    assert 1 <= tight < 81 and window_bytes(spec, 1280, 720, tight) <= 40 * GIB < window_bytes(spec, 1280, 720, tight + 4)
+    assert 1 <= tight < 81
+    assert window_bytes(spec, 1280, 720, tight) <= 40 * GIB < window_bytes(spec, 1280, 720, tight + 4)
     assert max_window_frames(spec, 1280, 720, 40 * GIB, ranks=2) > tight
 
 

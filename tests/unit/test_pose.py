@@ -36,7 +36,7 @@ def keypoints(clip: list[np.ndarray], estimator: PoseEstimator) -> np.ndarray:
 def test_joint_names_match_mediapipe() -> None:
     from mediapipe.python.solutions.pose import PoseLandmark
 
-    assert JOINTS == tuple(lm.name.lower() for lm in PoseLandmark)
+    assert tuple(lm.name.lower() for lm in PoseLandmark) == JOINTS
 
 
 def test_person_detected_in_every_frame(keypoints: np.ndarray) -> None:

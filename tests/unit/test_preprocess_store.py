@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from functions.preprocess.synthetic import draw_figure
 from runtime.frames_store import (
     ChunkInfo,
     ChunkWriter,
@@ -17,7 +18,6 @@ from runtime.frames_store import (
     read_frames,
 )
 from runtime.objects import MemoryStore
-from functions.preprocess.synthetic import draw_figure
 
 W, H = 96, 64
 

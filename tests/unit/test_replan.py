@@ -92,7 +92,8 @@ def test_replan_example_at_a_middle_segment() -> None:
     assert {w.frames for w in new.windows[1:]} <= set(range(1, 26)) and len(new.windows) > len(plan.windows)
     assert "revision 1" in new.info.reason and new.info.revision == 1
     seg = segment_job(new, 1, h.condition)
-    assert seg.condition == tail and seg.overlap_frames == plan.windows[1].overlap_frames and seg.count == len(new.windows)
+    assert seg.condition == tail and seg.overlap_frames == plan.windows[1].overlap_frames
+    assert seg.count == len(new.windows)
     # a second out-of-memory on the new revision re-plans again, from wherever it happens
     again = replan(new, hint(new, 2, 17))
     assert again.info.revision == 2 and again.windows[:2] == new.windows[:2]

@@ -72,7 +72,9 @@ def tiny() -> VideoPipeline:
 
 
 @pytest.fixture
-def runner(tmp_path: Path, tiny: VideoPipeline, monkeypatch: pytest.MonkeyPatch) -> Callable[..., tuple[Runner, Pipe, IO]]:
+def runner(
+    tmp_path: Path, tiny: VideoPipeline, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[Runner, Pipe, IO]]:
     def make(**settings: Any) -> tuple[Runner, Pipe, IO]:
         r = Runner(load_settings(data_dir=tmp_path, runner_device="cpu", **settings), "tiny-wan")
         pipe, io = Pipe(tiny), IO()
@@ -87,7 +89,9 @@ def render(r: Runner, seg: SegmentJob) -> None:
     r._render(seg, SegmentInputs(), SimpleNamespace(cancelled=False), [])
 
 
-def test_cuda_oom_replans_with_fewer_tokens_then_fails_at_the_floor(runner: Callable[..., tuple[Runner, Pipe, IO]]) -> None:
+def test_cuda_oom_replans_with_fewer_tokens_then_fails_at_the_floor(
+    runner: Callable[..., tuple[Runner, Pipe, IO]],
+) -> None:
     r, pipe, io = runner()
     pipe.raise_ = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
     render(r, segment("a", 81))
@@ -98,7 +102,9 @@ def test_cuda_oom_replans_with_fewer_tokens_then_fails_at_the_floor(runner: Call
     assert not err.retryable and r.exit_code == 0 and not r.stop_requested.is_set()
 
 
-def test_window_over_the_runner_limit_is_replanned_without_compute(runner: Callable[..., tuple[Runner, Pipe, IO]]) -> None:
+def test_window_over_the_runner_limit_is_replanned_without_compute(
+    runner: Callable[..., tuple[Runner, Pipe, IO]],
+) -> None:
     r, pipe, io = runner(runner_max_window_frames=25)
     render(r, segment("a", 45))
     assert io.sent == [("replan", 25)] and pipe.calls == 0

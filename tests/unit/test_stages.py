@@ -36,7 +36,8 @@ def test_every_cpu_consumer_is_drained_by_exactly_one_stage() -> None:
     drained = [st.spec.durable for st in STAGES.values() if st.spec is not None]
     assert sorted(drained) == sorted(c.durable for c in names.CPU_CONSUMERS)
     assert set(consumer_stages()) | set(periodic_stages()) == set(STAGES)
-    assert periodic_stages() == {"queue": 1.0, "status": 30.0}  # status: a request/reply responder, re-checked each tick
+    # status: a request/reply responder, re-checked each tick
+    assert periodic_stages() == {"queue": 1.0, "status": 30.0}
 
 
 def test_stage_of_consumer() -> None:

@@ -40,7 +40,8 @@ class TestTinyWanAnimate(TinyPipelineTester):
     pipeline_class = wan_animate.WanAnimate
     weight_components: ClassVar[tuple[str, ...]] = ("transformer", "text_encoder", "vae", "image_encoder")
     fp32_components: ClassVar[tuple[str, ...]] = ("vae", "image_encoder")
-    cfg_overrides: ClassVar[dict[str, Any]] = {"guidance_scale": 3.0, "negative_prompt": "blurry", "face_video": gradient_clip(5, 24)}
+    cfg_overrides: ClassVar[dict[str, Any]] = {
+        "guidance_scale": 3.0, "negative_prompt": "blurry", "face_video": gradient_clip(5, 24)}
     invalid_inputs: ClassVar[list[dict[str, Any]]] = [
         {"pose_video": np.zeros((5, 16, 16, 3), np.uint8)},  # not on the output grid
         {"pose_video": np.zeros((4, 32, 32, 3), np.uint8)},  # wrong frame count

@@ -39,7 +39,8 @@ class TestTinyWanI2V(TinyPipelineTester):
     pipeline_class = wan_i2v.WanI2V
     weight_components: ClassVar[tuple[str, ...]] = ("transformer", "text_encoder", "vae", "image_encoder")
     fp32_components: ClassVar[tuple[str, ...]] = ("vae", "image_encoder")
-    cfg_overrides: ClassVar[dict[str, Any]] = {"guidance_scale": 5.0, "negative_prompt": "blurry", "image": gradient_image(48, 40)}
+    cfg_overrides: ClassVar[dict[str, Any]] = {
+        "guidance_scale": 5.0, "negative_prompt": "blurry", "image": gradient_image(48, 40)}
     invalid_inputs: ClassVar[list[dict[str, Any]]] = [
         {"image": IMAGE.astype(np.float32)},
         {"image": IMAGE[..., :1]},

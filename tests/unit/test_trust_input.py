@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from functions.preprocess.validate import RequestRejected, parse_request
+from functions.preprocess.validate import RequestRejected, check_loras, parse_request
 from runtime.work import job_id_of
 from schemas.errors import ErrorCode
 from schemas.messages import CancelRequest, JobRequest, valid_job_id
@@ -75,7 +75,6 @@ def test_job_id_of_survives_deep_nesting() -> None:
 
 
 # --- LoRA sources: pinned or from an allowed prefix, and a byte cap on the fetch -------------
-from functions.preprocess.validate import check_loras
 
 SHA = "a" * 64
 

@@ -63,7 +63,8 @@ EVENT = {"id": "evt_0123456789abcdef01234567", "type": "job.succeeded", "job_id"
 def test_replay_reference_takes_only_ids() -> None:
     raw = json.dumps(EVENT).encode()
     assert replay_reference(raw, "videogen.webhooks.replay.j1") == ("j1", EVENT["id"])
-    assert replay_reference(json.dumps({"id": EVENT["id"]}).encode(), "videogen.webhooks.replay.j1") == ("j1", EVENT["id"])
+    bare = json.dumps({"id": EVENT["id"]}).encode()
+    assert replay_reference(bare, "videogen.webhooks.replay.j1") == ("j1", EVENT["id"])
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,11 @@ from functions.webhook.delivery import (
     parse_retry_after,
     retry_delay_s,
 )
-from runtime.testing.webhook_receiver import Reply, WebhookReceiver
 from runtime.netguard import guarded_session
+from runtime.settings import Settings
+from runtime.testing.webhook_receiver import Reply, WebhookReceiver
 from schemas.messages import EventType, JobEvent
 from tests.sample_events import sample_data
-from runtime.settings import Settings
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 NEW_SECRET = "whsec_" + base64.b64encode(b"n" * 32).decode()
