@@ -8,6 +8,7 @@ Real nats-server; the workers are real processes killed with SIGKILL while holdi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import json
 import os
@@ -127,9 +128,15 @@ async def test_message_killing_every_worker_is_dead_lettered_and_fails_the_job(s
     assert st.error is not None and st.error.code == "max_deliveries" and st.error.retryable
     # gone from the work queue: no lag left behind
     assert await bus.get_message(STREAM_SEGMENTS, ack.seq) is None
-    swept = [json.loads(line) for line in (data / "functions.log").read_text().splitlines()
-             if '"stranded_message_swept"' in line and job.job_id in line]
-    assert len(swept) == 1 and swept[0]["consumer"] == DURABLE
+
+    def swept() -> list[dict]:  # the sweeper logs after its last write: the line may trail the status by a moment
+        return [json.loads(line) for line in (data / "functions.log").read_text().splitlines()
+                if '"stranded_message_swept"' in line and job.job_id in line]
+
+    with contextlib.suppress(TimeoutError):
+        await poll_until(swept, timeout_s=10, interval_s=0.2)
+    lines = swept()
+    assert len(lines) == 1 and lines[0]["consumer"] == DURABLE
     await bus.js.delete_consumer(STREAM_SEGMENTS, DURABLE)
 
 
