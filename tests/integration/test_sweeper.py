@@ -8,8 +8,8 @@ Real nats-server; the workers are real processes killed with SIGKILL while holdi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import json
 import os
 import signal
