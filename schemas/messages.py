@@ -430,6 +430,14 @@ class ResolvedJob(_Frozen):
     extend: ExtendSource | None = Field(None, description="an extension: num_frames then counts the rendered "
                                         "frames (condition_frames re-rendered + the new ones)")
 
+    @model_serializer(mode="wrap")
+    def _no_unset_extend(self, handler: Any):  # type: ignore[no-untyped-def]  # unannotated: keeps the schema
+        # the wire of a job that extends nothing is what it was before v1.3 (no "extend": null)
+        data = handler(self)
+        if isinstance(data, dict) and data.get("extend", 0) is None:
+            del data["extend"]
+        return data
+
     @property
     def output_frames(self) -> int:
         """Frames of the job's output.mp4 (an extension: the source's followed by the new ones)."""

@@ -28,7 +28,7 @@ from tests.integration.test_gateway import _auth, gateway, keys, sdk, sdk_video_
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-O = 5  # tiny-wan's default condition: the minimum segment overlap (vae_scale_temporal + 1)
+OVERLAP = 5  # tiny-wan's default condition: the minimum segment overlap (vae_scale_temporal + 1)
 
 
 def _get(stack: Settings, key: str) -> bytes:
@@ -46,11 +46,11 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-def _frames(sdk: openai.OpenAI, video_id: str) -> np.ndarray:
-    return decode_mp4(sdk.videos.download_content(video_id).read())
+def _frames(client: openai.OpenAI, video_id: str) -> np.ndarray:
+    return decode_mp4(client.videos.download_content(video_id).read())
 
 
-def test_stitch_stores_previews_and_tail(sdk: openai.OpenAI, stack: Settings) -> None:
+def test_stitch_stores_previews_and_tail(sdk: openai.OpenAI, stack: Settings) -> None:  # noqa: F811
     video = sdk.videos.create_and_poll(prompt="previews made by the pipeline", model="tiny-wan", size="64x48",
                                        extra_body={"num_frames": 9, "steps": 1, "seed": 3})
     assert video.status == "completed", video.error
@@ -63,7 +63,7 @@ def test_stitch_stores_previews_and_tail(sdk: openai.OpenAI, stack: Settings) ->
     assert sdk.videos.download_content(video.id, variant="spritesheet").read() == sheet
     frames = _frames(sdk, video.id)
     tail = _npy(_get(stack, output_tail_key(key)))
-    assert tail.shape == (O, 48, 64, 3) and np.array_equal(tail, frames[-O:])
+    assert tail.shape == (OVERLAP, 48, 64, 3) and np.array_equal(tail, frames[-OVERLAP:])
     status = JobStatus.model_validate_json(_kv_status(stack, key))
     assert status.output is not None and status.output.frames == 9
 
@@ -101,32 +101,32 @@ def test_extend_continues_the_original(sdk: openai.OpenAI, gateway: str, keys: d
 
     out = _frames(sdk, ext.id)
     assert len(out) == 9 + 8 == probe_mp4(sdk.videos.download_content(ext.id).read()).frames
-    # the original's frames come first (remuxed, bit-exact up to the seam, whose O frames are cross-faded)
-    assert np.array_equal(out[:9 - O], original[:9 - O])
-    # the condition is exactly the original's last O frames
+    # the original's frames come first (remuxed, bit-exact up to the seam, whose OVERLAP frames are cross-faded)
+    assert np.array_equal(out[:9 - OVERLAP], original[:9 - OVERLAP])
+    # the condition is exactly the original's last OVERLAP frames
     ext_key = job_key("default", ext.id)
     condition = _npy(_get(stack, extend_condition_key(ext_key)))
-    assert condition.shape == (O, 48, 64, 3) and np.array_equal(condition, original[-O:])
+    assert condition.shape == (OVERLAP, 48, 64, 3) and np.array_equal(condition, original[-OVERLAP:])
     # the extension's first rendered frames continue the original's tail: segment 0 starts from the
     # condition's latents (latent replacement, as chained segments do), so they are the same whatever
     # the seed, while a fresh job with the same settings and seed starts elsewhere. (A random-weight
     # VAE reconstructs poorly, so the distance to the condition's pixels says little; tests/unit/
     # test_tiny_wan.py checks the latents themselves.)
-    head = decode_mp4(_get(stack, segment_key(ext_key, 0)))[:O]
+    head = decode_mp4(_get(stack, segment_key(ext_key, 0)))[:OVERLAP]
     r = httpx.post(f"{gateway}/v1/videos/{first.id}/extend", json={"num_frames": 8, "seed": 4242},
                    headers=_auth(keys["default"]), timeout=30)
     assert r.status_code == 200, r.text
     other_seed = sdk.videos.poll(r.json()["id"])
     assert other_seed.status == "completed", other_seed.error
-    other_head = decode_mp4(_get(stack, segment_key(job_key("default", other_seed.id), 0)))[:O]
+    other_head = decode_mp4(_get(stack, segment_key(job_key("default", other_seed.id), 0)))[:OVERLAP]
     fresh = sdk.videos.create_and_poll(prompt=prompt, model="tiny-wan", size="64x48",
-                                       extra_body={"num_frames": 8 + O, "steps": 2, "seed": 77})
+                                       extra_body={"num_frames": 8 + OVERLAP, "steps": 2, "seed": 77})
     assert fresh.status == "completed", fresh.error
-    fresh_head = _frames(sdk, fresh.id)[:O]
+    fresh_head = _frames(sdk, fresh.id)[:OVERLAP]
     same_condition, unconditioned = _diff(head, other_head), _diff(head, fresh_head)
     assert same_condition < 0.25 * unconditioned, (same_condition, unconditioned)
-    conditioned = _diff(head, original[-O:])
-    seam = _diff(out[9 - O:9], original[-O:])
+    conditioned = _diff(head, original[-OVERLAP:])
+    seam = _diff(out[9 - OVERLAP:9], original[-OVERLAP:])
     assert seam <= conditioned + 1.0, (seam, conditioned)
     # and the extension can itself be extended: 17 + 4 frames
     r = httpx.post(f"{gateway}/v1/videos/{ext.id}/extend", json={"num_frames": 4},
@@ -135,7 +135,7 @@ def test_extend_continues_the_original(sdk: openai.OpenAI, gateway: str, keys: d
     again = sdk.videos.poll(r.json()["id"])
     assert again.status == "completed", again.error
     twice = _frames(sdk, again.id)
-    assert len(twice) == 21 and np.array_equal(twice[:17 - O], out[:17 - O])
+    assert len(twice) == 21 and np.array_equal(twice[:17 - OVERLAP], out[:17 - OVERLAP])
 
 
 def test_extend_refusals(sdk: openai.OpenAI, gateway: str, keys: dict[str, str], stack: Settings) -> None:  # noqa: F811

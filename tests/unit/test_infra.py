@@ -234,7 +234,8 @@ def test_readers_cover_the_pipeline() -> None:
     assert _readers(names.plan_key(j)) == {"planner", "chain"}
     # stitch: server-side copy, presign; preprocess: an extension's copy of its source; gateway: presign
     assert _readers(names.output_key(j)) == {"stitch", "preprocess", "gateway"}
-    assert _readers(names.output_tail_key(j)) == {"preprocess", "stitch"}  # an extension's condition (stitch: its writer)
+    # an extension's condition (stitch: its writer)
+    assert _readers(names.output_tail_key(j)) == {"preprocess", "stitch"}
     assert _readers(names.extend_source_key(j)) == {"preprocess", "runner", "stitch"}
     assert _readers(names.extend_condition_key(j)) == {"preprocess", "runner"}  # conditions segment 0
     assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook", "webhook-replay", "gateway"}
