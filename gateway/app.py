@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.datastructures import UploadFile
 
-from gateway import media
+from functions.stitch import previews
 from gateway.videos import (
     DEFAULT_TENANT,
     ContentUrl,
@@ -46,6 +46,7 @@ from gateway.videos import (
     VideoDeleted,
     VideoList,
     build_request,
+    extend_request,
     is_gateway_id,
     new_video_id,
     not_found,
@@ -71,7 +72,7 @@ from runtime.settings import Settings
 from runtime.storage import ObjectNotFound, Storage
 from schemas.errors import ErrorCode, VideogenError
 from schemas.messages import TERMINAL_EVENTS, JobEvent, JobRequest, JobStatus
-from schemas.names import job_prefix, request_key
+from schemas.names import job_prefix, request_key, spritesheet_key, thumbnail_key
 from schemas.registry import MODELS
 
 log = get_logger(component="gateway")
@@ -115,6 +116,19 @@ class VideoCreateBody(BaseModel):
 
 class RemixBody(BaseModel):
     prompt: str
+
+
+class ExtendBody(BaseModel):
+    """``POST /v1/videos/{id}/extend``: the new frames; every other setting is the original's."""
+
+    prompt: str | None = Field(None, description="default: the original's prompt")
+    seconds: str | None = Field(None, description="duration of the extension; frames = round(seconds * fps)")
+    num_frames: int | None = Field(None, description="new frames (default: the original request's num_frames)")
+    condition_frames: int | None = Field(None, description="original frames the extension is conditioned on "
+                                         "and cross-faded over (default: the model's segment overlap)")
+    seed: int | None = None
+    steps: int | None = None
+    negative_prompt: str | None = None
 
 
 class _Metrics:
@@ -277,8 +291,9 @@ class Gateway:
         return f"s3://{self.storage.bucket}/{key}"
 
     async def preview(self, video_id: str, status: JobStatus, variant: str) -> bytes:
-        """``thumbnail`` / ``spritesheet`` JPEG: from S3 if made before, else made now and stored."""
-        key = f"{job_prefix(video_id)}{variant}.jpg"
+        """``thumbnail`` / ``spritesheet`` JPEG as stitch stored it; for a job stitched before stitch made
+        previews, made now from the output and stored the same way."""
+        key = thumbnail_key(video_id) if variant == "thumbnail" else spritesheet_key(video_id)
         with contextlib.suppress(ObjectNotFound):
             return await self.storage.get_bytes(key)
         assert status.output is not None
@@ -286,7 +301,7 @@ class Gateway:
             async for chunk in self.storage.iter_chunks(status.output.key, bucket=status.output.bucket):
                 tmp.write(chunk)
             tmp.flush()
-            make = media.thumbnail_jpeg if variant == "thumbnail" else media.spritesheet_jpeg
+            make = previews.thumbnail_jpeg if variant == "thumbnail" else previews.spritesheet_jpeg
             data = await asyncio.to_thread(make, Path(tmp.name))
         await self.storage.put_bytes(key, data, "image/jpeg")
         return data
@@ -505,6 +520,21 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         new_id = new_video_id(who)
         req = remix_request(original, new_id, body.prompt)
         await gw.check_targets(req)  # the allow-lists may have changed since the original
+        return await _submit_and_answer(request, req, who)
+
+    @app.post("/v1/videos/{video_id}/extend", tags=["videos"], response_model=Video)
+    async def extend_video(video_id: str, body: ExtendBody, request: Request, who: Tenant) -> JSONResponse:
+        """Continue a finished video: a new video whose frames are the original's followed by the new
+        ones, the first new frames conditioned on the original's last frames (contract v1.3 `extend`).
+        Same settings as the original unless given here."""
+        original, status = await gw.load(video_id, who)
+        if original is None or status is None or status.state.value != "succeeded":
+            state = status.state.value if status else "submitted"
+            raise GatewayError(409, "extend_source_not_ready", f"{video_id} has not succeeded ({state}); "
+                               "only a finished video can be extended", param="video_id")
+        new_id = new_video_id(who)
+        req = extend_request(original, new_id, body.model_dump(exclude_none=True), output=status.output)
+        await gw.check_targets(req)
         return await _submit_and_answer(request, req, who)
 
     async def _finished(video_id: str, who: str) -> JobStatus:

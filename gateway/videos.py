@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.preprocess.validate import RequestRejected, parse_request, resolve
 from schemas.errors import ErrorCode
-from schemas.messages import JobRequest, JobState, JobStatus, Task
+from schemas.messages import JobRequest, JobState, JobStatus, OutputInfo, Task
 from schemas.registry import MODELS, get_model
 
 DEFAULT_TENANT = "default"
@@ -94,6 +94,8 @@ class Video(BaseModel):
     progress: int = Field(ge=0, le=100)
     prompt: str | None = None
     remixed_from_video_id: str | None = None
+    extended_from_video_id: str | None = Field(None, description="videogen: the video this one continues "
+                                               "(its frames come first in this one's output)")
     seconds: str
     size: str = Field(description="WxH of the output")
     status: Literal["queued", "in_progress", "completed", "failed"]
@@ -216,6 +218,7 @@ def to_video(video_id: str, req: JobRequest | None, status: JobStatus | None, *,
         id=video_id, created_at=created, completed_at=completed_at, expires_at=expires_at, model=model,
         progress=math.floor(status.progress) if status else 0,
         prompt=req.prompt if req else None,
+        extended_from_video_id=req.extend.job_id if req and req.extend else None,
         seconds=_seconds(frames, fps), size=f"{width}x{height}",
         status=_STATUS_FOR_STATE[state] if state else "queued", error=error,
         state=state.value if state else "submitted", task=task, num_frames=frames, fps=round(fps),
@@ -337,6 +340,46 @@ def remix_request(original: JobRequest, new_id: str, prompt: str) -> JobRequest:
         raise _bad(ErrorCode.INVALID_REQUEST, "remix needs a non-empty 'prompt'", "prompt")
     data = original.model_dump(mode="json", exclude_none=True)
     data.update(job_id=new_id, prompt=prompt)
+    try:
+        req = parse_request(json.dumps(data).encode())
+        resolve(req)
+    except RequestRejected as e:
+        raise rejected(e) from e
+    return req
+
+
+def extend_request(original: JobRequest, new_id: str, fields: dict[str, Any], *,
+                   output: OutputInfo | None) -> JobRequest:
+    """Continue ``original``: same settings (model, size, fps, steps, inputs, webhook...), ``extend``
+    naming it, ``num_frames`` = the new frames (``num_frames`` or ``seconds`` from ``fields``, else the
+    original request's); ``prompt``, ``seed``, ``steps``, ``negative_prompt`` may be overridden."""
+    data = original.model_dump(mode="json", exclude_none=True)
+    data.pop("extend", None)
+    data["job_id"] = new_id
+    if output is not None:  # the source's real size and rate (the original may have left them to defaults)
+        data.update(width=output.width, height=output.height, fps=round(output.fps))
+    for name in ("prompt", "seed", "steps", "negative_prompt"):
+        if fields.get(name) not in (None, ""):
+            data[name] = fields[name]
+    spec = MODELS.get(original.model)
+    frames = fields.get("num_frames")
+    seconds = fields.get("seconds")
+    if frames is None and seconds not in (None, ""):
+        try:
+            secs = float(seconds)
+        except (TypeError, ValueError):
+            raise _bad(ErrorCode.INVALID_REQUEST, f"seconds must be a number, got {seconds!r}", "seconds") from None
+        if not math.isfinite(secs) or secs <= 0:
+            raise _bad(ErrorCode.OUT_OF_RANGE, f"seconds must be > 0, got {seconds!r}", "seconds")
+        frames = max(1, round(secs * int(data.get("fps") or (spec.default_fps if spec else 16))))
+    if frames is None:
+        frames = original.num_frames or (spec.default_frames if spec else None)
+    if frames is not None:
+        data["num_frames"] = frames
+    extend: dict[str, Any] = {"job_id": original.job_id}
+    if fields.get("condition_frames") is not None:
+        extend["condition_frames"] = fields["condition_frames"]
+    data["extend"] = extend
     try:
         req = parse_request(json.dumps(data).encode())
         resolve(req)

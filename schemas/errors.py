@@ -27,6 +27,9 @@ class ErrorCode(StrEnum):
     DUPLICATE_JOB = "duplicate_job"  # a submission naming an existing job: DLQ entry, the job untouched
     OVER_LIMIT = "over_limit"  # admission: modelled GPU seconds, frames x pixels or stitch memory too high
     QUOTA_EXCEEDED = "quota_exceeded"  # per-tenant queued/running/rate limits (retryable)
+    EXTEND_SOURCE_NOT_FOUND = "extend_source_not_found"  # v1.3: no such job for this tenant
+    EXTEND_SOURCE_NOT_READY = "extend_source_not_ready"  # v1.3: the source has not succeeded (yet)
+    EXTEND_INCOMPATIBLE = "extend_incompatible"  # v1.3: model, size or fps differ from the source's
     # failures while running
     STORAGE_ERROR = "storage_error"
     BUS_ERROR = "bus_error"

@@ -32,6 +32,7 @@ from pydantic import (
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 INPUT_URI_PATTERN = r"^(s3://[^/\s]+/\S+|https?://\S+)$"
+MAX_EXTEND_CONDITION_FRAMES = 17
 
 
 def utcnow() -> datetime:
@@ -112,6 +113,18 @@ class LoraRef(_Frozen):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="expected file digest")
 
 
+class ExtendSpec(_Frozen):
+    """Continue a finished video (v1.3): the new job's first rendered frames are conditioned on the
+    last ``condition_frames`` frames of ``job_id``'s output, and its output is that video followed
+    by ``num_frames`` new frames."""
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN, description="the succeeded job to continue (same tenant)")
+    condition_frames: StrictInt | None = Field(
+        None, ge=1, le=MAX_EXTEND_CONDITION_FRAMES,
+        description="frames of the source's end the extension is conditioned on (and cross-faded over); "
+                    "default: the model's minimum segment overlap (5 for Wan)")
+
+
 class JobRequest(_Frozen):
     """A video-generation job. Unset size/frames/steps/guidance/fps take the model's defaults."""
 
@@ -141,6 +154,8 @@ class JobRequest(_Frozen):
         None, ge=5, le=1000, description="advanced: cap the planner's window length (frames)"
     )
     loras: tuple[LoraRef, ...] = Field((), max_length=4, description="LoRA adapters applied for this job only")
+    extend: ExtendSpec | None = Field(None, description="v1.3: continue this finished job's video; "
+                                      "num_frames counts the new frames only")
 
 
 class CancelRequest(_Frozen):
@@ -249,6 +264,8 @@ class SucceededData(_Frozen):
     output: OutputInfo
     url: str
     url_expires_at: datetime
+    thumbnail: ObjectRef | None = Field(None, description="v1.3: the first frame as JPEG")
+    spritesheet: ObjectRef | None = Field(None, description="v1.3: up to 25 evenly spaced frames, 5 per row, JPEG")
 
 
 class FailedData(_Frozen):
@@ -387,6 +404,16 @@ class JobInputs(_Frozen):
         return list(self.refs().values())
 
 
+class ExtendSource(_Frozen):
+    """An extension's source, resolved by preprocess (``JobRequest.extend``)."""
+
+    job_id: str = Field(description="internal key of the source job")
+    output: ObjectRef = Field(description="copy of the source's output.mp4 under the extension's inputs")
+    frames: int = Field(ge=1, description="frames of the source output")
+    condition: ObjectRef = Field(description="the source's last condition_frames frames (uint8 .npy)")
+    condition_frames: int = Field(ge=1)
+
+
 class ResolvedJob(_Frozen):
     """A validated JobRequest with every default filled in (what downstream stages use)."""
 
@@ -407,6 +434,23 @@ class ResolvedJob(_Frozen):
     webhook: WebhookSpec | None = None
     loras: tuple[LoraRef, ...] = ()
     inputs: JobInputs = Field(default_factory=JobInputs, description="stored input/preprocessed objects")
+    extend: ExtendSource | None = Field(None, description="an extension: num_frames then counts the rendered "
+                                        "frames (condition_frames re-rendered + the new ones)")
+
+    @model_serializer(mode="wrap")
+    def _no_unset_extend(self, handler: Any):  # type: ignore[no-untyped-def]  # unannotated: keeps the schema
+        # the wire of a job that extends nothing is what it was before v1.3 (no "extend": null)
+        data = handler(self)
+        if isinstance(data, dict) and data.get("extend", 0) is None:
+            del data["extend"]
+        return data
+
+    @property
+    def output_frames(self) -> int:
+        """Frames of the job's output.mp4 (an extension: the source's followed by the new ones)."""
+        if self.extend is None:
+            return self.num_frames
+        return self.extend.frames + self.num_frames - self.extend.condition_frames
 
 
 class ReplanHint(_Frozen):
@@ -555,12 +599,14 @@ PUBLIC_MODELS: dict[str, type[BaseModel]] = {
     "JobStatus": JobStatus,
     "OutputInfo": OutputInfo,
     "LoraRef": LoraRef,
+    "ExtendSpec": ExtendSpec,
     **{model.__name__: model for model in EVENT_DATA.values()},
     "DLQEntry": DLQEntry,
 }
 INTERNAL_MODELS: dict[str, type[BaseModel]] = {
     "ResolvedJob": ResolvedJob,
     "JobInputs": JobInputs,
+    "ExtendSource": ExtendSource,
     "PlanRequest": PlanRequest,
     "ReplanHint": ReplanHint,
     "WindowSpec": WindowSpec,

@@ -291,6 +291,31 @@ def output_key(job_id: str) -> str:
     return f"{job_prefix(job_id)}output.mp4"
 
 
+def thumbnail_key(job_id: str) -> str:
+    """The output's first frame (JPEG), written by stitch next to output.mp4."""
+    return f"{job_prefix(job_id)}thumbnail.jpg"
+
+
+def spritesheet_key(job_id: str) -> str:
+    """Up to 25 evenly spaced output frames, 5 per row (JPEG), written by stitch."""
+    return f"{job_prefix(job_id)}spritesheet.jpg"
+
+
+def output_tail_key(job_id: str) -> str:
+    """The output's last frames (uint8 .npy, written by stitch): what an extension is conditioned on."""
+    return f"{job_prefix(job_id)}output.tail.npy"
+
+
+def extend_source_key(job_id: str) -> str:
+    """An extension's copy of its source's output.mp4 (stitched in front of the new frames)."""
+    return input_key(job_id, "source.mp4")
+
+
+def extend_condition_key(job_id: str) -> str:
+    """An extension's condition: the source's last ``condition_frames`` frames (uint8 .npy)."""
+    return input_key(job_id, "condition.npy")
+
+
 def stream_prefix(job_id: str) -> str:
     """Where the job's HLS stream lives (playlist + media segments), under the job's objects."""
     return f"jobs/{job_id}/stream/"

@@ -16,7 +16,7 @@ from typing import Any
 
 import av
 
-from functions.planner.segments import inputs_needed, inputs_ready, progress_after, segment_job
+from functions.planner.segments import inputs_needed, inputs_ready, progress_after, segment_job, window_overlap
 from functions.stitch.errors import StitchError
 from functions.stitch.stream import StreamUpdate, close_playlist, publish_piece
 from runtime.jobs import TERMINAL, progress_pct
@@ -104,8 +104,8 @@ async def _stream(ports: Ports, plan: JobPlan | None, res: SegmentResult) -> Str
     """Publish the output frames segment ``res.index`` made final (HLS piece + playlist), before the
     event that announces them. Storage errors propagate (redelivery); a piece that cannot be built
     closes the stream at its real end and the job renders on."""
-    if plan is None:
-        return None
+    if plan is None or plan.job.extend is not None:
+        return None  # an extension's output starts with its source: not streamed (yet)
     try:
         return await publish_piece(ports.storage, plan, res)
     except STREAM_ERRORS as e:
@@ -120,9 +120,10 @@ async def _load_results(ports: Ports, plan: JobPlan, last: SegmentResult) -> lis
     for w in plan.windows[:-1]:
         raw = await ports.storage.get_bytes(segment_result_key(plan.job.job_id, w.index))
         res = SegmentResult.model_validate_json(raw)
-        if res.frames != w.frames or res.overlap_frames != w.overlap_frames:
+        overlap = window_overlap(plan, w.index)
+        if res.frames != w.frames or res.overlap_frames != overlap:
             raise Retryable(f"segment {w.index} result ({res.frames} frames, overlap {res.overlap_frames}) does not "
-                            f"match plan revision {plan.info.revision} ({w.frames}, {w.overlap_frames})")
+                            f"match plan revision {plan.info.revision} ({w.frames}, {overlap})")
         out.append(res)
     out.append(last)
     return out

@@ -72,11 +72,25 @@ def playable_before(plan: JobPlan, index: int) -> int | None:
     return None if pieces is None else piece_frames_available(pieces, index)
 
 
+def window_overlap(plan: JobPlan, index: int) -> int:
+    """Leading frames window ``index`` shares with what comes before it: the previous window, or for an
+    extension's window 0 the source video's last ``condition_frames``."""
+    ext = plan.job.extend
+    if index == 0 and ext is not None:
+        return ext.condition_frames
+    return plan.windows[index].overlap_frames
+
+
 def segment_job(plan: JobPlan, index: int, condition: ObjectRef | None) -> SegmentJob:
+    """Segment ``index``, conditioned on ``condition`` (the previous segment's tail). An extension's
+    segment 0 is conditioned on its source's last frames and overlaps them (``ResolvedJob.extend``)."""
     w = plan.windows[index]
+    overlap = window_overlap(plan, index)
+    if index == 0 and plan.job.extend is not None:
+        condition = condition or plan.job.extend.condition
     return SegmentJob(
         job=plan.job, index=index, count=len(plan.windows), start_frame=w.start_frame, frames=w.frames,
-        overlap_frames=w.overlap_frames,
+        overlap_frames=overlap,
         next_overlap_frames=plan.windows[index + 1].overlap_frames if index + 1 < len(plan.windows) else 0,
         seed=(plan.job.seed + index) % 2**32, condition=condition, plan_revision=plan.info.revision,
         playable_frames=playable_before(plan, index),

@@ -7,6 +7,7 @@ out: ``job.accepted`` / ``job.rejected``, ``job.preprocessed``; ``videogen.work.
 from __future__ import annotations
 
 from functions.preprocess.admission import Limits, admit
+from functions.preprocess.extend import resolve_extend
 from functions.preprocess.validate import (
     RequestRejected,
     check_input_scope,
@@ -142,6 +143,8 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     settings = ports.settings
     check_input_scope(req, tenant, settings.bucket, settings.input_buckets)
     check_loras(req, settings.bucket, settings.lora_allow_prefixes, settings.input_buckets)
+    if req.extend is not None:
+        job = await resolve_extend(job, req, tenant, ports)
     admit(job, Limits(max_frame_pixels=settings.max_job_frame_pixels, max_gpu_seconds=settings.max_job_gpu_seconds,
                       max_stitch_bytes=settings.max_stitch_bytes, budget_bytes=settings.runner_memory_budget_bytes))
     await check_webhook(req, ports)

@@ -1,17 +1,27 @@
 """stitch: join the rendered segments into ``jobs/<job_id>/output.mp4`` and complete the job.
 
 in:  ``videogen.work.stitch`` (StitchRequest)
-out: ``output.mp4`` (written atomically), ``job.succeeded`` with output info + presigned URL
+out: ``output.mp4`` (written atomically), ``thumbnail.jpg``, ``spritesheet.jpg`` and ``output.tail.npy``
+     next to it, ``job.succeeded`` with output info + presigned URL (+ the previews' refs)
+
+An extension (``job.extend``) is stitched as its source's output followed by its segments, the first
+overlapping the source's last ``condition_frames`` frames.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import tempfile
 from pathlib import Path
 
+import av
+import numpy as np
+
+from functions.planner.plan import default_min_overlap
 from functions.stitch.blend import Method
+from functions.stitch.previews import make_previews
 from runtime.jobs import CANCELLED, TERMINAL
 from runtime.logging import get_logger
 from runtime.ports import Ports
@@ -19,11 +29,13 @@ from runtime.work import WorkItem
 from schemas.messages import (
     EventType,
     JobEvent,
+    ObjectRef,
     OutputInfo,
     StitchRequest,
     SucceededData,
 )
-from schemas.names import output_key
+from schemas.names import output_key, output_tail_key, spritesheet_key, thumbnail_key
+from schemas.registry import MODELS
 
 log = get_logger(stage="stitch")
 
@@ -32,23 +44,53 @@ STITCH_METHOD: Method = "crossfade"
 
 
 async def _assemble_multi(req: StitchRequest, ports: Ports, workdir: Path) -> tuple[bytes, int]:
-    """Download every segment, drop/blend the overlaps, produce exactly T frames.
+    """Download every segment, drop/blend the overlaps, produce exactly the job's output frames.
 
-    Segments are remuxed packet by packet; only the blended overlap frames are re-encoded."""
+    Segments are remuxed packet by packet; only the blended overlap frames are re-encoded. An
+    extension's source video comes first, overlapping segment 0 by ``condition_frames``."""
     from functions.stitch.assemble import stitch_mp4
 
+    job = req.job
+    refs = [(str(seg.index), seg.segment) for seg in req.segments]
+    overlaps = [s.overlap_frames for s in req.segments[1:]]
+    if job.extend is not None:
+        refs.insert(0, ("source", job.extend.output))
+        overlaps.insert(0, job.extend.condition_frames)
     paths: list[Path] = []
-    for seg in req.segments:
-        p = workdir / f"{seg.index}.mp4"
-        p.write_bytes(await ports.storage.get_bytes(seg.segment.key, bucket=seg.segment.bucket))
+    for name, ref in refs:
+        p = workdir / f"{name}.mp4"
+        p.write_bytes(await ports.storage.get_bytes(ref.key, bucket=ref.bucket))
         paths.append(p)
     out = workdir / "output.mp4"
-    overlaps = [s.overlap_frames for s in req.segments[1:]]
-    report = await asyncio.to_thread(stitch_mp4, paths, overlaps, req.job.num_frames, out, fps=req.job.fps,
+    report = await asyncio.to_thread(stitch_mp4, paths, overlaps, job.output_frames, out, fps=job.fps,
                                      method=STITCH_METHOD)
-    log.info("stitched", job_id=req.job.job_id, segments=len(paths), frames=report.frames,
-             remuxed_frames=report.remuxed_frames, encoded_frames=report.encoded_frames)
+    log.info("stitched", job_id=job.job_id, segments=len(req.segments), frames=report.frames,
+             remuxed_frames=report.remuxed_frames, encoded_frames=report.encoded_frames,
+             extends=job.extend.job_id if job.extend else None)
     return out.read_bytes(), report.frames
+
+
+async def store_previews(ports: Ports, job_id: str, mp4: bytes, tail_frames: int) -> tuple[ObjectRef, ObjectRef] | None:
+    """Thumbnail + spritesheet JPEGs and the output's last frames next to output.mp4; None (and a
+    warning) when the output cannot be decoded: the job still succeeds, the gateway makes them later."""
+    try:
+        previews = await asyncio.to_thread(make_previews, mp4, tail_frames)
+    except (ValueError, av.error.FFmpegError) as e:
+        log.warning("previews_failed", job_id=job_id, error=str(e))
+        return None
+    buf = io.BytesIO()
+    np.save(buf, previews.tail, allow_pickle=False)
+    thumb, sheet, _ = await asyncio.gather(
+        ports.storage.put_bytes(thumbnail_key(job_id), previews.thumbnail, "image/jpeg"),
+        ports.storage.put_bytes(spritesheet_key(job_id), previews.spritesheet, "image/jpeg"),
+        ports.storage.put_bytes(output_tail_key(job_id), buf.getvalue(), "application/octet-stream"))
+    return thumb, sheet
+
+
+def tail_frames_for(model: str) -> int:
+    """Output frames kept as ``output.tail.npy``: what an extension is conditioned on by default."""
+    spec = MODELS.get(model)
+    return default_min_overlap(spec) if spec is not None else 5
 
 
 async def handle_stitch(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
@@ -60,22 +102,26 @@ async def handle_stitch(payload: bytes, delivery: WorkItem, ports: Ports) -> Non
     key = output_key(job.job_id)
     segs = sorted(req.segments, key=lambda s: s.index)
     first = segs[0]
-    if len(segs) == 1 and first.frames == job.num_frames:
-        # one segment covering exactly T frames: a server-side copy (no download, no re-encode)
-        ref = await ports.storage.copy(first.segment.key, key, src_bucket=first.segment.bucket,
-                                       size=first.segment.size)
+    if job.extend is None and len(segs) == 1 and first.frames == job.num_frames:
+        # one segment covering exactly T frames: a server-side copy (no re-encode); the segment is
+        # downloaded for the previews only
+        ref, data = await asyncio.gather(
+            ports.storage.copy(first.segment.key, key, src_bucket=first.segment.bucket, size=first.segment.size),
+            ports.storage.get_bytes(first.segment.key, bucket=first.segment.bucket))
         sha, size, frames = first.sha256, ref.size, first.frames
     else:
         with tempfile.TemporaryDirectory(prefix=f"stitch-{job.job_id}-") as tmp:
             data, frames = await _assemble_multi(req.model_copy(update={"segments": segs}), ports, Path(tmp))
         sha, size = hashlib.sha256(data).hexdigest(), len(data)
         await ports.storage.put_atomic(key, data, "video/mp4")
+    refs = await store_previews(ports, job.job_id, data, tail_frames_for(job.model))
     output = OutputInfo(
         bucket=ports.storage.bucket, key=key, size=size, sha256=sha, duration_s=round(frames / job.fps, 4),
         frames=frames, width=first.width, height=first.height, fps=float(job.fps),
     )
     url, expires = await ports.storage.presign_get(key, job.presign_ttl_s)
-    data_s = SucceededData(output=output, url=url, url_expires_at=expires)
+    data_s = SucceededData(output=output, url=url, url_expires_at=expires,
+                           thumbnail=refs[0] if refs else None, spritesheet=refs[1] if refs else None)
     stored = await ports.tracker.record(
         JobEvent.build(job.job_id, EventType.SUCCEEDED, data_s),
         output=output, url=url, url_expires_at=expires, segments_done=len(segs),

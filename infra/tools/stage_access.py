@@ -14,11 +14,15 @@ Who reads and writes what (from the handlers in functions/ and gpu_runner/io.py)
 ==============  ============================================  ============================================
 stage           reads (plus everything it writes)             writes (Put + Delete of its temp objects)
 ==============  ============================================  ============================================
-preprocess      inputs, frames, keypoints, client uploads     inputs (request.json, media), frames, keypoints
+preprocess      inputs, frames, keypoints, client uploads,    inputs (request.json, media), frames, keypoints
+                an extension's source output + output.tail
 planner         plan.json (idempotent re-plan)                plan.json
 chain           plan.json, segment results (<k>.json)         - ; cleans up a job cancelled meanwhile
 runner          inputs, frames, keypoints, segment tails      segments: <k>.mp4, <k>.tail.npy, <k>.json
-stitch          segment videos, output.mp4 (server copy)      output.mp4
+stitch          segment videos, output.mp4 (server copy),     output.mp4, thumbnail.jpg, spritesheet.jpg,
+                an extension's inputs/source.mp4              output.tail.npy
+gateway         request.json, output.mp4 (presigns it),       request.json, uploads/<id>/*, previews;
+                previews; lists jobs/ and uploads/            deletes jobs/<id>/* and uploads/<id>/*
 webhook         inputs/request.json (the job's subscription)  -
 webhook-replay  inputs/request.json                           -
 cancel          - (lists jobs/<id>/)                          - ; deletes under jobs/ but never request.json
@@ -52,6 +56,9 @@ ANY = "*"
 # Objects a client uploads itself and references as s3://<bucket>/uploads/... in a JobRequest
 # (i2v image, animate driving video). Only preprocess reads them.
 CLIENT_UPLOADS_PREFIX = "uploads/"
+# Files uploaded with an HTTP create: uploads/<video id>/<field><ext>, gateway ids start with "video_"
+# (gateway/videos.py), so the gateway's user can neither overwrite nor delete a client's own uploads.
+GATEWAY_UPLOADS = CLIENT_UPLOADS_PREFIX + "video_" + ANY
 LIFECYCLE_RULE_ID = "videogen-expire-jobs"  # same id as runtime.storage.put_lifecycle_expiry
 
 
@@ -80,6 +87,9 @@ def _patterns() -> dict[str, tuple[str, ...]]:
         "segment_tail": _with_temp(names.segment_tail_key(ANY, ANY)),
         "segment_result": _with_temp(names.segment_result_key(ANY, ANY)),
         "output": _with_temp(names.output_key(ANY)),
+        "previews": (names.thumbnail_key(ANY), names.spritesheet_key(ANY)),
+        "output_tail": (names.output_tail_key(ANY),),
+        "extend_source": (names.extend_source_key(ANY),),
         "uploads": (CLIENT_UPLOADS_PREFIX + ANY,),
     }
 
@@ -108,6 +118,7 @@ class StageAccess:
 
 RUNNER = stages.RUNNER_STAGE
 PROVISION = "provision"
+GATEWAY = "gateway"  # the HTTP edge (infra/terraform/modules/videogen/gateway.tf): no consumer, deployed
 
 
 def function_stages() -> dict[str, names.ConsumerSpec]:
@@ -121,7 +132,7 @@ def periodic_stages() -> dict[str, float]:
 
 
 def deployable() -> set[str]:
-    return set(function_stages()) | set(periodic_stages()) | {RUNNER}
+    return set(function_stages()) | set(periodic_stages()) | {RUNNER, GATEWAY}
 
 
 def stage_access() -> dict[str, StageAccess]:
@@ -133,17 +144,25 @@ def stage_access() -> dict[str, StageAccess]:
     jobs = (jobs_prefix(),)
     cleanup: dict[str, Any] = {"delete": (names.job_prefix(ANY) + ANY,), "keep": cat("request")}
     entries = (
-        StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads"),
+        # preprocess also reads an extension's source (output.mp4 copied server-side, output.tail.npy)
+        StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads", "output", "output_tail"),
                     write=cat("inputs", "frames", "keypoints"),
-                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,), internet=True),
+                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,)),
         # planner, chain, runner and stitch also clean up a job cancelled while they wrote (write, then
         # check status, then delete: runtime.jobs.discard_partial_objects), never request.json
         StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs, **cleanup),
         StageAccess("chain", read=cat("plan", "segment_result"), list_prefixes=jobs, **cleanup),
         StageAccess(RUNNER, read=cat("inputs", "frames", "keypoints", "segment_tail"),
                     write=cat("segment_video", "segment_tail", "segment_result"), list_prefixes=jobs, **cleanup),
-        StageAccess("stitch", read=cat("segment_video", "output"), write=cat("output"), list_prefixes=jobs,
-                    **cleanup),
+        StageAccess("stitch", read=cat("segment_video", "output", "extend_source"),
+                    write=cat("output", "previews", "output_tail"), list_prefixes=jobs, **cleanup),
+        # the HTTP gateway (gateway/app.py): request.json at create, uploads/<video id>/<file>, previews for
+        # jobs stitched before stitch made them; reads + presigns output.mp4; DELETE /v1/videos/{id}
+        # removes jobs/<id>/ (request.json included) and uploads/<id>/
+        StageAccess(GATEWAY, read=cat("request", "output", "previews"),
+                    write=cat("request", "previews") + (GATEWAY_UPLOADS,),
+                    delete=(names.job_prefix(ANY) + ANY, GATEWAY_UPLOADS),
+                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,)),
         StageAccess("webhook", read=cat("request"), list_prefixes=jobs, internet=True),
         StageAccess("webhook-replay", read=cat("request"), list_prefixes=jobs, internet=True),
         StageAccess("cancel", delete=(names.job_prefix(ANY) + ANY,), keep=cat("request"), list_prefixes=jobs),

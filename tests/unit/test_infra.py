@@ -210,7 +210,7 @@ def _readers(key: str) -> set[str]:
 
 def test_each_stage_writes_only_its_own_outputs() -> None:
     j = "job-1"
-    assert _writers(names.request_key(j)) == {"preprocess"}
+    assert _writers(names.request_key(j)) == {"preprocess", "gateway"}  # the gateway stores it at create
     assert _writers(names.input_key(j, "image.png")) == {"preprocess"}
     assert _writers(names.frames_key(j, "000001.png")) == {"preprocess"}
     assert _writers(names.keypoints_key(j, "pose.npz")) == {"preprocess"}
@@ -218,6 +218,9 @@ def test_each_stage_writes_only_its_own_outputs() -> None:
     assert _writers(names.segment_key(j, 3)) == {"runner"}
     assert _writers(names.segment_tail_key(j, 3)) == {"runner"}
     assert _writers(names.output_key(j)) == {"stitch"}
+    assert _writers(names.output_tail_key(j)) == {"stitch"}
+    assert _writers(names.thumbnail_key(j)) == _writers(names.spritesheet_key(j)) == {"stitch", "gateway"}
+    assert _writers(names.extend_condition_key(j)) == _writers(names.extend_source_key(j)) == {"preprocess"}
     # atomic uploads go through a temporary key first
     assert _writers(names.temp_key(names.output_key(j), "abc123")) == {"stitch"}
     assert _writers(names.temp_key(names.segment_key(j, 0), "abc123")) == {"runner"}
@@ -230,11 +233,35 @@ def test_readers_cover_the_pipeline() -> None:
     assert _readers(names.segment_result_key(j, 0)) == {"chain", "runner"}
     assert _readers(names.segment_key(j, 0)) == {"stitch", "runner"}
     assert _readers(names.plan_key(j)) == {"planner", "chain"}
-    assert _readers(names.output_key(j)) == {"stitch"}  # server-side copy, presign
-    assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook", "webhook-replay"}
+    # stitch: server-side copy, presign; preprocess: an extension's copy of its source; gateway: presign
+    assert _readers(names.output_key(j)) == {"stitch", "preprocess", "gateway"}
+    # an extension's condition (stitch: its writer)
+    assert _readers(names.output_tail_key(j)) == {"preprocess", "stitch"}
+    assert _readers(names.extend_source_key(j)) == {"preprocess", "runner", "stitch"}
+    assert _readers(names.extend_condition_key(j)) == {"preprocess", "runner"}  # conditions segment 0
+    assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook", "webhook-replay", "gateway"}
     assert _readers(names.keypoints_key(j, "pose/chunk-00000.mp4")) == {"preprocess", "runner"}
     assert _readers("uploads/client/image.png") == {"preprocess"}
     assert _writers(names.segment_result_key(j, 0)) == {"runner"}
+
+
+def test_gateway_access_is_what_the_gateway_does() -> None:
+    """gateway/app.py: writes request.json, uploads/<video id>/<file> and previews; reads request.json,
+    output.mp4 and previews; deletes a video's objects; nothing of the pipeline's own."""
+    g = sa.stage_access()[sa.GATEWAY]
+    j = "video_1"
+    assert g.deployed and g.needs_credentials and not g.internet and not g.bucket_admin and g.keep == ()
+    for key in (names.request_key(j), "uploads/video_1/input_reference.png", names.thumbnail_key(j)):
+        assert _allowed(g.write, key), key
+    for key in (names.output_key(j), names.plan_key(j), names.segment_key(j, 0), names.input_key(j, "image.png"),
+                names.frames_key(j, "000001.png"), names.output_tail_key(j), "unrelated/key"):
+        assert not _allowed(g.write, key), key
+    assert not _allowed(g.read, names.segment_key(j, 0)) and not _allowed(g.read, names.input_key(j, "image.png"))
+    assert _allowed(g.delete, names.output_key(j)) and _allowed(g.delete, "uploads/video_1/video.mp4")
+    assert not _allowed(g.delete, "unrelated/key") and not _allowed(g.delete, "uploads/client/image.png")
+    assert not _allowed(g.write, "uploads/client/image.png")  # a client's own uploads are not the gateway's
+    doc = sa.policy_document(g, names.DEFAULT_BUCKET)
+    assert "KeepJobRecord" not in {st["Sid"] for st in doc["Statement"]}  # DELETE /v1/videos removes it all
 
 
 def test_webhook_only_reads_requests_and_only_provision_administers() -> None:
@@ -249,7 +276,8 @@ def test_webhook_only_reads_requests_and_only_provision_administers() -> None:
     assert not acc["provision"].deployed
     for a in acc.values():
         for k in a.write:
-            assert k.startswith(sa.jobs_prefix()), (a.stage, k)
+            # the one write outside jobs/: the gateway's multipart uploads, under uploads/video_*
+            assert k.startswith(sa.jobs_prefix()) or (a.stage, k) == (sa.GATEWAY, sa.GATEWAY_UPLOADS), (a.stage, k)
             # put_atomic copies its temp object onto the key, then HEADs it: a writer reads both
             assert k in a.read, (a.stage, k)
     for key in (names.segment_key("j", 1), names.output_key("j")):

@@ -19,13 +19,21 @@ locals {
   ]
   stage_access = {
     preprocess = {
-      read          = ["jobs/*/inputs/*", "jobs/*/frames/*", "jobs/*/keypoints/*", "uploads/*"]
+      read = [
+        "jobs/*/inputs/*",
+        "jobs/*/frames/*",
+        "jobs/*/keypoints/*",
+        "uploads/*",
+        "jobs/*/output.mp4",
+        "jobs/*/output.mp4.tmp-*",
+        "jobs/*/output.tail.npy",
+      ]
       write         = ["jobs/*/inputs/*", "jobs/*/frames/*", "jobs/*/keypoints/*"]
       delete        = []
       keep          = []
       list_prefixes = ["jobs/", "uploads/"]
       bucket_admin  = false
-      internet      = true
+      internet      = false
       deployed      = true
     }
     planner = {
@@ -86,11 +94,43 @@ locals {
         "jobs/*/segments/*.mp4.tmp-*",
         "jobs/*/output.mp4",
         "jobs/*/output.mp4.tmp-*",
+        "jobs/*/inputs/source.mp4",
+        "jobs/*/thumbnail.jpg",
+        "jobs/*/spritesheet.jpg",
+        "jobs/*/output.tail.npy",
       ]
-      write         = ["jobs/*/output.mp4", "jobs/*/output.mp4.tmp-*"]
+      write = [
+        "jobs/*/output.mp4",
+        "jobs/*/output.mp4.tmp-*",
+        "jobs/*/thumbnail.jpg",
+        "jobs/*/spritesheet.jpg",
+        "jobs/*/output.tail.npy",
+      ]
       delete        = ["jobs/*/*"]
       keep          = ["jobs/*/inputs/request.json"]
       list_prefixes = ["jobs/"]
+      bucket_admin  = false
+      internet      = false
+      deployed      = true
+    }
+    gateway = {
+      read = [
+        "jobs/*/inputs/request.json",
+        "jobs/*/output.mp4",
+        "jobs/*/output.mp4.tmp-*",
+        "jobs/*/thumbnail.jpg",
+        "jobs/*/spritesheet.jpg",
+        "uploads/video_*",
+      ]
+      write = [
+        "jobs/*/inputs/request.json",
+        "jobs/*/thumbnail.jpg",
+        "jobs/*/spritesheet.jpg",
+        "uploads/video_*",
+      ]
+      delete        = ["jobs/*/*", "uploads/video_*"]
+      keep          = []
+      list_prefixes = ["jobs/", "uploads/"]
       bucket_admin  = false
       internet      = false
       deployed      = true

@@ -3,10 +3,12 @@
 # Service, and an Ingress for the public host. Hand-written (not generated): it restates no name
 # from schemas/ beyond the command line.
 #
-# S3: the gateway writes jobs/<id>/inputs/request.json (the same bytes preprocess stores),
-# uploads/<id>/* (multipart input files), jobs/<id>/thumbnail.jpg and spritesheet.jpg; reads
-# request.json and output.mp4; deletes under jobs/<id>/ and uploads/<id>/ (DELETE /v1/videos/{id});
-# presigns GETs of output.mp4. var.gateway.s3_credentials_secret must hold a user with that access.
+# S3: its own least-privilege user, the "gateway" entry of infra/tools/stage_access.py (the minio and
+# s3-aws modules create it with the stages' users: var.s3.credentials_secrets["gateway"]): writes
+# jobs/<id>/inputs/request.json (the same bytes preprocess stores), uploads/<id>/* (multipart input
+# files), and thumbnail.jpg / spritesheet.jpg for jobs stitched before stitch made them; reads
+# request.json, output.mp4 and the previews; deletes under jobs/<id>/ and uploads/<id>/ (DELETE
+# /v1/videos/{id}); presigns GETs of output.mp4. var.gateway.s3_credentials_secret overrides the secret.
 # NATS: the app user (var.nats.credentials_secret) with $KV.videogen-apikeys.> (modules/nats).
 
 variable "gateway" {
@@ -36,8 +38,8 @@ variable "gateway" {
   default = {}
 
   validation {
-    condition     = !var.gateway.enabled || var.gateway.s3_credentials_secret != null
-    error_message = "gateway.s3_credentials_secret is required when the gateway is enabled."
+    condition     = !var.gateway.enabled || var.gateway.s3_credentials_secret != null || contains(keys(var.s3.credentials_secrets), "gateway")
+    error_message = "the gateway needs an S3 secret: s3.credentials_secrets[\"gateway\"] or gateway.s3_credentials_secret."
   }
   validation {
     condition     = var.gateway.min_replicas >= 1 && var.gateway.max_replicas >= var.gateway.min_replicas
@@ -191,7 +193,7 @@ resource "kubernetes_deployment_v1" "gateway" {
               name = env.value
               value_from {
                 secret_key_ref {
-                  name = each.value.s3_credentials_secret
+                  name = coalesce(each.value.s3_credentials_secret, var.s3.credentials_secrets["gateway"])
                   key  = env.value
                 }
               }

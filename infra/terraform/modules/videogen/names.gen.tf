@@ -25,7 +25,7 @@ locals {
       stream          = "VIDEOGEN_JOBS"
       consumer        = "preprocess"
       ack_wait_s      = 60
-      internet_egress = true
+      internet_egress = false
     }
     stitch = {
       stream          = "VIDEOGEN_WORK"
@@ -201,7 +201,17 @@ locals {
       default_steps  = 50
     }
   }
-  s3_stages      = ["preprocess", "planner", "chain", "runner", "stitch", "webhook", "webhook-replay", "cancel"]
+  s3_stages = [
+    "preprocess",
+    "planner",
+    "chain",
+    "runner",
+    "stitch",
+    "gateway",
+    "webhook",
+    "webhook-replay",
+    "cancel",
+  ]
   default_bucket = "videogen"
   kv_jobs        = "videogen-jobs"
 }
