@@ -52,7 +52,7 @@ async def cancel(bus: Bus, job_id: str, reason: str = "") -> None:
 
 
 async def follow(bus: Bus, job_id: str, *, until_terminal: bool = True,
-                 idle_timeout_s: float | None = None) -> AsyncIterator[JobEvent]:
+                 idle_timeout_s: float | None = None) -> AsyncGenerator[JobEvent, None]:
     """Every event of the job from the beginning (ordered, ephemeral consumer), then live."""
     queue: asyncio.Queue[JobEvent] = asyncio.Queue()
 

@@ -438,7 +438,7 @@ class ResolvedJob(_Frozen):
                                         "frames (condition_frames re-rendered + the new ones)")
 
     @model_serializer(mode="wrap")
-    def _no_unset_extend(self, handler: Any):  # type: ignore[no-untyped-def]  # unannotated: keeps the schema
+    def _no_unset_extend(self, handler: Any):  # unannotated return: keeps the JSON schema as it was
         # the wire of a job that extends nothing is what it was before v1.3 (no "extend": null)
         data = handler(self)
         if isinstance(data, dict) and data.get("extend", 0) is None:
