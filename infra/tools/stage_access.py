@@ -15,6 +15,7 @@ Who reads and writes what (from the handlers in functions/ and gpu_runner/io.py)
 stage           reads (plus everything it writes)             writes (Put + Delete of its temp objects)
 ==============  ============================================  ============================================
 preprocess      inputs, frames, keypoints, client uploads     inputs (request.json, media), frames, keypoints
+preprocess-part inputs (the stored video), frames, keypoints  frames, keypoints (chunks, parts/); cleans up
 planner         plan.json (idempotent re-plan)                plan.json
 chain           plan.json, segment results (<k>.json)         - ; cleans up a job cancelled meanwhile
 runner          inputs, frames, keypoints, segment tails      segments: <k>.mp4, <k>.tail.npy, <k>.json
@@ -136,6 +137,11 @@ def stage_access() -> dict[str, StageAccess]:
         StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads"),
                     write=cat("inputs", "frames", "keypoints"),
                     list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,), internet=True),
+        # a part of a long animate job: reads the stored driving video, writes its chunks and part record; it
+        # also cleans up a job cancelled while it wrote
+        StageAccess("preprocess-part", read=(names.input_key(ANY, "video.*"), *cat("frames", "keypoints")),
+                    write=cat("frames", "keypoints"),
+                    list_prefixes=jobs, **cleanup),
         # planner, chain, runner and stitch also clean up a job cancelled while they wrote (write, then
         # check status, then delete: runtime.jobs.discard_partial_objects), never request.json
         StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs, **cleanup),

@@ -211,8 +211,11 @@ def test_each_stage_writes_only_its_own_outputs() -> None:
     j = "job-1"
     assert _writers(names.request_key(j)) == {"preprocess"}
     assert _writers(names.input_key(j, "image.png")) == {"preprocess"}
-    assert _writers(names.frames_key(j, "000001.png")) == {"preprocess"}
-    assert _writers(names.keypoints_key(j, "pose.npz")) == {"preprocess"}
+    # a long animate job's parts (preprocess-part) write frame chunks and keypoints, never inputs
+    assert _writers(names.frames_key(j, "000001.png")) == {"preprocess", "preprocess-part"}
+    assert _writers(names.keypoints_key(j, "pose.npz")) == {"preprocess", "preprocess-part"}
+    assert _writers(names.preprocess_part_key(j, 1)) == {"preprocess", "preprocess-part"}
+    assert "preprocess-part" in _readers(names.input_key(j, "video.mp4"))
     assert _writers(names.plan_key(j)) == {"planner"}
     assert _writers(names.segment_key(j, 3)) == {"runner"}
     assert _writers(names.segment_tail_key(j, 3)) == {"runner"}
@@ -231,7 +234,7 @@ def test_readers_cover_the_pipeline() -> None:
     assert _readers(names.plan_key(j)) == {"planner", "chain"}
     assert _readers(names.output_key(j)) == {"stitch"}  # server-side copy, presign
     assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook", "webhook-replay"}
-    assert _readers(names.keypoints_key(j, "pose/chunk-00000.mp4")) == {"preprocess", "runner"}
+    assert _readers(names.keypoints_key(j, "pose/chunk-00000.mp4")) == {"preprocess", "preprocess-part", "runner"}
     assert _readers("uploads/client/image.png") == {"preprocess"}
     assert _writers(names.segment_result_key(j, 0)) == {"runner"}
 

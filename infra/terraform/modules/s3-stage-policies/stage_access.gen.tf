@@ -28,6 +28,16 @@ locals {
       internet      = true
       deployed      = true
     }
+    "preprocess-part" = {
+      read          = ["jobs/*/inputs/video.*", "jobs/*/frames/*", "jobs/*/keypoints/*"]
+      write         = ["jobs/*/frames/*", "jobs/*/keypoints/*"]
+      delete        = ["jobs/*/*"]
+      keep          = ["jobs/*/inputs/request.json"]
+      list_prefixes = ["jobs/"]
+      bucket_admin  = false
+      internet      = false
+      deployed      = true
+    }
     planner = {
       read          = ["jobs/*/plan.json", "jobs/*/plan.json.tmp-*"]
       write         = ["jobs/*/plan.json", "jobs/*/plan.json.tmp-*"]

@@ -27,6 +27,12 @@ locals {
       ack_wait_s      = 60
       internet_egress = true
     }
+    "preprocess-part" = {
+      stream          = "VIDEOGEN_WORK"
+      consumer        = "preprocess-part"
+      ack_wait_s      = 60
+      internet_egress = false
+    }
     stitch = {
       stream          = "VIDEOGEN_WORK"
       consumer        = "stitch"
@@ -201,7 +207,17 @@ locals {
       default_steps  = 50
     }
   }
-  s3_stages      = ["preprocess", "planner", "chain", "runner", "stitch", "webhook", "webhook-replay", "cancel"]
+  s3_stages = [
+    "preprocess",
+    "preprocess-part",
+    "planner",
+    "chain",
+    "runner",
+    "stitch",
+    "webhook",
+    "webhook-replay",
+    "cancel",
+  ]
   default_bucket = "videogen"
   kv_jobs        = "videogen-jobs"
 }
