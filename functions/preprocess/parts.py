@@ -230,5 +230,9 @@ async def handle_part(payload: bytes, delivery: Delivery, ports: Ports) -> None:
         await ports.guard.stopped(jid, among=STOPPED)  # a cancelled job's objects are removed
         log.info("preprocess_part_stopped", job_id=jid, part=spec.part, state=str(e))
         return
+    if (state := await ports.guard.stopped(jid, among=STOPPED)) is not None:
+        # cancelled while the last chunks were written: what this part stored goes too (idempotent)
+        log.info("preprocess_part_stopped", job_id=jid, part=spec.part, state=state.value)
+        return
     log.info("preprocess_part_done", job_id=jid, part=spec.part, of=spec.parts, start=spec.start, frames=spec.frames,
              detected_frames=rec.detected_frames, elapsed_s=round(time.perf_counter() - t0, 3))
