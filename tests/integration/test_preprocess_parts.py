@@ -50,8 +50,10 @@ async def _exists(storage: Storage, key: str) -> bool:
 
 async def _wait_joined(storage: Storage, job_id: str, timeout_s: float = 300) -> None:
     async with asyncio.timeout(timeout_s):
-        while not await _exists(storage, keypoints_key(job_id, "pose/index.json")) or b'"complete": true' not in (
-                await storage.get_bytes(keypoints_key(job_id, "pose/index.json"))):
+        key = keypoints_key(job_id, "pose/index.json")
+        while True:
+            if await _exists(storage, key) and b'"complete": true' in await storage.get_bytes(key):
+                return
             await asyncio.sleep(0.5)
 
 
@@ -103,7 +105,9 @@ async def test_two_worker_processes_store_what_one_does_and_cancel_stops_every_p
         # cancel mid-preprocess: no part goes on, nothing is joined, the job's objects are removed
         await _submit(bus, JobRequest(job_id="parts-cancel", **fields))
         async with asyncio.timeout(120):
-            while not any(_log(log, "preprocess_parts_published", "parts-cancel") for log in logs):
+            while True:
+                if any(_log(log, "preprocess_parts_published", "parts-cancel") for log in logs):
+                    break
                 await asyncio.sleep(0.2)
         await cancel(bus, "parts-cancel", reason="test")
         async with asyncio.timeout(120):
