@@ -142,3 +142,88 @@ async def test_redelivered_part_and_stopped_joiner(inputs: dict[str, bytes]) -> 
     assert {k: v for k, v in store.objects.items() if k in before} == before
     rows = np.load(io.BytesIO(store.objects[(store.bucket, preprocess_part_key("stop", 1, "npy"))]))
     assert rows.shape == (32, 33, 4)
+
+
+# ---- through the handlers (fakes): the submission's worker joins, parts come off the bus ---------------
+def _submission(job_id: str) -> bytes:
+    import json
+
+    return json.dumps({"job_id": job_id, "task": "animate", "model": "tiny-wan-animate", "prompt": "dance",
+                       "image": "s3://videogen/uploads/ref.png", "video": "s3://videogen/uploads/long.mp4",
+                       "width": 64, "height": 64, "fps": 30, "num_frames": 81, "steps": 2}).encode()
+
+
+async def _ports(inputs: dict[str, bytes]):
+    from runtime.testing.fakes import fake_ports
+
+    ports = fake_ports(preprocess_part_frames=32, preprocess_workers=1)
+    for name, data in inputs.items():
+        await ports.storage.put_bytes(f"uploads/{name}", data)
+    return ports
+
+
+def _parts(ports) -> list[PreprocessPart]:
+    from schemas.names import SUBJECT_WORK_PREPROCESS_PART
+
+    return ports.bus.payloads(SUBJECT_WORK_PREPROCESS_PART, PreprocessPart)
+
+
+async def test_handlers_split_join_and_redelivered_part(inputs: dict[str, bytes]) -> None:
+    from functions.preprocess.handler import handle_submit
+    from functions.preprocess.parts import handle_part
+    from runtime.testing.fakes import FakeDelivery
+    from schemas.messages import PlanRequest
+    from schemas.names import SUBJECT_WORK_PLAN
+
+    ports = await _ports(inputs)
+    joiner = asyncio.ensure_future(handle_submit(_submission("h-split"), FakeDelivery(), ports))
+    async with asyncio.timeout(120):
+        while True:
+            if _parts(ports):
+                break
+            await asyncio.sleep(0.05)
+    parts = _parts(ports)
+    assert [(p.part, p.start, p.frames) for p in parts] == [(1, 32, 32), (2, 64, 17)]
+    for p in reversed(parts):  # out of order: readiness still only grows over the stored prefix
+        await handle_part(p.model_dump_json().encode(), FakeDelivery(), ports)
+    await joiner
+    readies = [r.ready_frames for r in ports.bus.payloads(SUBJECT_WORK_PLAN, PlanRequest)]
+    assert readies == sorted(set(readies)) and readies[-1] == 81 and all(r % 32 == 0 for r in readies[:-1])
+    assert any(k.endswith("keypoints/keypoints.npy") for (_, k) in ports.storage.objects)
+    before = dict(ports.storage.objects)
+    await handle_part(parts[0].model_dump_json().encode(), FakeDelivery(num_delivered=2), ports)  # redelivery
+    assert ports.storage.objects == before
+
+
+async def test_a_failed_part_fails_the_job_and_stops_the_joiner(inputs: dict[str, bytes]) -> None:
+    from functions.preprocess.errors import InputRejected
+    from functions.preprocess.handler import handle_submit
+    from functions.preprocess.parts import handle_part
+    from runtime.failures import failure_hooks
+    from runtime.testing.fakes import FakeDelivery
+    from schemas.errors import ErrorCode
+    from schemas.messages import JobState
+
+    ports = await _ports(inputs)
+    joiner = asyncio.ensure_future(handle_submit(_submission("h-fail"), FakeDelivery(), ports))
+    async with asyncio.timeout(120):
+        while True:
+            if _parts(ports):
+                break
+            await asyncio.sleep(0.05)
+    bad = _parts(ports)[0]
+    await ports.storage.put_bytes(bad.video.key, inputs["long.mp4"][: len(inputs["long.mp4"]) // 3])  # cut short
+    payload = bad.model_dump_json().encode()
+    with pytest.raises(InputRejected) as e:
+        await handle_part(payload, FakeDelivery(), ports)
+    assert e.value.code == ErrorCode.INPUT_UNREADABLE
+    on_permanent, _ = failure_hooks(ports.tracker, "preprocess-part")
+    delivery = FakeDelivery()
+    assert await on_permanent(payload, e.value, delivery)  # what the stage does with a permanent failure
+    async with asyncio.timeout(60):
+        await joiner  # the joiner sees the job failed and stops (no join)
+    st, _ = await ports.tracker.status.get("h-fail")
+    assert st is not None and st.state == JobState.FAILED and st.error is not None
+    assert st.error.code == ErrorCode.INPUT_UNREADABLE.value
+    assert await load_record(ports.storage, "h-fail", 1) is None
+    assert not any(k.endswith("keypoints/keypoints.npy") for (_, k) in ports.storage.objects)
