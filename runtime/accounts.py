@@ -70,7 +70,8 @@ def _stream_read(stream: str) -> list[str]:
 
 # What each stage publishes besides its own consumer, its DLQ, events and status (from its README).
 _STAGE_EXTRA: dict[str, list[str]] = {
-    "preprocess": [names.SUBJECT_WORK_PLAN],
+    "preprocess": [names.SUBJECT_WORK_PLAN, names.SUBJECT_WORK_PREPROCESS_PART],
+    "preprocess-part": [],
     "planner": [names.segments_subject("*"), names.SUBJECT_WORK_STITCH, *_stream_read(names.STREAM_SEGMENTS)],
     "chain": [names.segments_subject("*"), names.SUBJECT_WORK_STITCH, names.SUBJECT_WORK_PLAN],
     "stitch": [],

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     preprocess_workers: int | None = Field(None, ge=1, description="pose/frame worker threads (default: cores)")
     preprocess_streaming: bool = Field(True, description="animate: plan and render while preprocessing goes on "
                                        "(segment k starts once its window's frames are stored); False: serial")
+    preprocess_part_frames: int = Field(256, ge=32, multiple_of=32, description="animate: frames per preprocess part "
+                                        "(whole 32-frame chunks); a longer job is split into parts that any "
+                                        "preprocess worker processes; the face box's smoothing restarts at every "
+                                        "part boundary in every mode, so the bytes never depend on the split")
+    preprocess_split: bool = Field(True, description="animate: hand parts after the first to other preprocess "
+                                   "workers (videogen.work.preprocess_part); False: one worker does every part")
     status_ttl_s: int = Field(7 * 86400, description="how long finished jobs stay in KV videogen-jobs")
     heartbeat_s: float = Field(10.0, description="in_progress interval while a stage works on a message")
     # --- GPU runner --------------------------------------------------------------------

@@ -468,6 +468,21 @@ class ReplanHint(_Frozen):
     condition: ObjectRef | None = Field(None, description="the segment's conditioning (previous tail), reused as is")
 
 
+class PreprocessPart(_Frozen):
+    """preprocess -> preprocess-part: make the frame products of output frames ``[start, start + frames)``
+    of an animate job (whole 32-frame chunks; the worker holding the submission joins the parts)."""
+
+    job: ResolvedJob
+    part: int = Field(ge=0)
+    parts: int = Field(ge=1)
+    part_frames: int = Field(ge=1, description="frames per part (the last may be shorter)")
+    start: int = Field(ge=0, description="first output frame (part * part_frames)")
+    frames: int = Field(ge=1)
+    video: ObjectRef = Field(description="the stored driving video (inputs/video.<ext>)")
+    face_size: int = Field(ge=8)
+    require_person: bool = True
+
+
 class PlanRequest(_Frozen):
     job: ResolvedJob
     replan: ReplanHint | None = Field(

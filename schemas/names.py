@@ -21,6 +21,7 @@ SUBJECT_DLQ_PREFIX = "videogen.dlq"
 SUBJECT_WORK_PLAN = "videogen.work.plan"  # preprocess -> planner: job ready to plan; runner -> planner: re-plan
 SUBJECT_WORK_SEGMENT_DONE = "videogen.work.segment_done"  # runner -> planner: chain next
 SUBJECT_WORK_STITCH = "videogen.work.stitch"  # planner -> stitch: all segments rendered
+SUBJECT_WORK_PREPROCESS_PART = "videogen.work.preprocess_part"  # preprocess -> preprocess-part: frames [a, b) of a job
 SUBJECT_SEGMENTS_PREFIX = "videogen.segments"  # planner -> runner, one subject per model
 
 # ---- internal subjects (webhook dispatcher records) ---------------------------------------
@@ -237,7 +238,7 @@ def replan_msg_id(job_id: str, index: int, plan_revision: int) -> str:
 
 
 # ---- object keys --------------------------------------------------------------------------
-# ``default``: jobs/<job_id>/…, uploads/…  (today's layout); tenant t: tenants/<t>/jobs/<job_id>/…,
+# ``default``: jobs/<job_id>/…, uploads/…  (today's layout); tenant t: jobs/<t>.<job_id>/…,
 # tenants/<t>/uploads/… . Every key below takes the internal job key (see ``job_key``).
 def tenant_prefix(tenant: str) -> str:
     return "" if tenant == DEFAULT_TENANT else f"tenants/{tenant}/"
@@ -249,8 +250,10 @@ def uploads_prefix(tenant: str = DEFAULT_TENANT) -> str:
 
 
 def job_prefix(job_id: str) -> str:
-    tenant, jid = split_job_key(job_id)
-    return f"{tenant_prefix(tenant)}jobs/{jid}/"
+    """``jobs/<job key>/``: every tenant's job objects under one prefix (``jobs/acme.j1/`` for tenant
+    acme's job j1; the default tenant's keys are its job ids), so the S3 grants, the listing
+    permission and the bucket's expiry rule cover every tenant alike."""
+    return f"jobs/{job_id}/"
 
 
 def request_key(job_id: str) -> str:
@@ -267,6 +270,15 @@ def frames_key(job_id: str, name: str) -> str:
 
 def keypoints_key(job_id: str, name: str) -> str:
     return f"{job_prefix(job_id)}keypoints/{name}"
+
+
+def preprocess_part_key(job_id: str, part: int, ext: str = "json") -> str:
+    """A finished preprocess part's record (``json``: chunks and counts, written last) and keypoint rows (``npy``)."""
+    return keypoints_key(job_id, f"parts/part-{part:05d}.{ext}")
+
+
+def preprocess_part_msg_id(job_id: str, part: int) -> str:
+    return f"prep:{job_id}:p{part}"
 
 
 def plan_key(job_id: str) -> str:
@@ -408,7 +420,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     ),
     StreamSpec(
         STREAM_WORK,
-        (SUBJECT_WORK_PLAN, SUBJECT_WORK_SEGMENT_DONE, SUBJECT_WORK_STITCH),
+        (SUBJECT_WORK_PLAN, SUBJECT_WORK_SEGMENT_DONE, SUBJECT_WORK_STITCH, SUBJECT_WORK_PREPROCESS_PART),
         retention="workqueue",
         max_age_s=7 * DAY_S,
         duplicate_window_s=3600,
@@ -456,6 +468,10 @@ OUTAGE_MAX_DELIVER = 12
 CONSUMER_PREPROCESS = ConsumerSpec(
     STREAM_JOBS, "preprocess", SUBJECT_SUBMIT, ack_wait_s=60, max_deliver=5, extra_filters=(submit_subject("*"),),
     backoff_s=(60, 120, 300, 600), description="Validates and preprocesses submissions.",
+)
+CONSUMER_PREPROCESS_PART = ConsumerSpec(
+    STREAM_WORK, "preprocess-part", SUBJECT_WORK_PREPROCESS_PART, ack_wait_s=60, max_deliver=5,
+    backoff_s=(60, 120, 300, 600), description="Preprocesses one part (whole 32-frame chunks) of a long animate job.",
 )
 CONSUMER_PLANNER = ConsumerSpec(
     STREAM_WORK, "planner", SUBJECT_WORK_PLAN, ack_wait_s=30, max_deliver=OUTAGE_MAX_DELIVER,
@@ -532,6 +548,7 @@ def runner_consumer(model: str) -> ConsumerSpec:
 
 CPU_CONSUMERS: tuple[ConsumerSpec, ...] = (
     CONSUMER_PREPROCESS,
+    CONSUMER_PREPROCESS_PART,
     CONSUMER_PLANNER,
     CONSUMER_CHAIN,
     CONSUMER_STITCH,

@@ -61,6 +61,9 @@ class StageDef:
 _TABLE: tuple[StageDef, ...] = (
     StageDef("preprocess", "functions.preprocess.handler:handle_submit", names.CONSUMER_PREPROCESS,
              rejects=True, concurrency=2),
+    # frames [a, b) of a long animate job, for whichever preprocess worker holds its submission (it joins them)
+    StageDef("preprocess-part", "functions.preprocess.parts:handle_part", names.CONSUMER_PREPROCESS_PART,
+             concurrency=1),
     StageDef("planner", "functions.planner.handler:handle_plan", names.CONSUMER_PLANNER, concurrency=4),
     StageDef("chain", "functions.chain.handler:handle_segment_done", names.CONSUMER_CHAIN, concurrency=4),
     StageDef("stitch", "functions.stitch.handler:handle_stitch", names.CONSUMER_STITCH, concurrency=2),

@@ -43,3 +43,7 @@ class InputUnavailable(Retryable):
     """The input could not be fetched right now (timeout, 5xx, connection reset): retry later."""
 
     code = ErrorCode.INPUT_UNREADABLE
+
+
+class JobStopped(Exception):
+    """The job was cancelled or failed while its preprocessing was still going (message: the state)."""

@@ -7,6 +7,7 @@ out: ``job.accepted`` / ``job.rejected``, ``job.preprocessed``; ``videogen.work.
 from __future__ import annotations
 
 from functions.preprocess.admission import Limits, admit
+from functions.preprocess.errors import JobStopped
 from functions.preprocess.extend import resolve_extend
 from functions.preprocess.validate import (
     RequestRejected,
@@ -165,10 +166,16 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     if job.task != Task.T2V:
         from functions.preprocess.pipeline import preprocess as run_preprocess
 
-        if job.task == Task.ANIMATE and settings.preprocess_streaming:
-            stream = ReadyAnnouncer(job, ports)
+        split = None
+        if job.task == Task.ANIMATE:
+            if settings.preprocess_streaming:
+                stream = ReadyAnnouncer(job, ports)
+            if settings.preprocess_split:
+                from functions.preprocess.parts import BusSplitter
+
+                split = BusSplitter(job.job_id, ports)
         try:
-            inputs = await run_preprocess(job, req, ports.storage, ports.settings, on_ready=stream)
+            inputs = await run_preprocess(job, req, ports.storage, ports.settings, on_ready=stream, split=split)
         except JobStopped as e:
             # cancelled (or failed) while preprocessing: stop; a cancelled job's objects are removed
             await ports.guard.stopped(job.job_id, among=STOPPED)
@@ -188,10 +195,6 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
         )
     await ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job), msg_id=f"plan:{job.job_id}")
     log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value, frames=job.num_frames)
-
-
-class JobStopped(Exception):
-    """The job was cancelled or failed while its preprocessing was still going (message: the state)."""
 
 
 class ReadyAnnouncer:

@@ -229,12 +229,16 @@ class TruncatedVideo(InputUnreadable):
 
 
 def iter_frames(src: Source, *, fps: float, width: int, height: int, limits: MediaLimits,
-                max_frames: int | None = None, analysis_min_side: int = 512) -> Iterator[SampledFrame]:
+                max_frames: int | None = None, analysis_min_side: int = 512, start: int = 0) -> Iterator[SampledFrame]:
     """Stream the video resampled to ``fps`` and fitted to ``width`` x ``height``.
 
     Bounded memory: one decoded frame (plus the decoder's reference frames) at a time. Stops
     after ``max_frames`` outputs; ends early (fewer outputs) if the video is shorter. Limits are
     enforced again on every decoded frame: size, source frame count, timestamp.
+
+    ``start``: outputs ``[start, max_frames)`` only (a preprocess part). Earlier frames are decoded
+    (so the resampling is exactly that of a run from 0) but not converted. If the video ends before
+    ``start``, its last output frame is yielded alone (``index < start``: what padding repeats).
     """
     info = probe_video(src, limits)
     out_cap = max_frames if max_frames is not None else limits.max_frames
@@ -246,22 +250,33 @@ def iter_frames(src: Source, *, fps: float, width: int, height: int, limits: Med
             stream.thread_type = "AUTO"
             timed = _CheckedFrames(container.decode(stream), limits, info)
             last: tuple[Any, np.ndarray] | None = None
+            before: tuple[int, float, Any] | None = None  # the last output frame before ``start``
             emitted = 0
-            for index, target_t, vf in resample(timed, fps, out_cap, src_frame_s):
+
+            def sampled(index: int, target_t: float, vf: Any) -> SampledFrame:
+                nonlocal last
                 if last is None or last[0] is not vf:
                     last = (vf, rotate_display(vf.to_ndarray(format="rgb24"), _float(vf.rotation)))
                 rgb = last[1]
                 box = center_crop_box(rgb.shape[1], rgb.shape[0], width, height)
                 frame = crop_resize(rgb, box, width, height)
                 analysis = frame if (a_w, a_h) == (width, height) else crop_resize(rgb, box, a_w, a_h)
+                return SampledFrame(index, target_t, frame, analysis)
+
+            for index, target_t, vf in resample(timed, fps, out_cap, src_frame_s):
+                if index < start:
+                    before = (index, target_t, vf)
+                    continue
                 emitted += 1
-                yield SampledFrame(index, target_t, frame, analysis)
+                yield sampled(index, target_t, vf)
             decoded = timed.count
+            if emitted == 0 and before is not None:
+                yield sampled(*before)
     except _DECODE_ERRORS as e:
         raise InputUnreadable(f"{info.kind.value} video is corrupt or truncated: {e}") from e
-    if emitted == 0:
+    if emitted == 0 and before is None:
         raise InputUnreadable(f"{info.kind.value} video has no decodable frames")
-    if emitted < out_cap and info.frames and decoded + max(2, info.frames // 50) < info.frames:
+    if start + emitted < out_cap and info.frames and decoded + max(2, info.frames // 50) < info.frames:
         raise TruncatedVideo(
             f"{info.kind.value} video is truncated: the container declares {info.frames} frames, "
             f"only {decoded} could be decoded"

@@ -16,6 +16,7 @@ stage           reads (plus everything it writes)             writes (Put + Dele
 ==============  ============================================  ============================================
 preprocess      inputs, frames, keypoints, client uploads,    inputs (request.json, media), frames, keypoints
                 an extension's source output + output.tail
+preprocess-part inputs (the stored video), frames, keypoints  frames, keypoints (chunks, parts/); cleans up
 planner         plan.json (idempotent re-plan)                plan.json
 chain           plan.json, segment results (<k>.json)         - ; cleans up a job cancelled meanwhile
 runner          inputs, frames, keypoints, segment tails      segments: <k>.mp4, <k>.tail.npy, <k>.json
@@ -77,6 +78,7 @@ def _with_temp(*keys: str) -> tuple[str, ...]:
 
 
 def _patterns() -> dict[str, tuple[str, ...]]:
+    # every tenant's jobs live under jobs/<job key>/ (schemas.names.job_prefix), so one pattern covers all
     return {
         "request": (names.request_key(ANY),),
         "inputs": _with_temp(names.input_key(ANY, ANY)),
@@ -90,7 +92,8 @@ def _patterns() -> dict[str, tuple[str, ...]]:
         "previews": (names.thumbnail_key(ANY), names.spritesheet_key(ANY)),
         "output_tail": (names.output_tail_key(ANY),),
         "extend_source": (names.extend_source_key(ANY),),
-        "uploads": (CLIENT_UPLOADS_PREFIX + ANY,),
+        # the default tenant's uploads/… and every other tenant's tenants/<t>/uploads/…
+        "uploads": (CLIENT_UPLOADS_PREFIX + ANY, names.uploads_prefix(ANY) + ANY),
     }
 
 
@@ -147,7 +150,12 @@ def stage_access() -> dict[str, StageAccess]:
         # preprocess also reads an extension's source (output.mp4 copied server-side, output.tail.npy)
         StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads", "output", "output_tail"),
                     write=cat("inputs", "frames", "keypoints"),
-                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,)),
+                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX, names.uploads_prefix(ANY)), internet=True),
+        # a part of a long animate job: reads the stored driving video, writes its chunks and part record; it
+        # also cleans up a job cancelled while it wrote
+        StageAccess("preprocess-part", read=(names.input_key(ANY, "video.*"), *cat("frames", "keypoints")),
+                    write=cat("frames", "keypoints"),
+                    list_prefixes=jobs, **cleanup),
         # planner, chain, runner and stitch also clean up a job cancelled while they wrote (write, then
         # check status, then delete: runtime.jobs.discard_partial_objects), never request.json
         StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs, **cleanup),
@@ -161,11 +169,11 @@ def stage_access() -> dict[str, StageAccess]:
         # removes jobs/<id>/ (request.json included) and uploads/<id>/
         StageAccess(GATEWAY, read=cat("request", "output", "previews"),
                     write=cat("request", "previews") + (GATEWAY_UPLOADS,),
-                    delete=(names.job_prefix(ANY) + ANY, GATEWAY_UPLOADS),
+                    delete=(*cleanup["delete"], GATEWAY_UPLOADS),
                     list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX,)),
         StageAccess("webhook", read=cat("request"), list_prefixes=jobs, internet=True),
         StageAccess("webhook-replay", read=cat("request"), list_prefixes=jobs, internet=True),
-        StageAccess("cancel", delete=(names.job_prefix(ANY) + ANY,), keep=cat("request"), list_prefixes=jobs),
+        StageAccess("cancel", delete=cleanup["delete"], keep=cat("request"), list_prefixes=jobs),
         StageAccess("queue"),
         StageAccess("sweeper"),
         StageAccess("status"),  # answers tenants' status/history requests from KV and the events stream only

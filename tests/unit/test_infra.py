@@ -212,8 +212,11 @@ def test_each_stage_writes_only_its_own_outputs() -> None:
     j = "job-1"
     assert _writers(names.request_key(j)) == {"preprocess", "gateway"}  # the gateway stores it at create
     assert _writers(names.input_key(j, "image.png")) == {"preprocess"}
-    assert _writers(names.frames_key(j, "000001.png")) == {"preprocess"}
-    assert _writers(names.keypoints_key(j, "pose.npz")) == {"preprocess"}
+    # a long animate job's parts (preprocess-part) write frame chunks and keypoints, never inputs
+    assert _writers(names.frames_key(j, "000001.png")) == {"preprocess", "preprocess-part"}
+    assert _writers(names.keypoints_key(j, "pose.npz")) == {"preprocess", "preprocess-part"}
+    assert _writers(names.preprocess_part_key(j, 1)) == {"preprocess", "preprocess-part"}
+    assert "preprocess-part" in _readers(names.input_key(j, "video.mp4"))
     assert _writers(names.plan_key(j)) == {"planner"}
     assert _writers(names.segment_key(j, 3)) == {"runner"}
     assert _writers(names.segment_tail_key(j, 3)) == {"runner"}
@@ -240,7 +243,7 @@ def test_readers_cover_the_pipeline() -> None:
     assert _readers(names.extend_source_key(j)) == {"preprocess", "runner", "stitch"}
     assert _readers(names.extend_condition_key(j)) == {"preprocess", "runner"}  # conditions segment 0
     assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook", "webhook-replay", "gateway"}
-    assert _readers(names.keypoints_key(j, "pose/chunk-00000.mp4")) == {"preprocess", "runner"}
+    assert _readers(names.keypoints_key(j, "pose/chunk-00000.mp4")) == {"preprocess", "preprocess-part", "runner"}
     assert _readers("uploads/client/image.png") == {"preprocess"}
     assert _writers(names.segment_result_key(j, 0)) == {"runner"}
 
@@ -267,6 +270,8 @@ def test_gateway_access_is_what_the_gateway_does() -> None:
 def test_webhook_only_reads_requests_and_only_provision_administers() -> None:
     acc = sa.stage_access()
     assert acc["webhook"].read == (names.request_key(sa.ANY),) and not acc["webhook"].write
+    # every tenant's job objects are under jobs/ (jobs/<tenant>.<job_id>/…): the same grants cover them
+    assert names.request_key(names.job_key("acme", "j1")).startswith(sa.jobs_prefix())
     # cancel deletes a job's partial objects but can never delete the job's record
     cancel = sa.policy_document(acc["cancel"], "videogen")["Statement"]
     deny = [st for st in cancel if st["Effect"] == "Deny"]

@@ -46,9 +46,14 @@ resource "jetstream_stream" "VIDEOGEN_DLQ" {
 }
 
 resource "jetstream_stream" "VIDEOGEN_WORK" {
-  name             = "VIDEOGEN_WORK"
-  description      = "Internal hand-offs between CPU stages (work queue)."
-  subjects         = ["videogen.work.plan", "videogen.work.segment_done", "videogen.work.stitch"]
+  name        = "VIDEOGEN_WORK"
+  description = "Internal hand-offs between CPU stages (work queue)."
+  subjects = [
+    "videogen.work.plan",
+    "videogen.work.segment_done",
+    "videogen.work.stitch",
+    "videogen.work.preprocess_part",
+  ]
   retention        = "workqueue"
   storage          = "file"
   discard          = "old"
@@ -108,6 +113,20 @@ resource "jetstream_consumer" "preprocess" {
   durable_name    = "preprocess"
   description     = "Validates and preprocesses submissions."
   filter_subjects = ["videogen.jobs.submit", "videogen.t.*.jobs.submit"]
+  ack_wait        = 60
+  max_delivery    = 5
+  max_ack_pending = 64
+  backoff         = [60, 120, 300, 600]
+  deliver_all     = true
+  ack_policy      = "explicit"
+  max_waiting     = 512
+}
+
+resource "jetstream_consumer" "preprocess_part" {
+  stream_id       = jetstream_stream.VIDEOGEN_WORK.id
+  durable_name    = "preprocess-part"
+  description     = "Preprocesses one part (whole 32-frame chunks) of a long animate job."
+  filter_subject  = "videogen.work.preprocess_part"
   ack_wait        = 60
   max_delivery    = 5
   max_ack_pending = 64
@@ -363,6 +382,10 @@ output "cpu_consumers" {
       stream   = jetstream_stream.VIDEOGEN_JOBS.name
       consumer = jetstream_consumer.preprocess.durable_name
     }
+    "preprocess-part" = {
+      stream   = jetstream_stream.VIDEOGEN_WORK.name
+      consumer = jetstream_consumer.preprocess_part.durable_name
+    }
     planner = {
       stream   = jetstream_stream.VIDEOGEN_WORK.name
       consumer = jetstream_consumer.planner.durable_name
@@ -406,5 +429,5 @@ output "kv_bucket" {
 
 output "ready" {
   description = "Depend on this to order workloads after the topology exists."
-  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_consumer.webhook_replay.id, jetstream_consumer.cancel.id, jetstream_consumer.sweeper.id, jetstream_kv_bucket.videogen_jobs.id])
+  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.preprocess_part.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_consumer.webhook_replay.id, jetstream_consumer.cancel.id, jetstream_consumer.sweeper.id, jetstream_kv_bucket.videogen_jobs.id])
 }

@@ -24,6 +24,7 @@ locals {
         "jobs/*/frames/*",
         "jobs/*/keypoints/*",
         "uploads/*",
+        "tenants/*/uploads/*",
         "jobs/*/output.mp4",
         "jobs/*/output.mp4.tmp-*",
         "jobs/*/output.tail.npy",
@@ -31,7 +32,17 @@ locals {
       write         = ["jobs/*/inputs/*", "jobs/*/frames/*", "jobs/*/keypoints/*"]
       delete        = []
       keep          = []
-      list_prefixes = ["jobs/", "uploads/"]
+      list_prefixes = ["jobs/", "uploads/", "tenants/*/uploads/"]
+      bucket_admin  = false
+      internet      = true
+      deployed      = true
+    }
+    "preprocess-part" = {
+      read          = ["jobs/*/inputs/video.*", "jobs/*/frames/*", "jobs/*/keypoints/*"]
+      write         = ["jobs/*/frames/*", "jobs/*/keypoints/*"]
+      delete        = ["jobs/*/*"]
+      keep          = ["jobs/*/inputs/request.json"]
+      list_prefixes = ["jobs/"]
       bucket_admin  = false
       internet      = false
       deployed      = true

@@ -25,6 +25,12 @@ locals {
       stream          = "VIDEOGEN_JOBS"
       consumer        = "preprocess"
       ack_wait_s      = 60
+      internet_egress = true
+    }
+    "preprocess-part" = {
+      stream          = "VIDEOGEN_WORK"
+      consumer        = "preprocess-part"
+      ack_wait_s      = 60
       internet_egress = false
     }
     stitch = {
@@ -203,6 +209,7 @@ locals {
   }
   s3_stages = [
     "preprocess",
+    "preprocess-part",
     "planner",
     "chain",
     "runner",
