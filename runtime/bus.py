@@ -25,6 +25,7 @@ from schemas.names import (
     CPU_CONSUMERS,
     HEADER_MSG_ID,
     KV_JOBS,
+    KV_QUOTAS,
     STREAMS,
     ConsumerSpec,
     StreamSpec,
@@ -108,6 +109,7 @@ class Bus:
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
+        self._buckets: dict[str, KeyValue] = {}
         self._closing = False
 
     async def __aenter__(self) -> Bus:
@@ -183,6 +185,12 @@ class Bus:
             self._kv = await self.js.key_value(KV_JOBS)
         return self._kv
 
+    async def kv_bucket(self, name: str) -> KeyValue:
+        """Another KV bucket of ``schemas.names`` (e.g. ``KV_QUOTAS``), created by :meth:`provision`."""
+        if name not in self._buckets:
+            self._buckets[name] = await self.js.key_value(name)
+        return self._buckets[name]
+
     # ---- provisioning (idempotent) ----------------------------------------------------
     async def provision(self, models: list[str] | None = None) -> dict[str, list[str]]:
         """Create or update every stream, durable consumer and the KV bucket."""
@@ -213,6 +221,13 @@ class Bus:
                 )
             )
         report["kv"].append(KV_JOBS)
+        from runtime.quotas import create_bucket
+
+        try:
+            await self.js.key_value(KV_QUOTAS)
+        except (NotFoundError, BadRequestError):
+            await create_bucket(self)
+        report["kv"].append(KV_QUOTAS)
         return report
 
     async def ensure_consumer(self, spec: ConsumerSpec) -> None:

@@ -201,6 +201,8 @@ class RejectedData(_Frozen):
     code: str
     message: str
     details: list[dict[str, Any]] = Field(default_factory=list)
+    retryable: bool = Field(False, description="the same request may be accepted later (quota_exceeded); "
+                                               "submit it again under a new job_id")
 
 
 class PreprocessedData(_Frozen):
