@@ -157,6 +157,11 @@ class Bus:
             opts["password"] = s.nats_password.get_secret_value() if s.nats_password else None
         if s.nats_creds_file:
             opts["user_credentials"] = str(s.nats_creds_file)
+        if s.nats_tls_ca:  # TLS to NATS, the servers' certificates checked against this CA (infra/: cert-manager)
+            import ssl
+
+            opts["tls"] = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(s.nats_tls_ca))
+            opts["servers"] = [u.replace("nats://", "tls://", 1) for u in opts["servers"]]
         try:
             self.nc = await nats.connect(**opts)
         except Exception as e:

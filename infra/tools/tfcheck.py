@@ -263,14 +263,18 @@ def _status_ttl_s() -> int:
 def _check_kv(parsed: dict[Path, dict]) -> list[str]:
     kvs = {b.get("name"): b for _, _, _, b in blocks(parsed, "resource", "jetstream_kv_bucket")}
     out = []
-    if set(kvs) != {names.KV_JOBS}:
-        out.append(f"KV buckets in Terraform are {sorted(map(str, kvs))}, schemas/names.py has [{names.KV_JOBS!r}]")
-    b = kvs.get(names.KV_JOBS)
-    if b is not None:
-        want = {"ttl": _status_ttl_s(), "history": BUS_KV_HISTORY, "storage": "file"}
+    provisioned = sorted([names.KV_JOBS, names.KV_QUOTAS])  # what runtime/bus.py Bus.provision creates
+    if sorted(map(str, kvs)) != provisioned:
+        out.append(f"KV buckets in Terraform are {sorted(map(str, kvs))}, schemas/names.py has {provisioned}")
+    wants = {names.KV_JOBS: {"ttl": _status_ttl_s(), "history": BUS_KV_HISTORY, "storage": "file"},
+             names.KV_QUOTAS: {"history": 1, "storage": "file"}}  # runtime/quotas.py create_bucket
+    for bucket, want in wants.items():
+        b = kvs.get(bucket)
+        if b is None:
+            continue
         for attr, value in want.items():
             if b.get(attr) != value:
-                out.append(f"KV {names.KV_JOBS}: {attr} is {b.get(attr)!r}, runtime uses {value!r}")
+                out.append(f"KV {bucket}: {attr} is {b.get(attr)!r}, runtime uses {value!r}")
     return out
 
 

@@ -100,8 +100,8 @@ async def test_http_job_of_acme_is_acmes_nats_job_and_nobody_elses(stack: Settin
             got = (await http.get(f"/v1/videos/{vid}", headers=auth("acme"))).json()
             assert got["state"] == "cancelled" and got["status"] == "failed"
             # a job acme submitted over NATS is acme's over HTTP too
-            await acme.jetstream().publish("videogen.jobs.submit", json.dumps(
-                {"job_id": "nats-made", "prompt": "p", "num_frames": 9, "width": 64, "height": 64, "steps": 1}).encode())
+            body = {"job_id": "nats-made", "prompt": "p", "num_frames": 9, "width": 64, "height": 64, "steps": 1}
+            await acme.jetstream().publish("videogen.jobs.submit", json.dumps(body).encode())
             await wait_state(acme, "nats-made", {"queued"})
             assert (await http.get("/v1/videos/nats-made", headers=auth("acme"))).json()["state"] == "queued"
             assert (await http.get("/v1/videos/nats-made", headers=auth("default"))).status_code == 404
