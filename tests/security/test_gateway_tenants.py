@@ -105,6 +105,9 @@ async def test_http_job_of_acme_is_acmes_nats_job_and_nobody_elses(stack: Settin
             await wait_state(acme, "nats-made", {"queued"})
             assert (await http.get("/v1/videos/nats-made", headers=auth("acme"))).json()["state"] == "queued"
             assert (await http.get("/v1/videos/nats-made", headers=auth("default"))).status_code == 404
+            # cancelled over HTTP: acme's NATS client sees it
+            assert (await http.post("/v1/videos/nats-made/cancel", headers=auth("acme"))).status_code == 200
+            assert (await wait_state(acme, "nats-made", {"cancelled"}))["state"] == "cancelled"
     finally:
         for nc in (acme, bob, default):
             await nc.close()

@@ -46,7 +46,7 @@ def limited(stack: Settings) -> Iterator[list[subprocess.Popen[bytes]]]:  # noqa
 @pytest.fixture
 async def clients(stack: Settings, limited) -> AsyncIterator[dict[str, nats.NATS]]:  # noqa: F811
     creds = accounts.load_credentials(Path(stack.data_dir))
-    out = {t: await connect(stack, t, creds.tenants[t]["nats_password"]) for t in ("acme", "bob", "carol")}
+    out = {t: await connect(stack, t, creds.tenants[t]["nats_password"]) for t in ("dave", "bob", "carol")}
     try:
         yield out
     finally:
@@ -80,7 +80,7 @@ def _rejected(states: dict[str, dict]) -> list[str]:
 
 
 async def test_waiting_limit_is_exact_per_tenant_and_frees_when_jobs_finish(clients) -> None:
-    acme, bob = clients["acme"], clients["bob"]
+    acme, bob = clients["dave"], clients["bob"]  # dave: a tenant no other test uses (starts with no jobs)
     ids = [f"quota-{i}" for i in range(5)]  # limit 3 + 2
     await _submit_all(acme, ids)
     states = await _settled(acme, ids)
