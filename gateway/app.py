@@ -1,12 +1,18 @@
 """The HTTP gateway: OpenAI-shaped ``/v1/videos`` over the public NATS contract, plus the web
 console at ``/`` and ``/healthz`` ``/readyz`` ``/metrics``.
 
-Stateless: a create publishes a ``JobRequest`` on ``videogen.jobs.submit`` (``Nats-Msg-Id`` = the
-video id) and writes the same bytes to ``jobs/<id>/inputs/request.json`` (the record preprocess
-writes too, so a just-created video can be read back before preprocess has seen it); status comes
-from KV ``videogen-jobs``, live events from ``videogen.events.<id>``, downloads are presigned S3
-URLs. Any number of replicas can serve the same clients; in-process caches hold only immutable
-data (requests) or short-lived data (API-key lookups, 30 s).
+Tenants: an API key names a tenant, and the gateway files the key's jobs in that tenant's namespace
+(``schemas.names.job_key``) -- the same jobs the tenant's NATS account submits and reads. It is a
+service-side process: with the service credentials it publishes on the tenant's internal subject
+(``videogen.t.<tenant>.jobs.submit``, what the broker maps the tenant's own ``videogen.jobs.submit``
+to; ``default``: the public subject) and reads the tenant's KV keys, objects and events.
+
+Stateless: a create publishes a ``JobRequest`` (``Nats-Msg-Id`` = the job key) and writes the same
+bytes to the job's ``inputs/request.json`` (the record preprocess writes too, so a just-created
+video can be read back before preprocess has seen it); status comes from KV ``videogen-jobs``, live
+events from the job's events subject, downloads are presigned S3 URLs. Any number of replicas can
+serve the same clients; in-process caches hold only immutable data (requests) or short-lived data
+(API-key lookups, 30 s).
 """
 
 from __future__ import annotations
@@ -71,8 +77,9 @@ from runtime.netguard import ForbiddenTarget, TargetUnresolvable, check_url
 from runtime.settings import Settings
 from runtime.storage import ObjectNotFound, Storage
 from schemas.errors import ErrorCode, VideogenError
-from schemas.messages import TERMINAL_EVENTS, JobEvent, JobRequest, JobStatus
-from schemas.names import job_prefix, request_key, spritesheet_key, thumbnail_key
+from schemas.messages import TERMINAL_EVENTS, JobEvent, JobRequest, JobStatus, valid_job_id
+from schemas.names import job_key, job_prefix, request_key, split_job_key, spritesheet_key, thumbnail_key
+from schemas.names import uploads_prefix as tenant_uploads_prefix
 from schemas.registry import MODELS
 
 log = get_logger(component="gateway")
@@ -86,8 +93,17 @@ _EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video
         "video/webm": ".webm", "video/quicktime": ".mov"}
 
 
-def uploads_prefix(video_id: str) -> str:
-    return f"uploads/{video_id}/"
+def uploads_prefix(tenant: str, video_id: str) -> str:
+    """Where a create's uploaded files go: under the tenant's own upload prefix (the only s3:// inputs
+    preprocess accepts from it)."""
+    return f"{tenant_uploads_prefix(tenant)}{video_id}/"
+
+
+def key_of(video_id: str, tenant: str) -> str:
+    """The internal job key of ``tenant``'s video (404 for an id no tenant can own: never another's key)."""
+    if not valid_job_id(video_id) or (is_gateway_id(video_id) and not owned_by(video_id, tenant)):
+        raise not_found(video_id)
+    return job_key(tenant, video_id)
 
 
 class VideoCreateBody(BaseModel):
@@ -191,28 +207,27 @@ class Gateway:
         return record.tenant
 
     # ---- reads -----------------------------------------------------------------------------
-    def _remember(self, req: JobRequest) -> None:
-        self._requests[req.job_id] = req
-        self._requests.move_to_end(req.job_id)
+    def _remember(self, key: str, req: JobRequest) -> None:
+        self._requests[key] = req
+        self._requests.move_to_end(key)
         while len(self._requests) > 4096:
             self._requests.popitem(last=False)
 
-    async def request_of(self, video_id: str) -> JobRequest | None:
-        req = self._requests.get(video_id)
+    async def request_of(self, key: str) -> JobRequest | None:
+        req = self._requests.get(key)
         if req is not None:
             return req
         try:
-            raw = await self.storage.get_bytes(request_key(video_id), max_bytes=1 << 20)
+            raw = await self.storage.get_bytes(request_key(key), max_bytes=1 << 20)
         except ObjectNotFound:
             return None
         req = JobRequest.model_validate_json(raw)
-        self._remember(req)
+        self._remember(key, req)
         return req
 
     async def load(self, video_id: str, tenant: str) -> tuple[JobRequest | None, JobStatus | None]:
-        if not owned_by(video_id, tenant):
-            raise not_found(video_id)
-        (status, _), req = await asyncio.gather(self.status.get(video_id), self.request_of(video_id))
+        key = key_of(video_id, tenant)
+        (status, _), req = await asyncio.gather(self.status.get(key), self.request_of(key))
         if status is None and req is None:
             raise not_found(video_id)
         return req, status
@@ -224,23 +239,23 @@ class Gateway:
         req, status = await self.load(video_id, tenant)
         return self.video(video_id, req, status)
 
-    async def wait_terminal(self, video_id: str, timeout_s: float) -> JobEvent | None:
-        """The job's terminal event, or None after ``timeout_s``."""
+    async def wait_terminal(self, key: str, timeout_s: float) -> JobEvent | None:
+        """The terminal event of the job with internal key ``key``, or None after ``timeout_s``."""
         if timeout_s <= 0:
             return None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                async with contextlib.aclosing(client.follow(self.bus, video_id)) as events:
+                async with contextlib.aclosing(client.follow(self.bus, key)) as events:
                     async for event in events:
                         if event.type in TERMINAL_EVENTS:
                             return event
         return None
 
-    async def wait_accepted(self, video_id: str, timeout_s: float) -> bool:
+    async def wait_accepted(self, key: str, timeout_s: float) -> bool:
         """Wait for the job's first event (its status exists from then on)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                async with contextlib.aclosing(client.follow(self.bus, video_id)) as events:
+                async with contextlib.aclosing(client.follow(self.bus, key)) as events:
                     async for _ in events:
                         return True
         return False
@@ -263,37 +278,38 @@ class Gateway:
 
     async def submit(self, req: JobRequest, tenant: str) -> None:
         payload = req.model_dump_json(exclude_none=True).encode()
+        key = job_key(tenant, req.job_id)
         record, published = await asyncio.gather(
-            self.storage.put_bytes(request_key(req.job_id), payload, "application/json"),
-            client.submit(self.bus, req), return_exceptions=True)
+            self.storage.put_bytes(request_key(key), payload, "application/json"),
+            client.submit(self.bus, req, tenant), return_exceptions=True)
         if isinstance(published, BaseException):
             raise GatewayError(503, "bus_error", f"could not publish the job: {published}", type_="server_error")
         if isinstance(record, BaseException):  # preprocess writes the same record; reads fall back to the cache
             log.warning("request_record_write_failed", job_id=req.job_id, error=str(record))
-        self._remember(req)
+        self._remember(key, req)
         self.metrics.jobs.labels(tenant=tenant).inc()
         log.info("video_created", job_id=req.job_id, tenant=tenant, model=req.model)
 
-    async def cancel(self, video_id: str, status: JobStatus | None) -> None:
+    async def cancel(self, video_id: str, tenant: str, status: JobStatus | None) -> None:
         if status is None:  # the cancel stage ignores jobs it has no status for: wait for the accept
-            await self.wait_accepted(video_id, 10.0)
-        await client.cancel(self.bus, video_id, reason="cancelled via the HTTP gateway")
+            await self.wait_accepted(job_key(tenant, video_id), 10.0)
+        await client.cancel(self.bus, video_id, reason="cancelled via the HTTP gateway", tenant=tenant)
 
-    async def upload(self, video_id: str, name: str, file: UploadFile) -> str:
+    async def upload(self, video_id: str, tenant: str, name: str, file: UploadFile) -> str:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise GatewayError(413, "input_too_large", f"{name} is larger than {MAX_UPLOAD_BYTES} bytes", param=name)
         if not data:
             raise GatewayError(400, "missing_input", f"{name} is empty", param=name)
         ext = _EXT.get((file.content_type or "").split(";")[0].strip(), Path(file.filename or "").suffix[:8])
-        key = f"{uploads_prefix(video_id)}{name}{ext}"
+        key = f"{uploads_prefix(tenant, video_id)}{name}{ext}"
         await self.storage.put_bytes(key, data, file.content_type or "application/octet-stream")
         return f"s3://{self.storage.bucket}/{key}"
 
-    async def preview(self, video_id: str, status: JobStatus, variant: str) -> bytes:
-        """``thumbnail`` / ``spritesheet`` JPEG as stitch stored it; for a job stitched before stitch made
-        previews, made now from the output and stored the same way."""
-        key = thumbnail_key(video_id) if variant == "thumbnail" else spritesheet_key(video_id)
+    async def preview(self, job: str, status: JobStatus, variant: str) -> bytes:
+        """``thumbnail`` / ``spritesheet`` JPEG (of job key ``job``) as stitch stored it; for a job stitched
+        before stitch made previews, made now from the output and stored the same way."""
+        key = thumbnail_key(job) if variant == "thumbnail" else spritesheet_key(job)
         with contextlib.suppress(ObjectNotFound):
             return await self.storage.get_bytes(key)
         assert status.output is not None
@@ -414,11 +430,11 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         whichever comes first."""
         fields, files, form = await _read_body(request)
         video_id = new_video_id(who)
-        refs = {name: f"s3://{gw.storage.bucket}/{uploads_prefix(video_id)}{name}" for name in files}
+        refs = {name: f"s3://{gw.storage.bucket}/{uploads_prefix(who, video_id)}{name}" for name in files}
         req = build_request(video_id, fields, image=refs.get("input_reference") or refs.get("image"),
                             video=refs.get("video"), form=form)
         await gw.check_targets(req)  # before anything is uploaded
-        uploaded = {name: await gw.upload(video_id, name, f) for name, f in files.items()}
+        uploaded = {name: await gw.upload(video_id, who, name, f) for name, f in files.items()}
         if uploaded:  # the stored keys carry the file's extension
             req = req.model_copy(update={
                 "image": uploaded.get("input_reference") or uploaded.get("image") or req.image,
@@ -435,23 +451,24 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         if seconds is None:  # just published: nothing has a status yet
             await gw.submit(req, who)
             return video_response(gw.video(req.job_id, req, None))
-        waiter = asyncio.create_task(gw.wait_terminal(req.job_id, seconds))
+        waiter = asyncio.create_task(gw.wait_terminal(job_key(who, req.job_id), seconds))
         try:
             await gw.submit(req, who)
         except BaseException:
             waiter.cancel()
             raise
-        return await _answer(request, req.job_id, req, waiter)
+        return await _answer(request, req.job_id, who, req, waiter)
 
-    async def _answer(request: Request, video_id: str, req: JobRequest | None,
+    async def _answer(request: Request, video_id: str, who: str, req: JobRequest | None,
                       waiter: asyncio.Task[JobEvent | None] | None = None) -> JSONResponse:
         """The video now, or (``Prefer: wait=N``) once it has finished or N seconds have passed."""
         headers: dict[str, str] = {}
         seconds = _wait_s(request)
+        key = job_key(who, video_id)
         if seconds is not None:
-            await (waiter if waiter is not None else gw.wait_terminal(video_id, seconds))
+            await (waiter if waiter is not None else gw.wait_terminal(key, seconds))
             headers["Preference-Applied"] = f"wait={seconds}"
-        status, _ = await gw.status.get(video_id)
+        status, _ = await gw.status.get(key)
         return video_response(gw.video(video_id, req, status), headers=headers)
 
     @app.get("/v1/videos", tags=["videos"], response_model=VideoList)
@@ -462,7 +479,8 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         if known is None:  # the index is still loading: list the keys
             known = set(await job_ids(gw.bus))
         tag = tenant_tag(who)
-        ids = sorted((i for i in known if i.endswith(tag) and is_gateway_id(i)),
+        mine = (split_job_key(k) for k in known)  # the tenant's keys, by its own ids
+        ids = sorted((i for t, i in mine if t == who and i.endswith(tag) and is_gateway_id(i)),
                      reverse=order == "desc")
         if after:
             ids = [i for i in ids if (i < after if order == "desc" else i > after)]
@@ -478,7 +496,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         waits up to N seconds for it to finish."""
         req, status = await gw.load(video_id, who)
         if (status is None or not status.state.terminal) and _wait_s(request) is not None:
-            return await _answer(request, video_id, req)
+            return await _answer(request, video_id, who, req)
         return video_response(gw.video(video_id, req, status))
 
     @app.delete("/v1/videos/{video_id}", tags=["videos"], response_model=VideoDeleted)
@@ -486,17 +504,18 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         """Cancel the job if it is still running, then delete its objects and its status.
         `deleted` is false when the job did not stop within 15 s (the cancel stays requested)."""
         _, status = await gw.load(video_id, who)
+        key = job_key(who, video_id)
         if status is None or not status.state.terminal:
-            await gw.cancel(video_id, status)
-            await gw.wait_terminal(video_id, 15.0)
-            status, _ = await gw.status.get(video_id)
+            await gw.cancel(video_id, who, status)
+            await gw.wait_terminal(key, 15.0)
+            status, _ = await gw.status.get(key)
             if status is None or not status.state.terminal:
                 return VideoDeleted(id=video_id, deleted=False)
-        await gw.storage.delete_prefix(job_prefix(video_id))
-        await gw.storage.delete_prefix(uploads_prefix(video_id))
-        await forget_job(gw.bus, video_id)
-        gw.index.discard(video_id)
-        gw._requests.pop(video_id, None)
+        await gw.storage.delete_prefix(job_prefix(key))
+        await gw.storage.delete_prefix(uploads_prefix(who, video_id))
+        await forget_job(gw.bus, key)
+        gw.index.discard(key)
+        gw._requests.pop(key, None)
         log.info("video_deleted", job_id=video_id, tenant=who)
         return VideoDeleted(id=video_id, deleted=True)
 
@@ -506,9 +525,9 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         (with `Prefer: wait=N`, once the job has stopped)."""
         req, status = await gw.load(video_id, who)
         if status is None or not status.state.terminal:
-            await gw.cancel(video_id, status)
+            await gw.cancel(video_id, who, status)
         if _wait_s(request) is not None:
-            return await _answer(request, video_id, req)
+            return await _answer(request, video_id, who, req)
         return video_response(await gw.current(video_id, who))
 
     @app.post("/v1/videos/{video_id}/remix", tags=["videos"], response_model=Video)
@@ -556,7 +575,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
             assert status.output is not None
             url, _ = await gw.storage.presign_get(status.output.key, 3600, bucket=status.output.bucket)
             return RedirectResponse(url, status_code=302)
-        return Response(await gw.preview(video_id, status, variant), media_type="image/jpeg",
+        return Response(await gw.preview(job_key(who, video_id), status, variant), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/v1/videos/{video_id}/content/url", tags=["videos"], response_model=ContentUrl)
@@ -576,7 +595,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         await gw.load(video_id, who)
 
         async def stream() -> AsyncIterator[dict[str, str]]:
-            async with contextlib.aclosing(client.follow(gw.bus, video_id)) as events:
+            async with contextlib.aclosing(client.follow(gw.bus, job_key(who, video_id))) as events:
                 async for event in events:
                     yield {"event": event.type.value, "id": event.id, "data": event.model_dump_json()}
 

@@ -51,7 +51,7 @@ async def create_key(settings: Settings, tenant: str, name: str = "") -> str:
 
 @keys_app.command("create")
 def keys_create(
-    tenant: Annotated[str, typer.Option(help="tenant the key acts for ([a-z0-9_-], e.g. default)")] = "default",
+    tenant: Annotated[str, typer.Option(help="tenant the key acts for (e.g. default, acme)")] = "default",
     name: Annotated[str, typer.Option(help="a note to tell keys apart")] = "",
 ) -> None:
     """Make a new API key for TENANT and print it once (only its sha256 is stored)."""

@@ -28,6 +28,7 @@ from schemas.names import (
     KV_RENDERS,
     KV_RUNNERS,
     RUNNER_PRESENCE_TTL_S,
+    KV_QUOTAS,
     STREAMS,
     ConsumerSpec,
     StreamSpec,
@@ -160,6 +161,11 @@ class Bus:
             opts["password"] = s.nats_password.get_secret_value() if s.nats_password else None
         if s.nats_creds_file:
             opts["user_credentials"] = str(s.nats_creds_file)
+        if s.nats_tls_ca:  # TLS to NATS, the servers' certificates checked against this CA (infra/: cert-manager)
+            import ssl
+
+            opts["tls"] = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(s.nats_tls_ca))
+            opts["servers"] = [u.replace("nats://", "tls://", 1) for u in opts["servers"]]
         try:
             self.nc = await nats.connect(**opts)
         except Exception as e:
@@ -223,6 +229,14 @@ class Bus:
                                   (KV_RENDERS, self.settings.status_ttl_s, "renders started per segment")):
             await self.kv_bucket(bucket, ttl_s=float(ttl), description=what)
             report["kv"].append(bucket)
+
+        from runtime.quotas import create_bucket
+
+        try:
+            await self.js.key_value(KV_QUOTAS)
+        except (NotFoundError, BadRequestError):
+            await create_bucket(self)
+        report["kv"].append(KV_QUOTAS)
         return report
 
     async def kv_bucket(self, bucket: str, *, ttl_s: float | None = None, description: str = "") -> KeyValue:

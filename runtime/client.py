@@ -28,27 +28,34 @@ from schemas.messages import (
     WebhookDisabled,
 )
 from schemas.names import (
+    DEFAULT_TENANT,
     STREAM_EVENTS,
     STREAM_WEBHOOKS,
-    SUBJECT_CANCEL,
     SUBJECT_EVENTS_PREFIX,
-    SUBJECT_SUBMIT,
+    cancel_subject,
     events_subject,
+    job_key,
     job_key_of_subject,
+    submit_subject,
     webhook_attempts_subject,
     webhook_disabled_subject,
     webhook_replay_subject,
 )
 
 
-async def submit(bus: Bus, req: JobRequest) -> int:
-    """Publish a JobRequest; ``Nats-Msg-Id = job_id`` makes resubmission idempotent. Returns the stream seq."""
-    ack = await bus.publish(SUBJECT_SUBMIT, req.model_dump_json(exclude_none=True).encode(), msg_id=req.job_id)
+async def submit(bus: Bus, req: JobRequest, tenant: str = DEFAULT_TENANT) -> int:
+    """Publish a JobRequest; ``Nats-Msg-Id = job_id`` makes resubmission idempotent. Returns the stream seq.
+
+    ``tenant``: a service-side caller (the HTTP gateway) files the job in that tenant's namespace by
+    publishing on its internal subject, exactly as the broker maps the tenant account's own submit."""
+    ack = await bus.publish(submit_subject(tenant), req.model_dump_json(exclude_none=True).encode(),
+                            msg_id=job_key(tenant, req.job_id))
     return int(ack.seq)
 
 
-async def cancel(bus: Bus, job_id: str, reason: str = "") -> None:
-    await bus.publish(SUBJECT_CANCEL, CancelRequest(job_id=job_id, reason=reason))
+async def cancel(bus: Bus, job_id: str, reason: str = "", tenant: str = DEFAULT_TENANT) -> None:
+    """Cancel ``job_id`` (the tenant's own id; see :func:`submit` for ``tenant``)."""
+    await bus.publish(cancel_subject(tenant), CancelRequest(job_id=job_id, reason=reason))
 
 
 async def follow(bus: Bus, job_id: str, *, until_terminal: bool = True,

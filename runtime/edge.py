@@ -16,24 +16,31 @@ from datetime import datetime
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runtime.bus import Bus
 from schemas.messages import utcnow
-from schemas.names import KV_APIKEYS
+from schemas.names import KV_APIKEYS, TENANT_PATTERN, valid_tenant
 
 API_KEY_PREFIX = "vg_"
-TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class ApiKeyRecord(BaseModel):
     """Value stored under ``sha256(key)`` in KV ``videogen-apikeys`` (the key itself is never stored)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    tenant: str = Field(pattern=TENANT_PATTERN)
+    tenant: str = Field(pattern=TENANT_PATTERN, description="the tenant (NATS account) whose namespace the key's "
+                                                            "jobs live in")
     created_at: datetime = Field(default_factory=utcnow)
     hint: str = Field("", description="first characters of the key, to tell keys apart in listings")
     name: str = Field("", max_length=200)
+
+    @field_validator("tenant")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if not valid_tenant(v):
+            raise ValueError(f"tenant {v!r} is reserved")
+        return v
 
 
 def hash_key(key: str) -> str:
@@ -80,7 +87,10 @@ class ApiKeyStore:
             return None
         if not entry.value:
             return None
-        return ApiKeyRecord.model_validate_json(entry.value)
+        try:
+            return ApiKeyRecord.model_validate_json(entry.value)
+        except ValidationError:  # a key of a tenant name no longer allowed (e.g. made before tenants were accounts)
+            return None
 
     async def revoke(self, key_hash: str) -> bool:
         kv = await self._bucket(create=False)

@@ -50,7 +50,8 @@ def failure_hooks(tracker: JobTracker, stage: str, *, rejects: bool = False) -> 
             return False  # nothing to attach it to: DLQ
         assert job_id is not None
         if rejects:
-            data = RejectedData(code=err.code.value, message=str(err), details=list(getattr(err, "details", []) or []))
+            data = RejectedData(code=err.code.value, message=str(err), details=list(getattr(err, "details", []) or []),
+                                retryable=bool(getattr(err, "client_retryable", False)))
             event = JobEvent.build(job_id, EventType.REJECTED, data, stage)
         else:
             data_f = FailedData(code=err.code.value, message=f"{stage}: {err}", retryable=False)

@@ -207,7 +207,7 @@ class JobTracker:
                 base["progress"] = 100.0
             if isinstance(event.data, FailedData | RejectedData) and "error" not in fields:
                 base["error"] = ErrorInfo(code=event.data.code, message=event.data.message,
-                                          retryable=isinstance(event.data, FailedData) and event.data.retryable)
+                                          retryable=event.data.retryable)
             return JobStatus.model_validate(base)
 
         if alongside is None:

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     nats_user: str | None = None
     nats_password: SecretStr | None = None
     nats_creds_file: Path | None = None
+    nats_tls_ca: Path | None = Field(None, description="CA bundle (PEM) that signs the NATS servers' certificates: "
+                                                       "TLS to NATS (also what a tls:// URL verifies against)")
     s3_endpoint: str | None = Field("http://127.0.0.1:8333", description="S3 API endpoint; unset for AWS")
     s3_public_endpoint: str | None = Field(None, description="endpoint used in presigned URLs (default: s3_endpoint)")
     s3_region: str = "us-east-1"

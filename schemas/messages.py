@@ -220,6 +220,16 @@ class RejectedData(_Frozen):
     code: str
     message: str
     details: list[dict[str, Any]] = Field(default_factory=list)
+    retryable: bool = Field(False, description="the same request may be accepted later (quota_exceeded); "
+                                               "submit it again under a new job_id. Contract 1.3; omitted when false")
+
+    @model_serializer(mode="wrap")
+    def _omit_false_retryable(self, handler: Any) -> Any:
+        # v1 job.rejected events stay byte for byte what they were: the field appears only when true
+        out = handler(self)
+        if isinstance(out, dict) and out.get("retryable") is False:
+            out.pop("retryable")
+        return out
 
 
 class PreprocessedData(_Frozen):

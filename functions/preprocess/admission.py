@@ -10,7 +10,7 @@ figure in the message:
   only the decoded overlap frames of every boundary (``functions.stitch.assemble``), or decodes
   the whole video when overlaps are longer than a segment's share.
 
-Pure: no I/O. Per-tenant quotas (queued/running jobs, submit rate) are the next step (README).
+Pure: no I/O. Per-tenant quotas (waiting/in-flight jobs, submit rate) are runtime/quotas.py, after the claim.
 """
 
 from __future__ import annotations

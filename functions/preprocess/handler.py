@@ -115,6 +115,19 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
     return False
 
 
+async def admit_quota(tenant: str, job_id: str, ports: Ports) -> None:
+    """The tenant's in-flight and rate limits (``runtime/quotas.py``): ``quota_exceeded`` when over."""
+    from runtime.quotas import Limits, QuotaGate
+
+    s = ports.settings
+    limits = Limits(s.max_queued_jobs_per_tenant, s.max_running_jobs_per_tenant, s.submit_rate_per_minute)
+
+    async def status_of(key: str) -> JobStatus | None:
+        return (await ports.tracker.status.get(key))[0]
+
+    await QuotaGate(ports.bus, limits, status_of).admit(tenant, job_id)
+
+
 def streaming_unfinished(st: JobStatus) -> bool:
     """A job handed to the planner before its preprocessing ended (``preprocessed_frames`` short of T)."""
     if st.state.terminal or st.preprocessed_frames is None:
@@ -140,6 +153,7 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     claimed = await claim(req.job_id, payload, delivery, ports)
     if not claimed:
         return
+    await admit_quota(tenant, req.job_id, ports)  # after the create: the job counts (raises QuotaExceeded)
     job, _spec = resolve(req)
     settings = ports.settings
     check_input_scope(req, tenant, settings.bucket, settings.input_buckets)

@@ -14,6 +14,9 @@ Generated files (never edit by hand; each starts with a GENERATED header):
 - ``infra/terraform/modules/s3-stage-policies/stage_access.gen.tf``: per-stage S3 access
   (``stage_access.py``), used for both MinIO and AWS S3.
 - ``minio/policies/<stage>.json``: the same policies for the local MinIO init script.
+- ``infra/terraform/modules/nats/accounts.gen.tf``: the NATS accounts (issue 13) from
+  ``runtime/accounts.py`` + ``schemas/stages.py``: each stage user's permissions, the ``default``
+  tenant's, the SERVICE exports and a tenant account's permissions and imports (``%s`` = the tenant).
 
 ``tfcheck.py`` independently re-derives the same facts from ``schemas`` and compares them with what
 the parsed Terraform says, so hand edits are caught too.
@@ -36,12 +39,14 @@ if str(REPO) not in sys.path:
 import stage_access as sa  # noqa: E402
 from hcl_emit import Block, Raw, document  # noqa: E402
 
+from runtime import quotas  # noqa: E402
 from schemas import names, registry  # noqa: E402
 
 TF = REPO / "infra" / "terraform"
 JETSTREAM_FILE = TF / "modules" / "nats-jetstream" / "jetstream.gen.tf"
 NAMES_FILE = TF / "modules" / "videogen" / "names.gen.tf"
 STAGE_ACCESS_FILE = TF / "modules" / "s3-stage-policies" / "stage_access.gen.tf"
+NATS_ACCOUNTS_FILE = TF / "modules" / "nats" / "accounts.gen.tf"
 MINIO_POLICY_DIR = REPO / "minio" / "policies"
 
 # KV bucket settings that live in code rather than in schemas/: runtime/bus.py Bus.provision
@@ -167,6 +172,13 @@ def render_jetstream() -> str:
         ],
         comment="One durable work-queue consumer per served model, shared by all of its runners.",
     ))
+    blocks.append(Block("resource", ("jetstream_kv_bucket", label(names.KV_QUOTAS)), [
+        ("name", names.KV_QUOTAS),
+        ("description", quotas.QUOTA_KV_DESCRIPTION),
+        ("storage", "file"),
+        ("history", 1),
+        ("replicas", Raw("var.replicas")),
+    ], comment="Per-tenant admission quotas (runtime/quotas.py): written by preprocess with CAS."))
     kv = f"jetstream_kv_bucket.{label(names.KV_JOBS)}"
     cpu = [f"jetstream_consumer.{label(c.durable)}" for c in names.CPU_CONSUMERS]
     blocks += [
@@ -191,7 +203,8 @@ def render_jetstream() -> str:
         Block("output", ("ready",), [
             ("description", "Depend on this to order workloads after the topology exists."),
             ("value", Raw("concat([for c in jetstream_consumer.runner : c.id], ["
-                          + ", ".join(f"{r}.id" for r in [*cpu, kv]) + "])")),
+                          + ", ".join(f"{r}.id" for r in [*cpu, kv, f"jetstream_kv_bucket.{label(names.KV_QUOTAS)}"])
+                          + "])")),
         ]),
     ]
     return document(HEADER, blocks)
@@ -284,8 +297,31 @@ def render_minio_policies() -> dict[Path, str]:
     return out
 
 
+def render_nats_accounts() -> str:
+    """NATS accounts of runtime/accounts.py as Terraform locals; modules/nats/main.tf builds the
+    nats-server ``accounts`` block from them (passwords from its Secret, tenants from var.tenants)."""
+    from runtime import accounts
+    from schemas.stages import STAGES
+
+    stages = {s: accounts.stage_permissions(s) for s in sorted(STAGES)}
+    stages["runner"] = accounts.runner_permissions()
+    tenant = accounts.tenant_account("%s", "")
+    imports = [{"kind": "service" if "service" in i else "stream",
+                "subject": (i.get("service") or i["stream"])["subject"], "to": i["to"]} for i in tenant["imports"]]
+    return document(HEADER, [Block("locals", attrs=[
+        ("nats_service_account", accounts.SERVICE_ACCOUNT),
+        ("nats_system_account", accounts.SYSTEM_ACCOUNT),
+        ("nats_stage_permissions", stages),
+        ("nats_default_tenant_permissions", accounts.default_tenant_permissions()),
+        ("nats_service_exports", accounts.service_exports()),
+        ("nats_tenant_permissions", tenant["users"][0]["permissions"]),
+        ("nats_tenant_imports", imports),
+    ], comment="runtime/accounts.py: one user per stage, the default tenant, tenant accounts (%s = tenant)")])
+
+
 def render_all() -> dict[Path, str]:
     files = {
+        NATS_ACCOUNTS_FILE: render_nats_accounts(),
         JETSTREAM_FILE: render_jetstream(),
         NAMES_FILE: render_names(),
         STAGE_ACCESS_FILE: render_stage_access(),

@@ -263,19 +263,20 @@ def _status_ttl_s() -> int:
 def _check_kv(parsed: dict[Path, dict]) -> list[str]:
     kvs = {b.get("name"): b for _, _, _, b in blocks(parsed, "resource", "jetstream_kv_bucket")}
     out = []
-    want_buckets = {names.KV_JOBS, names.KV_RUNNERS, names.KV_RENDERS}
-    if set(kvs) != want_buckets:
-        out.append(f"KV buckets in Terraform are {sorted(map(str, kvs))}, schemas/names.py has "
-                   f"{sorted(want_buckets)}")
-    for bucket, ttl in ((names.KV_RUNNERS, names.RUNNER_PRESENCE_TTL_S), (names.KV_RENDERS, _status_ttl_s())):
-        if bucket in kvs and kvs[bucket].get("ttl") != ttl:
-            out.append(f"KV {bucket}: ttl is {kvs[bucket].get('ttl')!r}, runtime uses {ttl!r}")
-    b = kvs.get(names.KV_JOBS)
-    if b is not None:
-        want = {"ttl": _status_ttl_s(), "history": BUS_KV_HISTORY, "storage": "file"}
+    provisioned = sorted([names.KV_JOBS, names.KV_RUNNERS, names.KV_RENDERS, names.KV_QUOTAS])  # Bus.provision
+    if sorted(map(str, kvs)) != provisioned:
+        out.append(f"KV buckets in Terraform are {sorted(map(str, kvs))}, schemas/names.py has {provisioned}")
+    wants = {names.KV_JOBS: {"ttl": _status_ttl_s(), "history": BUS_KV_HISTORY, "storage": "file"},
+             names.KV_RUNNERS: {"ttl": names.RUNNER_PRESENCE_TTL_S},
+             names.KV_RENDERS: {"ttl": _status_ttl_s()},
+             names.KV_QUOTAS: {"history": 1, "storage": "file"}}  # runtime/quotas.py create_bucket
+    for bucket, want in wants.items():
+        b = kvs.get(bucket)
+        if b is None:
+            continue
         for attr, value in want.items():
             if b.get(attr) != value:
-                out.append(f"KV {names.KV_JOBS}: {attr} is {b.get(attr)!r}, runtime uses {value!r}")
+                out.append(f"KV {bucket}: {attr} is {b.get(attr)!r}, runtime uses {value!r}")
     return out
 
 

@@ -118,6 +118,7 @@ class FakeBus:
         self.name = "fake-bus"
         self.streams = {s.name: FakeStream(s.name, tuple(s.subjects)) for s in STREAMS}
         self._kv = FakeKV()
+        self._buckets: dict[str, FakeKV] = {}
         # consumer (stream, durable) -> highest delivered stream sequence; absent: no such consumer
         self.delivered: dict[tuple[str, str], int] = {}
         self.fail_publish: set[str] = set()  # subjects whose publish raises (a bus outage)
@@ -127,6 +128,9 @@ class FakeBus:
     # ---- the Bus surface -----------------------------------------------------------------
     async def kv(self) -> FakeKV:
         return self._kv
+
+    async def kv_bucket(self, name: str, *, ttl_s: float | None = None, description: str = "") -> FakeKV:
+        return self._buckets.setdefault(name, FakeKV(name))
 
     async def publish(self, subject: str, payload: BaseModel | bytes, *, msg_id: str | None = None,
                       headers: dict[str, str] | None = None, timeout_s: float = 5.0) -> FakePubAck:

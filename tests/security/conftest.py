@@ -16,7 +16,7 @@ from tests.stack import start_functions, stop, wait_for_log
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """The integration stack, with two tenant accounts (acme, bob) configured before nats-server starts."""
+    """The integration stack, with tenant accounts (acme, bob, carol, dave) configured before nats-server starts."""
     import asyncio
 
     from runtime import accounts
@@ -24,7 +24,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     from runtime.stack import provision, start_servers
 
     data = tmp_path_factory.mktemp("videogen")
-    for name in ("acme", "bob"):
+    for name in ("acme", "bob", "carol", "dave"):  # carol, dave: only tests/security/test_quotas.py
         accounts.add_tenant(data, name)
     base = load_settings(data_dir=data, embedded=True, webhook_allow_hosts=["127.0.0.1"], heartbeat_s=2.0)
     settings, nats, s3 = start_servers(base, fixed_ports=False)
@@ -36,7 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         nats.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: tests/security/test_quotas.py runs its own with other limits
 def preprocess(stack: Settings) -> Iterator[subprocess.Popen[bytes]]:  # noqa: F811
     """Only the preprocess stage: a valid job stops at ``queued`` (nobody plans it)."""
     log = Path(stack.data_dir) / "security-functions.log"

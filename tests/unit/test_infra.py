@@ -507,3 +507,53 @@ def test_prod_runners_have_grace_for_a_step_and_an_upload(parsed) -> None:
         need = capacity.min_grace_s(w, capacity.GPUS["H100-SXM-80G"], r["gpus_per_pod"])
         assert r["termination_grace_s"] >= need, f"{name}: grace {r['termination_grace_s']} s < {need:.0f} s"
         assert capacity.fits(w, capacity.GPUS["H100-SXM-80G"], r["gpus_per_pod"]), name
+
+
+def test_nats_accounts_come_from_runtime_accounts(parsed) -> None:
+    """modules/nats: the accounts block is built from the generated locals (runtime/accounts.py), every
+    stage has its user, the default tenant keeps its limited permissions, no global-account users."""
+    from runtime import accounts
+    from schemas.stages import STAGES
+
+    d = REPO / "infra" / "terraform" / "modules" / "nats"
+    loc = tfcheck.locals_in(parsed, d)
+    assert set(loc["nats_stage_permissions"]) == {*STAGES, "runner"}
+    assert loc["nats_stage_permissions"]["planner"] == accounts.stage_permissions("planner")
+    assert loc["nats_default_tenant_permissions"] == accounts.default_tenant_permissions()
+    assert "$JS.API.>" not in json.dumps(loc["nats_default_tenant_permissions"])
+    imports = {(i["kind"], i["subject"] % "acme", i["to"]) for i in loc["nats_tenant_imports"]}
+    want = accounts.tenant_account("acme", "x")["imports"]
+    assert imports == {("service" if "service" in i else "stream", (i.get("service") or i["stream"])["subject"],
+                        i["to"]) for i in want}
+    merge = loc["values"]["config"]["merge"]
+    assert "authorization" not in merge and merge["accounts"] == "${local.accounts}"
+    assert loc["values"]["config"]["nats"]["tls"] == "${local.tls_values}"
+    variables = {name: body for p, _, name, body in tfcheck.blocks(parsed, "variable") if p.parent == d}
+    assert {"tenants", "tls"} <= set(variables)
+
+
+def test_nats_tls_ca_setting_makes_the_client_use_tls(tmp_path: Path, monkeypatch) -> None:
+    import asyncio
+    import ssl
+
+    from runtime.bus import Bus
+    from runtime.settings import Settings
+
+    seen: dict = {}
+
+    async def fake_connect(**opts):
+        seen.update(opts)
+        raise OSError("stop here")
+
+    import nats
+
+    monkeypatch.setattr(nats, "connect", fake_connect)
+    bundle = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+    if not Path(bundle).is_file():
+        pytest.skip("no CA bundle on this machine")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(Path(bundle).read_bytes())
+    s = Settings(nats_url="nats://h:4222", nats_tls_ca=ca, embedded=True)
+    with pytest.raises(Exception):  # noqa: B017 - the fake connect stops it
+        asyncio.run(Bus(s, "t").connect(max_reconnect_attempts=0))
+    assert isinstance(seen["tls"], ssl.SSLContext) and seen["servers"] == ["tls://h:4222"]

@@ -34,6 +34,8 @@ module "keda" {
 
 module "nats" {
   source                = "../../modules/nats"
+  tenants               = var.videogen_tenants
+  tls                   = var.nats_tls
   namespace             = kubernetes_namespace_v1.ns[local.nats_ns].metadata[0].name
   app_namespace         = kubernetes_namespace_v1.ns[local.app_ns].metadata[0].name
   client_namespaces     = [local.app_ns]

@@ -62,3 +62,22 @@ variable "runners" {
     }
   }
 }
+
+variable "videogen_tenants" {
+  description = "Tenants (NATS accounts): the `videogen_tenants` value `videogen tenants add NAME` prints."
+  type        = map(object({ nats_password = string, webhook_secrets = optional(string) }))
+  default     = {}
+  sensitive   = true
+}
+
+variable "nats_tls" {
+  description = "TLS on the NATS client port (modules/nats var.tls): enabled, secret_name, issuer_name (cert-manager)."
+  type = object({
+    enabled        = bool
+    secret_name    = optional(string, "nats-tls")
+    issuer_name    = optional(string)
+    issuer_kind    = optional(string, "ClusterIssuer")
+    verify_clients = optional(bool, false)
+  })
+  default = { enabled = false }
+}

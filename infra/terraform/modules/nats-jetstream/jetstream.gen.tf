@@ -362,6 +362,15 @@ resource "jetstream_consumer" "runner" {
   max_waiting     = 512
 }
 
+# Per-tenant admission quotas (runtime/quotas.py): written by preprocess with CAS.
+resource "jetstream_kv_bucket" "videogen_quotas" {
+  name        = "videogen-quotas"
+  description = "per-tenant admitted jobs and recent submissions (admission quotas)"
+  storage     = "file"
+  history     = 1
+  replicas    = var.replicas
+}
+
 output "streams" {
   description = "Stream names."
   value = [
@@ -429,5 +438,5 @@ output "kv_bucket" {
 
 output "ready" {
   description = "Depend on this to order workloads after the topology exists."
-  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.preprocess_part.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_consumer.webhook_replay.id, jetstream_consumer.cancel.id, jetstream_consumer.sweeper.id, jetstream_kv_bucket.videogen_jobs.id])
+  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.preprocess_part.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_consumer.webhook_replay.id, jetstream_consumer.cancel.id, jetstream_consumer.sweeper.id, jetstream_kv_bucket.videogen_jobs.id, jetstream_kv_bucket.videogen_quotas.id])
 }

@@ -1,6 +1,10 @@
 # NATS with JetStream from the official Helm chart: a 3-server RAFT cluster, file storage on PVCs,
 # `sync_interval: always` (a publish acknowledged by JetStream is on disk on a quorum of servers),
-# password auth with a least-privilege user for the app, and a NetworkPolicy around it.
+# NATS accounts (issue 13, docs/SECURITY-DESIGN.md): a SERVICE account with JetStream (the admin,
+# the app user the stack's processes use, one least-privilege user per stage and the `default`
+# tenant), one account per tenant in var.tenants (no JetStream; imports only its own subjects),
+# optional TLS on the client port (cert-manager), and a NetworkPolicy around it. The permissions and
+# imports are generated from runtime/accounts.py into accounts.gen.tf.
 # Streams, consumers and the KV bucket are declared by the nats-jetstream module.
 
 locals {
@@ -14,6 +18,45 @@ locals {
     "app.kubernetes.io/managed-by" = "terraform"
   }
   auth_secret = "${var.release_name}-auth"
+
+  # Secret key and env var of every generated password (values: random_password.users / var.tenants)
+  stage_users  = keys(local.nats_stage_permissions)
+  password_env = merge(
+    { for s in local.stage_users : "stage-${s}" => "NATS_STAGE_${upper(replace(s, "-", "_"))}_PASSWORD" },
+    { "default" = "NATS_DEFAULT_PASSWORD" },
+    { for t in keys(var.tenants) : "tenant-${t}" => "NATS_TENANT_${upper(replace(t, "-", "_"))}_PASSWORD" },
+  )
+  service_users = concat(
+    [
+      { user = "admin", password = "<< $NATS_ADMIN_PASSWORD >>" },
+      { user = var.app_user, password = "<< $NATS_APP_PASSWORD >>", permissions = local.app_permissions },
+      { user = "default", password = "<< $NATS_DEFAULT_PASSWORD >>", permissions = local.nats_default_tenant_permissions },
+    ],
+    [for s in local.stage_users : {
+      user        = "stage-${s}"
+      password    = format("<< $%s >>", local.password_env["stage-${s}"])
+      permissions = local.nats_stage_permissions[s]
+    }],
+  )
+  tenant_accounts = { for t in keys(var.tenants) : t => {
+    users = [{ user = t, password = format("<< $%s >>", local.password_env["tenant-${t}"]), permissions = local.nats_tenant_permissions }]
+    imports = [for i in local.nats_tenant_imports : {
+      (i.kind) = { account = local.nats_service_account, subject = format(i.subject, t) }
+      to       = i.to
+    }]
+  } }
+  accounts = merge(
+    {
+      (local.nats_service_account) = { jetstream = "enabled", users = local.service_users, exports = local.nats_service_exports }
+      (local.nats_system_account)  = {}
+    },
+    local.tenant_accounts,
+  )
+  tls_values = var.tls.enabled ? {
+    enabled    = true
+    secretName = var.tls.secret_name
+    merge      = { verify = var.tls.verify_clients, timeout = 5 }
+  } : { enabled = false }
 
   container_security = {
     allowPrivilegeEscalation = false
@@ -59,22 +102,21 @@ locals {
         merge = { sync_interval = "always" }
       }
       monitor = { enabled = true }
+      nats    = { tls = local.tls_values }
       merge = {
-        authorization = {
-          users = [
-            { user = "admin", password = "<< $NATS_ADMIN_PASSWORD >>" },
-            { user = var.app_user, password = "<< $NATS_APP_PASSWORD >>", permissions = local.app_permissions },
-          ]
-        }
+        accounts       = local.accounts
+        system_account = local.nats_system_account
       }
     }
 
     container = {
-      env = {
+      env = merge({
         GOMEMLIMIT          = var.gomemlimit
         NATS_ADMIN_PASSWORD = { valueFrom = { secretKeyRef = { name = local.auth_secret, key = "admin-password" } } }
         NATS_APP_PASSWORD   = { valueFrom = { secretKeyRef = { name = local.auth_secret, key = "app-password" } } }
-      }
+        }, { for user, env in local.password_env :
+        env => { valueFrom = { secretKeyRef = { name = local.auth_secret, key = "${user}-password" } } }
+      })
       resources = var.resources
       merge     = { securityContext = local.container_security }
     }
@@ -149,16 +191,50 @@ resource "random_password" "app" {
   special = false
 }
 
+# stage users and the default tenant (tenants bring their own: `videogen tenants add` -> var.tenants)
+resource "random_password" "users" {
+  for_each = toset(concat([for s in local.stage_users : "stage-${s}"], ["default"]))
+  length   = 40
+  special  = false
+}
+
+# TLS on the client port: a cert-manager Certificate into var.tls.secret_name (when an issuer is named;
+# otherwise the operator provides that Secret). Clients set VIDEOGEN_NATS_TLS_CA to the issuing CA.
+resource "kubernetes_manifest" "certificate" {
+  count = var.tls.enabled && var.tls.issuer_name != null ? 1 : 0
+  manifest = {
+    apiVersion = "cert-manager.io/v1"
+    kind       = "Certificate"
+    metadata   = { name = var.tls.secret_name, namespace = var.namespace, labels = local.labels }
+    spec = {
+      secretName = var.tls.secret_name
+      issuerRef  = { name = var.tls.issuer_name, kind = var.tls.issuer_kind, group = "cert-manager.io" }
+      dnsNames = [
+        var.release_name, "${var.release_name}.${var.namespace}", "${var.release_name}.${var.namespace}.svc",
+        "${var.release_name}.${var.namespace}.svc.cluster.local",
+        "*.${var.release_name}-headless.${var.namespace}.svc.cluster.local",
+      ]
+      duration    = "2160h"
+      renewBefore = "360h"
+      privateKey  = { algorithm = "ECDSA", size = 256, rotationPolicy = "Always" }
+    }
+  }
+}
+
 resource "kubernetes_secret_v1" "auth" {
   metadata {
     name      = local.auth_secret
     namespace = var.namespace
     labels    = local.labels
   }
-  data = {
-    "admin-password" = random_password.admin.result
-    "app-password"   = random_password.app.result
-  }
+  data = merge(
+    {
+      "admin-password" = random_password.admin.result
+      "app-password"   = random_password.app.result
+    },
+    { for user, pw in random_password.users : "${user}-password" => pw.result },
+    { for t, v in var.tenants : "tenant-${t}-password" => v.nats_password },
+  )
   type = "Opaque"
 }
 
@@ -189,7 +265,7 @@ resource "helm_release" "nats" {
 
   values = [yamlencode(local.values)]
 
-  depends_on = [kubernetes_secret_v1.auth]
+  depends_on = [kubernetes_secret_v1.auth, kubernetes_manifest.certificate]
 }
 
 resource "kubernetes_network_policy_v1" "nats" {

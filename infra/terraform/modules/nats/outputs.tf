@@ -1,6 +1,6 @@
 output "client_url" {
   description = "NATS URL for in-cluster clients (VIDEOGEN_NATS_URL)."
-  value       = "nats://${var.release_name}.${var.namespace}.svc.cluster.local:4222"
+  value       = "${var.tls.enabled ? "tls" : "nats"}://${var.release_name}.${var.namespace}.svc.cluster.local:4222"
 }
 
 output "monitoring_endpoint" {
@@ -9,8 +9,18 @@ output "monitoring_endpoint" {
 }
 
 output "account" {
-  description = "NATS account the streams live in (users in `authorization` share the global account)."
-  value       = "$G"
+  description = "NATS account the streams live in (every service user; tenants import from it)."
+  value       = local.nats_service_account
+}
+
+output "stage_users" {
+  description = "One least-privilege NATS user per stage (password: Secret <release>-auth, key <user>-password)."
+  value       = [for s in local.stage_users : "stage-${s}"]
+}
+
+output "tls_enabled" {
+  description = "Whether the client port serves TLS (clients then need VIDEOGEN_NATS_TLS_CA)."
+  value       = var.tls.enabled
 }
 
 output "app_credentials_secret" {

@@ -106,3 +106,35 @@ variable "pod_monitor" {
   type        = bool
   default     = false
 }
+
+variable "tenants" {
+  description = <<-EOT
+    Tenant accounts (issue 13): name => { nats_password }. `videogen tenants add NAME` prints the
+    entry (its `videogen_tenants` value). Each becomes a NATS account that publishes
+    videogen.jobs.submit/cancel and reads only its own events and status (runtime/accounts.py).
+  EOT
+  type      = map(object({ nats_password = string }))
+  default   = {}
+  sensitive = true
+
+  validation {
+    condition     = alltrue([for t in keys(var.tenants) : can(regex("^[a-z][a-z0-9-]{0,30}$", t)) && !contains(["default", "service", "sys", "operator", "t"], t)])
+    error_message = "Tenant names are [a-z][a-z0-9-]{0,30} and not default/service/sys/operator/t (schemas/names.py)."
+  }
+}
+
+variable "tls" {
+  description = <<-EOT
+    TLS on the NATS client port. enabled: serve TLS from the Secret secret_name (tls.crt/tls.key);
+    issuer_name: a cert-manager (Cluster)Issuer that issues it (null: the operator provides the Secret);
+    verify_clients: require client certificates (mTLS). Clients: VIDEOGEN_NATS_TLS_CA = the CA bundle.
+  EOT
+  type = object({
+    enabled        = bool
+    secret_name    = optional(string, "nats-tls")
+    issuer_name    = optional(string)
+    issuer_kind    = optional(string, "ClusterIssuer")
+    verify_clients = optional(bool, false)
+  })
+  default = { enabled = false }
+}
