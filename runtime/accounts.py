@@ -70,8 +70,8 @@ def _stream_read(stream: str) -> list[str]:
 
 # What each stage publishes besides its own consumer, its DLQ, events and status (from its README).
 _STAGE_EXTRA: dict[str, list[str]] = {
-    "preprocess": [names.SUBJECT_WORK_PLAN, names.SUBJECT_WORK_PREPROCESS_PART, f"$KV.{names.KV_QUOTAS}.>", f"$JS.API.STREAM.INFO.KV_{names.KV_QUOTAS}",
-                   f"$JS.API.DIRECT.GET.KV_{names.KV_QUOTAS}.>", f"$JS.API.STREAM.MSG.GET.KV_{names.KV_QUOTAS}"],
+    "preprocess": [names.SUBJECT_WORK_PLAN, names.SUBJECT_WORK_PREPROCESS_PART,
+                   f"$KV.{names.KV_QUOTAS}.>", *_kv_read(names.KV_QUOTAS)],  # admission quotas (runtime/quotas.py)
     "preprocess-part": [],
     "planner": [names.segments_subject("*"), names.SUBJECT_WORK_STITCH, *_stream_read(names.STREAM_SEGMENTS)],
     "chain": [names.segments_subject("*"), names.SUBJECT_WORK_STITCH, names.SUBJECT_WORK_PLAN],

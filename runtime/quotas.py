@@ -39,7 +39,7 @@ from runtime.bus import Bus
 from runtime.logging import get_logger
 from schemas.errors import ErrorCode, Rejected
 from schemas.messages import JobState, JobStatus
-from schemas.names import KV_QUOTAS
+from schemas.names import KV_QUOTAS, KV_QUOTAS_DESCRIPTION
 
 log = get_logger(component="quotas")
 
@@ -149,7 +149,6 @@ class QuotaGate:
 
 async def create_bucket(bus: Bus) -> KeyValue:
     return await bus.js.create_key_value(js_api.KeyValueConfig(
-        bucket=KV_QUOTAS, description=QUOTA_KV_DESCRIPTION, history=1, storage=js_api.StorageType.FILE))
+        bucket=KV_QUOTAS, description=KV_QUOTAS_DESCRIPTION, history=1, storage=js_api.StorageType.FILE))
 
 
-QUOTA_KV_DESCRIPTION = "per-tenant admitted jobs and recent submissions (admission quotas)"

@@ -153,6 +153,7 @@ SWEPT_STREAMS = (STREAM_JOBS, STREAM_WORK, STREAM_SEGMENTS, STREAM_EVENTS, STREA
 # ---- key-value ----------------------------------------------------------------------------
 KV_JOBS = "videogen-jobs"
 KV_QUOTAS = "videogen-quotas"  # per tenant: its admitted in-flight jobs + recent submit times (preprocess, CAS)
+KV_QUOTAS_DESCRIPTION = "per-tenant admitted jobs and recent submissions (admission quotas)"
 KV_APIKEYS = "videogen-apikeys"  # HTTP gateway: sha256(api key) -> {tenant, ...}; never the key itself
 # <model>.<runner_id> -> RunnerPresence, refreshed every RUNNER_PRESENCE_S by each live runner
 # (rank 0's I/O thread); entries expire after RUNNER_PRESENCE_TTL_S (the runner died or hangs)

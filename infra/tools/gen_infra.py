@@ -39,7 +39,6 @@ if str(REPO) not in sys.path:
 import stage_access as sa  # noqa: E402
 from hcl_emit import Block, Raw, document  # noqa: E402
 
-from runtime import quotas  # noqa: E402
 from schemas import names, registry  # noqa: E402
 
 TF = REPO / "infra" / "terraform"
@@ -174,7 +173,7 @@ def render_jetstream() -> str:
     ))
     blocks.append(Block("resource", ("jetstream_kv_bucket", label(names.KV_QUOTAS)), [
         ("name", names.KV_QUOTAS),
-        ("description", quotas.QUOTA_KV_DESCRIPTION),
+        ("description", names.KV_QUOTAS_DESCRIPTION),
         ("storage", "file"),
         ("history", 1),
         ("replicas", Raw("var.replicas")),
