@@ -130,7 +130,8 @@ async def test_message_killing_every_worker_is_dead_lettered_and_fails_the_job(s
     assert await bus.get_message(STREAM_SEGMENTS, ack.seq) is None
 
     def swept() -> list[dict]:  # the sweeper logs after its last write: the line may trail the status by a moment
-        return [json.loads(line) for line in (data / "functions.log").read_text().splitlines()
+        # every log of the session's functions process (a test may have restarted it into another file)
+        return [json.loads(line) for log in sorted(data.glob("functions*.log")) for line in log.read_text().splitlines()
                 if '"stranded_message_swept"' in line and job.job_id in line]
 
     with contextlib.suppress(TimeoutError):
