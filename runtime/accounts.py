@@ -58,8 +58,12 @@ _EVENTS = list(names.all_tenants("events.>"))
 
 
 def _consume(spec: names.ConsumerSpec) -> list[str]:
+    # CREATE: a stage brings its own durable up to its spec at start-up (runtime/work.py Puller.open);
+    # only that durable, by name (with or without the filter subject nats-py appends)
     return [f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}",
             f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}",
+            f"$JS.API.CONSUMER.CREATE.{spec.stream}.{spec.durable}",
+            f"$JS.API.CONSUMER.CREATE.{spec.stream}.{spec.durable}.>",
             f"$JS.ACK.{spec.stream}.{spec.durable}.>"]
 
 
@@ -73,7 +77,8 @@ _STAGE_EXTRA: dict[str, list[str]] = {
     "preprocess": [names.SUBJECT_WORK_PLAN, names.SUBJECT_WORK_PREPROCESS_PART,
                    f"$KV.{names.KV_QUOTAS}.>", *_kv_read(names.KV_QUOTAS)],  # admission quotas (runtime/quotas.py)
     "preprocess-part": [],
-    "planner": [names.segments_subject("*"), names.SUBJECT_WORK_STITCH, *_stream_read(names.STREAM_SEGMENTS)],
+    "planner": [names.segments_subject("*"), names.SUBJECT_WORK_STITCH, *_stream_read(names.STREAM_SEGMENTS),
+                f"$JS.API.CONSUMER.INFO.{names.STREAM_SEGMENTS}.*"],  # the runners' backlog (handler.py)
     "chain": [names.segments_subject("*"), names.SUBJECT_WORK_STITCH, names.SUBJECT_WORK_PLAN],
     "stitch": [],
     "webhook": [*names.all_tenants("webhooks.attempts.>"), *names.all_tenants("webhooks.disabled.>"),
@@ -177,6 +182,25 @@ def load_credentials(data_dir: Path) -> Credentials:
     return creds
 
 
+def stage_user(stage: str) -> str:
+    """The NATS user of one stage (``runner``: the GPU runners) in SERVICE."""
+    return f"stage-{stage}"
+
+
+def read_stage_password(data_dir: Path, stage: str) -> str | None:
+    """``stage``'s NATS password from the stack's 0600 credentials file; None when there is none.
+
+    Read only: unlike ``load_credentials`` it never creates the file or a password (a process
+    that finds none keeps the user it was given)."""
+    path = Path(data_dir) / TENANTS_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pw = raw.get("stages", {}).get(stage) if isinstance(raw, dict) else None
+    return pw if isinstance(pw, str) and pw else None
+
+
 def _as_json(c: Credentials) -> dict[str, Any]:
     return {"service": c.service_password, "default": c.default_password, "stages": c.stage_passwords,
             "tenants": c.tenants}
@@ -214,7 +238,7 @@ def accounts_config(creds: Credentials) -> str:
     ]
     for stage, pw in sorted(creds.stage_passwords.items()):
         perms = runner_permissions() if stage == "runner" else stage_permissions(stage)
-        service_users.append({"user": f"stage-{stage}", "password": pw, "permissions": perms})
+        service_users.append({"user": stage_user(stage), "password": pw, "permissions": perms})
     accounts: dict[str, Any] = {
         SERVICE_ACCOUNT: {"jetstream": "enabled", "users": service_users, "exports": service_exports()},
         SYSTEM_ACCOUNT: {},

@@ -21,7 +21,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 from prometheus_client import REGISTRY, generate_latest
+from pydantic import SecretStr
 
+from runtime import accounts
 from runtime.bus import Bus
 from runtime.consumer import ConsumerLoop, Delivery
 from runtime.failures import failure_hooks, retry_hook
@@ -162,14 +164,30 @@ class Service:
         return HealthServer(self.settings.health_port, self, checks, heartbeat_timeout_s=120).start()
 
 
+def least_privilege(settings: Settings, stages: list[str]) -> Settings:
+    """Settings for a process running ``stages``: one stage on the embedded stack connects as its own user.
+
+    ``stage-<name>`` (only the subjects that stage needs, ``runtime/accounts.py``) with its password
+    from the stack's 0600 credentials file, instead of the broad ``service`` user ``stack.env``
+    names. A process running several stages, a user other than ``service`` (an operator's choice,
+    ``infra/`` sets the stage user itself) or no credentials file: unchanged."""
+    if len(stages) != 1 or not settings.embedded or settings.nats_user != accounts.SERVICE_USER:
+        return settings
+    password = accounts.read_stage_password(settings.data_dir, stages[0])
+    if password is None:
+        return settings
+    return settings.model_copy(update={"nats_user": accounts.stage_user(stages[0]),
+                                       "nats_password": SecretStr(password)})
+
+
 async def serve(stages: list[str], settings: Settings | None = None) -> None:
-    settings = settings or load_settings()
+    settings = least_privilege(settings or load_settings(), stages)
     require_production_secrets(settings)  # embedded=false: no dev secrets, one clear line
     service = Service(settings, stages)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
-    log.info("service_starting", stages=stages, settings=settings.masked())
+    log.info("service_starting", stages=stages, nats_user=settings.nats_user, settings=settings.masked())
     await service.run()
     log.info("service_stopped", stages=stages)
 

@@ -557,3 +557,47 @@ def test_nats_tls_ca_setting_makes_the_client_use_tls(tmp_path: Path, monkeypatc
     with pytest.raises(Exception):  # noqa: B017 - the fake connect stops it
         asyncio.run(Bus(s, "t").connect(max_reconnect_attempts=0))
     assert isinstance(seen["tls"], ssl.SSLContext) and seen["servers"] == ["tls://h:4222"]
+
+
+def _nats_secret_refs(node: object) -> dict[str, set[str]]:
+    """env name => the secret names its secret_key_ref reads, for VIDEOGEN_NATS_USER / _PASSWORD."""
+    out: dict[str, set[str]] = {}
+    if isinstance(node, dict):
+        if node.get("name") in ("VIDEOGEN_NATS_USER", "VIDEOGEN_NATS_PASSWORD") and "value_from" in node:
+            out.setdefault(node["name"], set()).update(
+                re.findall(r"name': '([^']+)'", str(node["value_from"])))
+        for v in node.values():
+            for k, refs in _nats_secret_refs(v).items():
+                out.setdefault(k, set()).update(refs)
+    elif isinstance(node, list):
+        for v in node:
+            for k, refs in _nats_secret_refs(v).items():
+                out.setdefault(k, set()).update(refs)
+    return out
+
+
+def test_every_deployed_stage_connects_as_its_own_nats_user(parsed) -> None:
+    """Least privilege in use (issue 13 item 2): each stage Deployment and the runners read
+    VIDEOGEN_NATS_USER / _PASSWORD from their own per-stage Secret (modules/nats), never the app user's."""
+    from runtime import accounts
+
+    v = REPO / "infra" / "terraform" / "modules" / "videogen"
+    n = REPO / "infra" / "terraform" / "modules" / "nats"
+    for tf, key in (("functions.tf", "${var.nats.stage_credentials_secrets[each.key]}"),
+                    ("runners.tf", '${var.nats.stage_credentials_secrets["runner"]}')):
+        refs = _nats_secret_refs(parsed[v / tf]["resource"])
+        assert refs == {"VIDEOGEN_NATS_USER": {key}, "VIDEOGEN_NATS_PASSWORD": {key}}, (tf, refs)
+    # the per-stage Secrets: one per generated stage user, holding that user and its own password
+    stage_secret = next(r["kubernetes_secret_v1"]["stage"] for r in parsed[n / "main.tf"]["resource"]
+                        if "stage" in r.get("kubernetes_secret_v1", {}))
+    assert stage_secret["for_each"] == "${toset(local.stage_users)}"
+    assert stage_secret["data"] == {"VIDEOGEN_NATS_USER": "stage-${each.key}",
+                                    "VIDEOGEN_NATS_PASSWORD": '${random_password.users["stage-${each.key}"].result}'}
+    assert accounts.stage_user("${each.key}") == "stage-${each.key}"
+    # every deployed stage (functions.tf's for_each) has a stage user, so a Secret
+    users = set(tfcheck.locals_in(parsed, n)["nats_stage_permissions"])
+    deployed = set(gen_infra.function_table()) | set(gen_infra.periodic_table())
+    assert deployed and deployed <= users and "runner" in users, deployed - users
+    for env in ("dev", "prod"):
+        main = (REPO / "infra" / "terraform" / "environments" / env / "main.tf").read_text()
+        assert "stage_credentials_secrets = module.nats.stage_credentials_secrets" in main, env

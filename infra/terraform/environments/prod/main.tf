@@ -126,6 +126,7 @@ module "videogen" {
   nats = {
     url                 = module.nats.client_url
     credentials_secret  = module.nats.app_credentials_secret
+    stage_credentials_secrets = module.nats.stage_credentials_secrets
     namespace           = local.nats_ns
     monitoring_endpoint = module.nats.monitoring_endpoint
     account             = module.nats.account

@@ -252,6 +252,23 @@ resource "kubernetes_secret_v1" "app" {
   type = "Opaque"
 }
 
+# One Secret per stage user in the app namespace (VIDEOGEN_NATS_USER=stage-<name>, its password): each
+# stage Deployment of modules/videogen connects as its own user (the runner: stage-runner), with only
+# the subjects runtime/accounts.py lists for it (accounts.gen.tf), never as the app user.
+resource "kubernetes_secret_v1" "stage" {
+  for_each = toset(local.stage_users)
+  metadata {
+    name      = "videogen-nats-stage-${each.key}"
+    namespace = var.app_namespace
+    labels    = local.labels
+  }
+  data = {
+    VIDEOGEN_NATS_USER     = "stage-${each.key}"
+    VIDEOGEN_NATS_PASSWORD = random_password.users["stage-${each.key}"].result
+  }
+  type = "Opaque"
+}
+
 resource "helm_release" "nats" {
   name        = var.release_name
   namespace   = var.namespace

@@ -28,6 +28,11 @@ output "app_credentials_secret" {
   value       = kubernetes_secret_v1.app.metadata[0].name
 }
 
+output "stage_credentials_secrets" {
+  description = "stage (and runner) => Secret in the app namespace with its own VIDEOGEN_NATS_USER / VIDEOGEN_NATS_PASSWORD."
+  value       = { for s, secret in kubernetes_secret_v1.stage : s => secret.metadata[0].name }
+}
+
 output "admin_user" {
   description = "NATS admin user (used by the jetstream Terraform provider)."
   value       = "admin"

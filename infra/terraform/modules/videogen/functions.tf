@@ -117,7 +117,7 @@ resource "kubernetes_deployment_v1" "function" {
             name = "VIDEOGEN_NATS_USER"
             value_from {
               secret_key_ref {
-                name = var.nats.credentials_secret
+                name = var.nats.stage_credentials_secrets[each.key] # its own NATS user
                 key  = "VIDEOGEN_NATS_USER"
               }
             }
@@ -126,7 +126,7 @@ resource "kubernetes_deployment_v1" "function" {
             name = "VIDEOGEN_NATS_PASSWORD"
             value_from {
               secret_key_ref {
-                name = var.nats.credentials_secret
+                name = var.nats.stage_credentials_secrets[each.key] # its own NATS user
                 key  = "VIDEOGEN_NATS_PASSWORD"
               }
             }

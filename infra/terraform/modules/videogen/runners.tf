@@ -172,7 +172,7 @@ resource "kubernetes_deployment_v1" "runner" {
             name = "VIDEOGEN_NATS_USER"
             value_from {
               secret_key_ref {
-                name = var.nats.credentials_secret
+                name = var.nats.stage_credentials_secrets["runner"] # its own NATS user
                 key  = "VIDEOGEN_NATS_USER"
               }
             }
@@ -181,7 +181,7 @@ resource "kubernetes_deployment_v1" "runner" {
             name = "VIDEOGEN_NATS_PASSWORD"
             value_from {
               secret_key_ref {
-                name = var.nats.credentials_secret
+                name = var.nats.stage_credentials_secrets["runner"] # its own NATS user
                 key  = "VIDEOGEN_NATS_PASSWORD"
               }
             }

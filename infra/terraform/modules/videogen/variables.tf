@@ -33,15 +33,18 @@ variable "image_pull_secrets" {
 variable "nats" {
   description = <<-EOT
     NATS connection: url (VIDEOGEN_NATS_URL), credentials_secret (a Secret in this namespace with
-    VIDEOGEN_NATS_USER / VIDEOGEN_NATS_PASSWORD), and for KEDA the monitoring endpoint (host:port of
+    VIDEOGEN_NATS_USER / VIDEOGEN_NATS_PASSWORD: the app user, for the gateway),
+    stage_credentials_secrets (stage, and "runner" => a Secret of the same shape with that stage's own
+    user, modules/nats output stage_credentials_secrets: every stage Deployment and the runners use it), and for KEDA the monitoring endpoint (host:port of
     the headless service's monitoring port) and the account ("$G" without accounts).
   EOT
   type = object({
-    url                 = string
-    credentials_secret  = string
-    namespace           = string
-    monitoring_endpoint = string
-    account             = optional(string, "$G")
+    url                       = string
+    credentials_secret        = string
+    stage_credentials_secrets = map(string)
+    namespace                 = string
+    monitoring_endpoint       = string
+    account                   = optional(string, "$G")
   })
 }
 
