@@ -266,6 +266,17 @@ def _form_numbers(raw: dict[str, Any]) -> None:
             raw[name] = number
 
 
+def _frames_for(seconds: object, fps: int) -> int:
+    """OpenAI's ``seconds`` (text or number) as a frame count at ``fps``; 4xx when it is not a positive number."""
+    try:
+        secs = float(seconds)  # type: ignore[arg-type]  # validated here: anything float() refuses is a 400
+    except (TypeError, ValueError):
+        raise _bad(ErrorCode.INVALID_REQUEST, f"seconds must be a number, got {seconds!r}", "seconds") from None
+    if not math.isfinite(secs) or secs <= 0:
+        raise _bad(ErrorCode.OUT_OF_RANGE, f"seconds must be > 0, got {seconds!r}", "seconds")
+    return max(1, round(secs * fps))
+
+
 def build_request(video_id: str, fields: dict[str, Any], *, image: str | None = None,
                   video: str | None = None, form: bool = False) -> JobRequest:
     """Map OpenAI's create fields + our extensions to a validated JobRequest (raises GatewayError).
@@ -313,19 +324,13 @@ def build_request(video_id: str, fields: dict[str, Any], *, image: str | None = 
         raw["width"], raw["height"] = int(m.group(1)), int(m.group(2))
     seconds = fields.get("seconds")
     if seconds not in (None, "") and "num_frames" not in raw:
-        try:
-            secs = float(seconds)
-        except (TypeError, ValueError):
-            raise _bad(ErrorCode.INVALID_REQUEST, f"seconds must be a number, got {seconds!r}", "seconds") from None
         spec = MODELS.get(str(raw.get("model", "tiny-wan")))
         fps = raw.get("fps") or (spec.default_fps if spec else 16)
         try:
             fps = int(fps)
         except (TypeError, ValueError):
             raise _bad(ErrorCode.INVALID_REQUEST, f"fps must be an integer, got {fps!r}", "fps") from None
-        if not math.isfinite(secs) or secs <= 0:
-            raise _bad(ErrorCode.OUT_OF_RANGE, f"seconds must be > 0, got {seconds!r}", "seconds")
-        raw["num_frames"] = max(1, round(secs * fps))
+        raw["num_frames"] = _frames_for(seconds, fps)
     try:
         req = parse_request(json.dumps(raw).encode())
         resolve(req)
@@ -365,13 +370,7 @@ def extend_request(original: JobRequest, new_id: str, fields: dict[str, Any], *,
     frames = fields.get("num_frames")
     seconds = fields.get("seconds")
     if frames is None and seconds not in (None, ""):
-        try:
-            secs = float(seconds)
-        except (TypeError, ValueError):
-            raise _bad(ErrorCode.INVALID_REQUEST, f"seconds must be a number, got {seconds!r}", "seconds") from None
-        if not math.isfinite(secs) or secs <= 0:
-            raise _bad(ErrorCode.OUT_OF_RANGE, f"seconds must be > 0, got {seconds!r}", "seconds")
-        frames = max(1, round(secs * int(data.get("fps") or (spec.default_fps if spec else 16))))
+        frames = _frames_for(seconds, int(data.get("fps") or (spec.default_fps if spec else 16)))
     if frames is None:
         frames = original.num_frames or (spec.default_frames if spec else None)
     if frames is not None:
