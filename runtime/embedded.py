@@ -223,8 +223,25 @@ class NatsCluster:
                 self.name, cluster_ports[i], [r for j, r in enumerate(routes) if j != i]))
         for node in self.nodes:  # JetStream answers once the meta group has a leader
             node.wait_jetstream(timeout_s)
+        self.wait_all_peers(timeout_s)
         log.info("nats_cluster_started", url=self.url, nodes=self.size)
         return self
+
+    def wait_all_peers(self, timeout_s: float) -> None:
+        """Until the JetStream meta group has a leader and knows all ``size`` peers: before that an R3
+        stream cannot be placed (``no suitable peers for placement``), e.g. right after start on a busy host."""
+        deadline = time.monotonic() + timeout_s
+        node = self.nodes[0]
+        while time.monotonic() < deadline:
+            try:
+                with urlopen(f"http://{node.host}:{node.monitor_port}/jsz", timeout=1) as r:
+                    meta = json.load(r).get("meta_cluster") or {}
+            except (OSError, ValueError):
+                meta = {}
+            if meta.get("leader") and int(meta.get("cluster_size") or 0) >= self.size:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"the {self.size}-node JetStream cluster did not form within {timeout_s:g} s")
 
     def stop(self) -> None:
         for node in self.nodes:

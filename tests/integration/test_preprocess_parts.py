@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,21 @@ def _start(stack: Settings, log: Path):
     return proc
 
 
+@pytest.fixture
+def session_functions_paused(stack: Settings, workers: dict) -> Iterator[None]:
+    """The session's functions process runs preprocess-part too: stop it while this test counts which of
+    its own processes did the parts, and start it again afterwards (into its own log file)."""
+    stop(workers["functions"])
+    try:
+        yield
+    finally:
+        log = Path(stack.data_dir) / "functions-after-parts.log"
+        workers["functions"] = start_functions(stack, log)
+        wait_for_log(log, '"consumer_started"', 120, workers["functions"])
+
+
 async def test_two_worker_processes_store_what_one_does_and_cancel_stops_every_part(
-        stack: Settings, bus: Bus, storage: Storage) -> None:
+        stack: Settings, bus: Bus, storage: Storage, session_functions_paused: None) -> None:
     data = Path(stack.data_dir)
     await storage.put_bytes("uploads/parts-dance.mp4", figure_video(9.0, fps=16, width=320, height=240), "video/mp4")
     await storage.put_bytes("uploads/parts-person.png", encode_png(draw_figure(0.0, 320, 240)), "image/png")
