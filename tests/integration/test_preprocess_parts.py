@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,10 +83,15 @@ def session_functions_paused(stack: Settings, workers: dict) -> Iterator[None]:
     stop(workers["functions"])
     try:
         yield
-    finally:
-        log = Path(stack.data_dir) / "functions-after-parts.log"
+    finally:  # back into the session's own log (later tests read it), ready once it logs a new start
+        log = Path(stack.data_dir) / "functions.log"
+        before = log.read_text().count('"consumer_started"') if log.exists() else 0
         workers["functions"] = start_functions(stack, log)
-        wait_for_log(log, '"consumer_started"', 120, workers["functions"])
+        deadline = time.monotonic() + 120
+        while log.read_text().count('"consumer_started"') <= before:
+            if time.monotonic() > deadline or workers["functions"].poll() is not None:
+                raise RuntimeError("the session's functions process did not start again")
+            time.sleep(0.2)
 
 
 async def test_two_worker_processes_store_what_one_does_and_cancel_stops_every_part(
