@@ -137,7 +137,7 @@ class RunnerIO:
         self._spool_bytes = 0
         self._spool_full_logged = False
         self.upload_retries = 0
-        self.attempts = RenderAttempts(self.bus, float(settings.status_ttl_s))
+        self.attempts = RenderAttempts(self.bus)
         self.presence: RunnerPresence | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self.busy_s = 0.0

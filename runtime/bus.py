@@ -24,13 +24,12 @@ from schemas.errors import ErrorCode, Retryable
 from schemas.names import (
     CPU_CONSUMERS,
     HEADER_MSG_ID,
+    KV_BUCKETS,
     KV_JOBS,
-    KV_QUOTAS,
-    KV_RENDERS,
-    KV_RUNNERS,
-    RUNNER_PRESENCE_TTL_S,
+    KV_SPECS,
     STREAMS,
     ConsumerSpec,
+    KvSpec,
     StreamSpec,
     runner_consumer,
 )
@@ -196,7 +195,7 @@ class Bus:
 
     # ---- provisioning (idempotent) ----------------------------------------------------
     async def provision(self, models: list[str] | None = None) -> dict[str, list[str]]:
-        """Create or update every stream, durable consumer and the KV bucket."""
+        """Create or update every stream, durable consumer and KV bucket (all with the configured replicas)."""
         report: dict[str, list[str]] = {"streams": [], "consumers": [], "kv": []}
         for spec in STREAMS:
             cfg = stream_config(spec, self.settings.nats_replicas)
@@ -210,48 +209,41 @@ class Bus:
         for cspec in specs:
             await self.ensure_consumer(cspec)
             report["consumers"].append(f"{cspec.stream}/{cspec.durable}")
-        try:
-            self._kv = await self.js.key_value(KV_JOBS)
-        except (NotFoundError, BadRequestError):
-            self._kv = await self.js.create_key_value(
-                js_api.KeyValueConfig(
-                    bucket=KV_JOBS,
-                    description="latest JobStatus per job_id",
-                    history=5,
-                    direct=True,  # reads by key on $JS.API.DIRECT.GET.<bucket stream>.<key>: permission-filterable
-                    ttl=float(self.settings.status_ttl_s),
-                    storage=js_api.StorageType.FILE,
-                    replicas=self.settings.nats_replicas,
-                )
-            )
-        report["kv"].append(KV_JOBS)
-        for bucket, ttl, what in ((KV_RUNNERS, RUNNER_PRESENCE_TTL_S, "live runners per model"),
-                                  (KV_RENDERS, self.settings.status_ttl_s, "renders started per segment")):
-            await self.kv_bucket(bucket, ttl_s=float(ttl), description=what)
-            report["kv"].append(bucket)
-
-        from runtime.quotas import create_bucket
-
-        try:
-            await self.js.key_value(KV_QUOTAS)
-        except (NotFoundError, BadRequestError):
-            await create_bucket(self)
-        report["kv"].append(KV_QUOTAS)
+        for kspec in KV_BUCKETS:
+            await self.kv_bucket(kspec.bucket, scale=True)
+            report["kv"].append(kspec.bucket)
+        self._kv = self._buckets[KV_JOBS]
         return report
 
-    async def kv_bucket(self, bucket: str, *, ttl_s: float | None = None, description: str = "") -> KeyValue:
-        """A KV bucket (created with ``ttl_s`` and the configured replicas when it does not exist)."""
+    def kv_config(self, spec: KvSpec) -> js_api.KeyValueConfig:
+        ttl = float(self.settings.status_ttl_s) if spec.status_ttl else spec.ttl_s
+        return js_api.KeyValueConfig(bucket=spec.bucket, description=spec.description, history=spec.history,
+                                     ttl=None if ttl is None else float(ttl), direct=spec.direct,
+                                     storage=js_api.StorageType.FILE, replicas=self.settings.nats_replicas)
+
+    async def kv_bucket(self, bucket: str, *, create: bool = True, scale: bool = False) -> KeyValue:
+        """The KV bucket ``bucket`` (``schemas.names.KV_BUCKETS``), created from its spec with the
+        configured replicas when it does not exist (``create``; NotFoundError otherwise). With
+        ``scale`` (provisioning) an existing bucket with another replica count is rescaled: a
+        bucket created R1 before the move to a 3-node cluster would die with its node."""
         cached = self._buckets.get(bucket)
-        if cached is not None:
+        if cached is not None and not scale:
             return cached
+        spec = KV_SPECS[bucket]
         try:
             kv = await self.js.key_value(bucket)
         except (NotFoundError, BadRequestError):
-            if ttl_s is None:
-                raise
-            kv = await self.js.create_key_value(js_api.KeyValueConfig(
-                bucket=bucket, description=description, history=1, ttl=ttl_s,
-                storage=js_api.StorageType.FILE, replicas=self.settings.nats_replicas))
+            if not create:
+                raise NotFoundError from None
+            kv = await self.js.create_key_value(self.kv_config(spec))
+        else:
+            if scale:
+                info = await self.js.stream_info(f"KV_{bucket}")
+                if info.config.num_replicas != self.settings.nats_replicas:
+                    log.info("kv_rescaled", bucket=bucket, replicas_from=info.config.num_replicas,
+                             replicas_to=self.settings.nats_replicas)
+                    info.config.num_replicas = self.settings.nats_replicas
+                    await self.js.update_stream(info.config)
         self._buckets[bucket] = kv
         return kv
 

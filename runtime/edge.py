@@ -13,8 +13,7 @@ import hashlib
 import secrets
 from datetime import datetime
 
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -59,13 +58,9 @@ class ApiKeyStore:
         if self._kv is not None:
             return self._kv
         try:
-            self._kv = await self.bus.js.key_value(KV_APIKEYS)
-        except (NotFoundError, BadRequestError):
-            if not create:
-                return None
-            self._kv = await self.bus.js.create_key_value(js_api.KeyValueConfig(
-                bucket=KV_APIKEYS, description="HTTP gateway API keys: sha256(key) -> tenant",
-                history=1, storage=js_api.StorageType.FILE))
+            self._kv = await self.bus.kv_bucket(KV_APIKEYS, create=create)
+        except NotFoundError:
+            return None
         return self._kv
 
     async def create(self, tenant: str, name: str = "") -> tuple[str, ApiKeyRecord]:

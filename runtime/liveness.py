@@ -45,12 +45,12 @@ class RunnerPresence:
         self.runner_id = runner_id
 
     async def announce(self, *, busy: bool = False) -> None:
-        kv = await self.bus.kv_bucket(KV_RUNNERS, ttl_s=RUNNER_PRESENCE_TTL_S)
+        kv = await self.bus.kv_bucket(KV_RUNNERS)
         body = {"model": self.model, "runner": self.runner_id, "at": time.time(), "busy": busy}
         await kv.put(runner_presence_key(self.model, self.runner_id), json.dumps(body).encode())
 
     async def withdraw(self) -> None:
-        kv = await self.bus.kv_bucket(KV_RUNNERS, ttl_s=RUNNER_PRESENCE_TTL_S)
+        kv = await self.bus.kv_bucket(KV_RUNNERS)
         try:
             await kv.delete(runner_presence_key(self.model, self.runner_id))
         except Exception as e:  # expires on its own
@@ -59,7 +59,7 @@ class RunnerPresence:
 
 async def live_runners(bus: Bus) -> dict[str, int]:
     """KV token of each model -> number of live runners (models with none are absent)."""
-    kv = await bus.kv_bucket(KV_RUNNERS, ttl_s=RUNNER_PRESENCE_TTL_S)
+    kv = await bus.kv_bucket(KV_RUNNERS)
     out: dict[str, int] = {}
     try:
         keys = await kv.keys()
@@ -84,12 +84,11 @@ def model_token(model: str) -> str:
 
 
 class RenderAttempts:
-    def __init__(self, bus: Bus, ttl_s: float) -> None:
+    def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self.ttl_s = ttl_s
 
     async def _kv(self) -> KeyValue:
-        return await self.bus.kv_bucket(KV_RENDERS, ttl_s=self.ttl_s)
+        return await self.bus.kv_bucket(KV_RENDERS)
 
     async def count(self, job_id: str, index: int, plan_revision: int = 0) -> int:
         kv = await self._kv()

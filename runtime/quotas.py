@@ -31,15 +31,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js import api as js_api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
-from runtime.bus import Bus
 from runtime.logging import get_logger
 from schemas.errors import ErrorCode, Rejected
 from schemas.messages import JobState, JobStatus
-from schemas.names import KV_QUOTAS, KV_QUOTAS_DESCRIPTION
+from schemas.names import KV_QUOTAS
 
 log = get_logger(component="quotas")
 
@@ -145,10 +142,3 @@ class QuotaGate:
                     continue
                 raise
         raise RuntimeError(f"quota record of {tenant} kept changing ({attempts} attempts)")
-
-
-async def create_bucket(bus: Bus) -> KeyValue:
-    return await bus.js.create_key_value(js_api.KeyValueConfig(
-        bucket=KV_QUOTAS, description=KV_QUOTAS_DESCRIPTION, history=1, storage=js_api.StorageType.FILE))
-
-

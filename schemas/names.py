@@ -153,7 +153,6 @@ SWEPT_STREAMS = (STREAM_JOBS, STREAM_WORK, STREAM_SEGMENTS, STREAM_EVENTS, STREA
 # ---- key-value ----------------------------------------------------------------------------
 KV_JOBS = "videogen-jobs"
 KV_QUOTAS = "videogen-quotas"  # per tenant: its admitted in-flight jobs + recent submit times (preprocess, CAS)
-KV_QUOTAS_DESCRIPTION = "per-tenant admitted jobs and recent submissions (admission quotas)"
 KV_APIKEYS = "videogen-apikeys"  # HTTP gateway: sha256(api key) -> {tenant, ...}; never the key itself
 # <model>.<runner_id> -> RunnerPresence, refreshed every RUNNER_PRESENCE_S by each live runner
 # (rank 0's I/O thread); entries expire after RUNNER_PRESENCE_TTL_S (the runner died or hangs)
@@ -531,6 +530,30 @@ RUNNER_MAX_DELIVER = 30
 # Runner presence (KV_RUNNERS): refreshed this often, gone this long after the last refresh.
 RUNNER_PRESENCE_S = 3.0
 RUNNER_PRESENCE_TTL_S = 15
+
+
+@dataclass(frozen=True)
+class KvSpec:
+    """A KV bucket. Every bucket is created by ``Bus.provision`` (and by ``Bus.kv_bucket`` on
+    first use) with ``Settings.nats_replicas`` replicas, like the streams: a bucket on one node
+    of a cluster dies with that node. ``infra/tools/gen_infra.py`` emits the same table."""
+
+    bucket: str
+    description: str
+    history: int = 1
+    ttl_s: int | None = None  # entries expire after this; None: never
+    status_ttl: bool = False  # entries expire after the deployment's Settings.status_ttl_s
+    direct: bool = False  # reads by key on $JS.API.DIRECT.GET.<bucket stream>.<key> (permission-filterable)
+
+
+KV_BUCKETS: tuple[KvSpec, ...] = (
+    KvSpec(KV_JOBS, "latest JobStatus per job_id", history=5, status_ttl=True, direct=True),
+    KvSpec(KV_RUNNERS, "live runners per model", ttl_s=RUNNER_PRESENCE_TTL_S),
+    KvSpec(KV_RENDERS, "renders started per segment", status_ttl=True),
+    KvSpec(KV_QUOTAS, "per-tenant admitted jobs and recent submissions (admission quotas)"),
+    KvSpec(KV_APIKEYS, "HTTP gateway API keys: sha256(key) -> tenant"),
+)
+KV_SPECS: dict[str, KvSpec] = {k.bucket: k for k in KV_BUCKETS}
 
 
 def runner_consumer(model: str) -> ConsumerSpec:

@@ -48,7 +48,6 @@ _OPTS = SerializationOptions(with_comments=False, explicit_blocks=False, strip_s
 BUS_DISCARD = "old"
 BUS_ACK_POLICY = "explicit"
 BUS_MAX_WAITING = 512
-BUS_KV_HISTORY = 5
 
 
 class TFParseError(Exception):
@@ -263,13 +262,11 @@ def _status_ttl_s() -> int:
 def _check_kv(parsed: dict[Path, dict]) -> list[str]:
     kvs = {b.get("name"): b for _, _, _, b in blocks(parsed, "resource", "jetstream_kv_bucket")}
     out = []
-    provisioned = sorted([names.KV_JOBS, names.KV_RUNNERS, names.KV_RENDERS, names.KV_QUOTAS])  # Bus.provision
+    provisioned = sorted(k.bucket for k in names.KV_BUCKETS)  # Bus.provision
     if sorted(map(str, kvs)) != provisioned:
         out.append(f"KV buckets in Terraform are {sorted(map(str, kvs))}, schemas/names.py has {provisioned}")
-    wants = {names.KV_JOBS: {"ttl": _status_ttl_s(), "history": BUS_KV_HISTORY, "storage": "file"},
-             names.KV_RUNNERS: {"ttl": names.RUNNER_PRESENCE_TTL_S},
-             names.KV_RENDERS: {"ttl": _status_ttl_s()},
-             names.KV_QUOTAS: {"history": 1, "storage": "file"}}  # runtime/quotas.py create_bucket
+    wants = {k.bucket: {"history": k.history, "storage": "file", "replicas": "${var.replicas}",
+                        "ttl": _status_ttl_s() if k.status_ttl else k.ttl_s} for k in names.KV_BUCKETS}
     for bucket, want in wants.items():
         b = kvs.get(bucket)
         if b is None:

@@ -129,7 +129,7 @@ class FakeBus:
     async def kv(self) -> FakeKV:
         return self._kv
 
-    async def kv_bucket(self, name: str, *, ttl_s: float | None = None, description: str = "") -> FakeKV:
+    async def kv_bucket(self, name: str, *, create: bool = True, scale: bool = False) -> FakeKV:
         return self._buckets.setdefault(name, FakeKV(name))
 
     async def publish(self, subject: str, payload: BaseModel | bytes, *, msg_id: str | None = None,

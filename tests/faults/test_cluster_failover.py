@@ -20,7 +20,7 @@ from runtime.embedded import NatsCluster
 from runtime.queue import parse_msg_id
 from schemas.errors import Retryable
 from schemas.messages import JobRequest, JobState
-from schemas.names import HEADER_MSG_ID, KV_JOBS, STREAM_JOBS, STREAM_SEGMENTS, SUBJECT_SUBMIT
+from schemas.names import HEADER_MSG_ID, KV_BUCKETS, STREAM_JOBS, STREAM_SEGMENTS, STREAMS, SUBJECT_SUBMIT
 from tests.faults.harness import fault_stack, figure, wait_jobs
 
 T = TypeVar("T")
@@ -64,8 +64,12 @@ async def test_stream_leader_killed_mid_burst_loses_nothing(tmp_path: Path) -> N
         async with Bus(fs.settings, "fault-test") as bus:
             info = await bus.js.stream_info(STREAM_JOBS)
             assert info.config.num_replicas == 3 and info.cluster is not None
-            kv_info = await bus.js.stream_info(f"KV_{KV_JOBS}")
-            assert kv_info.config.num_replicas == 3
+            # every stream and KV bucket is R3: one left on a single node dies with it (the
+            # quotas bucket once did, and every submission after the kill timed out in admission)
+            replicas = {s.name: (await bus.js.stream_info(s.name)).config.num_replicas for s in STREAMS}
+            replicas |= {k.bucket: (await bus.js.stream_info(f"KV_{k.bucket}")).config.num_replicas
+                         for k in KV_BUCKETS}
+            assert replicas == dict.fromkeys(replicas, 3), replicas
             leader = info.cluster.leader
             assert leader is not None
             ids = [f"burst-{i}" for i in range(BURST)]

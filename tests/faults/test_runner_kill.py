@@ -59,7 +59,7 @@ async def test_runner_killed_mid_segment_and_idle(tmp_path: Path) -> None:
             retry = [r for r in fs.log_lines("segment_render_retry") if r.get("job_id") == job]
             assert retry, "the segment was not rendered again by the other runner"
             redelivered_s = ts(retry[0]) - t_kill
-            renders = await RenderAttempts(bus, 3600).count(job, 0)
+            renders = await RenderAttempts(bus).count(job, 0)
             figure("runner_kill9_mid_segment", kill_to_redelivered_s=round(redelivered_s, 1),
                    kill_to_success_s=round(t_done - t_kill, 1), render_attempts=renders,
                    ack_wait_s=RUNNER_ACK_WAIT_S)
@@ -75,7 +75,7 @@ async def test_runner_killed_mid_segment_and_idle(tmp_path: Path) -> None:
             done = await wait_jobs(bus, jobs, timeout_s=90)
             t_done = time.time()
             assert all(s.state == JobState.SUCCEEDED for s in done.values()), done
-            attempts = [await RenderAttempts(bus, 3600).count(j, 0) for j in jobs]
+            attempts = [await RenderAttempts(bus).count(j, 0) for j in jobs]
             figure("runner_kill9_idle", kill_to_all_succeeded_s=round(t_done - t_kill, 1), jobs=len(jobs),
                    render_attempts=attempts)
             assert attempts == [1, 1, 1]  # a delivery lost to the dead runner costs no render

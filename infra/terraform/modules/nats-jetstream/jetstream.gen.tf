@@ -259,6 +259,22 @@ resource "jetstream_kv_bucket" "videogen_renders" {
   replicas    = var.replicas
 }
 
+resource "jetstream_kv_bucket" "videogen_quotas" {
+  name        = "videogen-quotas"
+  description = "per-tenant admitted jobs and recent submissions (admission quotas)"
+  storage     = "file"
+  history     = 1
+  replicas    = var.replicas
+}
+
+resource "jetstream_kv_bucket" "videogen_apikeys" {
+  name        = "videogen-apikeys"
+  description = "HTTP gateway API keys: sha256(key) -> tenant"
+  storage     = "file"
+  history     = 1
+  replicas    = var.replicas
+}
+
 # runner_consumer(model) for every model in schemas/registry.py
 locals {
   runner_consumers = {
@@ -362,15 +378,6 @@ resource "jetstream_consumer" "runner" {
   max_waiting     = 512
 }
 
-# Per-tenant admission quotas (runtime/quotas.py): written by preprocess with CAS.
-resource "jetstream_kv_bucket" "videogen_quotas" {
-  name        = "videogen-quotas"
-  description = "per-tenant admitted jobs and recent submissions (admission quotas)"
-  storage     = "file"
-  history     = 1
-  replicas    = var.replicas
-}
-
 output "streams" {
   description = "Stream names."
   value = [
@@ -438,5 +445,5 @@ output "kv_bucket" {
 
 output "ready" {
   description = "Depend on this to order workloads after the topology exists."
-  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.preprocess_part.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_consumer.webhook_replay.id, jetstream_consumer.cancel.id, jetstream_consumer.sweeper.id, jetstream_kv_bucket.videogen_jobs.id, jetstream_kv_bucket.videogen_quotas.id])
+  value       = concat([for c in jetstream_consumer.runner : c.id], [jetstream_consumer.preprocess.id, jetstream_consumer.preprocess_part.id, jetstream_consumer.planner.id, jetstream_consumer.chain.id, jetstream_consumer.stitch.id, jetstream_consumer.webhook.id, jetstream_consumer.webhook_replay.id, jetstream_consumer.cancel.id, jetstream_consumer.sweeper.id, jetstream_kv_bucket.videogen_jobs.id, jetstream_kv_bucket.videogen_runners.id, jetstream_kv_bucket.videogen_renders.id, jetstream_kv_bucket.videogen_quotas.id, jetstream_kv_bucket.videogen_apikeys.id])
 }
