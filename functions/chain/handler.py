@@ -106,6 +106,8 @@ async def _stream(ports: Ports, plan: JobPlan | None, res: SegmentResult) -> Str
     closes the stream at its real end and the job renders on."""
     if plan is None or plan.job.extend is not None:
         return None  # an extension's output starts with its source: not streamed (yet)
+    if len(plan.windows) == 1:
+        return None  # one segment: the whole video is final at once (output.mp4 follows), nothing to stream
     try:
         return await publish_piece(ports.storage, plan, res)
     except STREAM_ERRORS as e:

@@ -10,6 +10,8 @@ the plan revision: a result of a revision that was re-planned since is ignored t
 
 from __future__ import annotations
 
+import asyncio
+
 from functions.planner.replan import replan
 from functions.planner.segments import RunnerTarget, inputs_needed, inputs_ready, make_plan, progress_after, segment_job
 from runtime.jobs import TERMINAL
@@ -33,16 +35,20 @@ async def handle_plan(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
         return
     job_id = req.job.job_id
     # e.g. frames preprocess wrote after a cancel are removed on the way
-    if (state := await ports.guard.stopped(job_id, among=TERMINAL)) is not None:
+    status, _ = await ports.tracker.status.get(job_id)
+    if (state := await ports.guard.stopped(job_id, among=TERMINAL, status=status)) is not None:
         log.info("job_already_finished", job_id=job_id, state=state.value)
         return
     # a streaming preprocess sends one PlanRequest per stored batch of frames (``ready_frames``): the
-    # first plans the job, every one records how far the inputs go and may release the waiting segment
-    plan = await _stored_plan(ports, job_id)
+    # first plans the job, every one records how far the inputs go and may release the waiting segment.
+    # A status without a plan: not planned, no S3 read (a plan stored by a planner that died before
+    # the status update is made again, the same). plan.json and the status are written together; the
+    # segment goes out once both are stored, and a planner that died between the two writes is
+    # redelivered: the status names a plan whose plan.json is missing, so it is made and stored again.
+    plan = await _stored_plan(ports, job_id) if status is None or status.plan is not None else None
     fresh = plan is None
     if plan is None:
         plan = make_plan(req, ports.settings.runner_memory_budget_bytes, RunnerTarget.from_settings(ports.settings))
-        await store_plan(ports.storage, plan)
     info = plan.info
     before: list[int | None] = []
 
@@ -57,7 +63,10 @@ async def handle_plan(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
             update["preprocessed_frames"] = req.ready_frames
         return cur.model_copy(update=update) if update else None
 
-    stored = await ports.tracker.status.update(job_id, mutate)
+    if fresh:
+        stored, _ = await asyncio.gather(ports.tracker.status.update(job_id, mutate), store_plan(ports.storage, plan))
+    else:
+        stored = await ports.tracker.status.update(job_id, mutate)
     if stored is None:
         return
     k = stored.segments_done

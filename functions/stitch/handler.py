@@ -102,24 +102,29 @@ async def handle_stitch(payload: bytes, delivery: WorkItem, ports: Ports) -> Non
     key = output_key(job.job_id)
     segs = sorted(req.segments, key=lambda s: s.index)
     first = segs[0]
+    tail_n = tail_frames_for(job.model)
     if job.extend is None and len(segs) == 1 and first.frames == job.num_frames:
         # one segment covering exactly T frames: a server-side copy (no re-encode); the segment is
-        # downloaded for the previews only
-        ref, data = await asyncio.gather(
+        # downloaded for the previews only, which are made while the copy runs
+        async def previews() -> tuple[ObjectRef, ObjectRef] | None:
+            data = await ports.storage.get_bytes(first.segment.key, bucket=first.segment.bucket)
+            return await store_previews(ports, job.job_id, data, tail_n)
+
+        ref, refs, (url, expires) = await asyncio.gather(
             ports.storage.copy(first.segment.key, key, src_bucket=first.segment.bucket, size=first.segment.size),
-            ports.storage.get_bytes(first.segment.key, bucket=first.segment.bucket))
+            previews(), ports.storage.presign_get(key, job.presign_ttl_s))
         sha, size, frames = first.sha256, ref.size, first.frames
     else:
         with tempfile.TemporaryDirectory(prefix=f"stitch-{job.job_id}-") as tmp:
             data, frames = await _assemble_multi(req.model_copy(update={"segments": segs}), ports, Path(tmp))
         sha, size = hashlib.sha256(data).hexdigest(), len(data)
-        await ports.storage.put_atomic(key, data, "video/mp4")
-    refs = await store_previews(ports, job.job_id, data, tail_frames_for(job.model))
+        _, refs, (url, expires) = await asyncio.gather(ports.storage.put_atomic(key, data, "video/mp4"),
+                                                       store_previews(ports, job.job_id, data, tail_n),
+                                                       ports.storage.presign_get(key, job.presign_ttl_s))
     output = OutputInfo(
         bucket=ports.storage.bucket, key=key, size=size, sha256=sha, duration_s=round(frames / job.fps, 4),
         frames=frames, width=first.width, height=first.height, fps=float(job.fps),
     )
-    url, expires = await ports.storage.presign_get(key, job.presign_ttl_s)
     data_s = SucceededData(output=output, url=url, url_expires_at=expires,
                            thumbnail=refs[0] if refs else None, spritesheet=refs[1] if refs else None)
     stored = await ports.tracker.record(
