@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import tempfile
 import time
@@ -157,6 +158,9 @@ class _Metrics:
                                  buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
         self.jobs = Counter("videogen_gateway_jobs_submitted_total", "jobs published by the gateway",
                             ["tenant"], registry=self.registry)
+        self.quota_refused = Counter("videogen_gateway_quota_refused_total",
+                                     "create requests answered 429 (the tenant over its quotas)", ["tenant"],
+                                     registry=self.registry)
 
 
 class Gateway:
@@ -276,6 +280,24 @@ class Gateway:
             except TargetUnresolvable:
                 pass
 
+    async def check_quota(self, tenant: str) -> None:
+        """The tenant's quotas at the door (``runtime/quotas.py``, read only): 429 with ``Retry-After``
+        now instead of a job that preprocess rejects ``quota_exceeded`` a moment later. Preprocess
+        stays the authority: two requests racing for the last slot may both pass here."""
+        from runtime.quotas import QuotaExceeded, QuotaGate, limits_of
+
+        async def status_of(key: str) -> JobStatus | None:
+            return (await self.status.get(key))[0]
+
+        try:
+            await QuotaGate(self.bus, limits_of(self.settings), status_of).check(tenant)
+        except QuotaExceeded as e:
+            retry = next((d["retry_after_s"] for d in e.details if "retry_after_s" in d), None)
+            self.metrics.quota_refused.labels(tenant=tenant).inc()
+            log.info("video_refused_quota", tenant=tenant, reason=e.message)
+            raise GatewayError(429, ErrorCode.QUOTA_EXCEEDED.value, e.message, type_="rate_limit_error",
+                               headers={"Retry-After": str(max(1, math.ceil(retry or 1)))}) from e
+
     async def submit(self, req: JobRequest, tenant: str) -> None:
         payload = req.model_dump_json(exclude_none=True).encode()
         key = job_key(tenant, req.job_id)
@@ -358,7 +380,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, e: GatewayError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -434,6 +456,8 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         req = build_request(video_id, fields, image=refs.get("input_reference") or refs.get("image"),
                             video=refs.get("video"), form=form)
         await gw.check_targets(req)  # before anything is uploaded
+        if files:
+            await gw.check_quota(who)
         uploaded = {name: await gw.upload(video_id, who, name, f) for name, f in files.items()}
         if uploaded:  # the stored keys carry the file's extension
             req = req.model_copy(update={
@@ -447,6 +471,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
 
     async def _submit_and_answer(request: Request, req: JobRequest, who: str) -> JSONResponse:
         """Publish; with ``Prefer: wait=N`` the event subscription starts alongside the publish."""
+        await gw.check_quota(who)
         seconds = _wait_s(request)
         if seconds is None:  # just published: nothing has a status yet
             await gw.submit(req, who)

@@ -147,13 +147,14 @@ class GatewayError(Exception):
     """An HTTP error answered as OpenAI's ``{"error": {...}}`` body."""
 
     def __init__(self, status: int, code: str, message: str, *, param: str | None = None,
-                 type_: str = "invalid_request_error") -> None:
+                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.param = param
         self.type = type_
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return ApiError(error=ApiErrorBody(message=self.message, type=self.type, code=self.code,

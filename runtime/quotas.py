@@ -82,6 +82,12 @@ class Record:
 StatusReader = Callable[[str], Awaitable[JobStatus | None]]
 
 
+def limits_of(settings: Any) -> Limits:
+    """The per-tenant limits a deployment configures (``Settings``)."""
+    return Limits(settings.max_queued_jobs_per_tenant, settings.max_running_jobs_per_tenant,
+                  settings.submit_rate_per_minute)
+
+
 async def decide(rec: Record, job_key: str, limits: Limits, now: float, status_of: StatusReader) -> Record | None:
     """The record after admitting ``job_key`` (None: already admitted), or raise :class:`QuotaExceeded`.
 
@@ -116,6 +122,17 @@ class QuotaGate:
         self.bus = bus
         self.limits = limits
         self.status_of = status_of
+
+    async def check(self, tenant: str) -> None:
+        """Raise :class:`QuotaExceeded` when a new job of ``tenant`` would be refused now; writes
+        nothing. The HTTP gateway asks at the door (429 instead of a job that is rejected a moment
+        later); :meth:`admit` in preprocess stays the authority (two doors may both pass a last slot)."""
+        kv = await self.bus.kv_bucket(KV_QUOTAS)
+        try:
+            raw = (await kv.get(tenant)).value
+        except KeyNotFoundError:
+            return
+        await decide(Record.parse(raw), "\x00door-check", self.limits, time.time(), self.status_of)
 
     async def admit(self, tenant: str, job_key: str, *, attempts: int = 50) -> None:
         """Count ``job_key`` against ``tenant``'s limits, or raise :class:`QuotaExceeded`."""

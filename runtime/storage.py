@@ -1,4 +1,8 @@
-"""S3 access (aiobotocore, SigV4, path-style): the only module that talks to object storage.
+"""S3 access (SigV4, path-style): the only module that talks to object storage.
+
+Single-object reads and writes (PUT, GET, HEAD, COPY, DELETE: every stage's hot path) go through
+``runtime.s3wire`` (SigV4 on aiohttp); listing, batch deletes, presigning, lifecycle and bucket
+creation through aiobotocore.
 
 Segment and output writes go through ``put_atomic``: a single PUT (atomic in S3: visible
 only when complete) with ``Content-MD5`` so a corrupted body is refused by the server.
@@ -17,11 +21,13 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from runtime.s3wire import Credentials, ObjectTooLargeError, S3Error, S3Wire
 from runtime.settings import Settings
 from schemas.errors import ErrorCode, Permanent, Retryable
 from schemas.messages import ObjectRef
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 
 def _client_config() -> AioConfig:
@@ -48,8 +54,13 @@ def _wrap(exc: Exception, what: str) -> Exception:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in _NOT_FOUND:
             return ObjectNotFound(f"{what}: not found")
-        if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        if code in _DENIED:
             return Permanent(f"{what}: access denied ({code})", code=ErrorCode.STORAGE_ERROR)
+    if isinstance(exc, S3Error):
+        if exc.status == 404 or exc.code in _NOT_FOUND:
+            return ObjectNotFound(f"{what}: not found")
+        if exc.status == 403 or exc.code in _DENIED:
+            return Permanent(f"{what}: access denied ({exc.code})", code=ErrorCode.STORAGE_ERROR)
     return Retryable(f"{what}: {exc}", code=ErrorCode.STORAGE_ERROR, delay_s=5.0)
 
 
@@ -62,6 +73,7 @@ class Storage:
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._presigner: Any = None
+        self._wire: S3Wire | None = None
 
     async def __aenter__(self) -> Storage:
         await self.open()
@@ -91,10 +103,22 @@ class Storage:
             )
         else:
             self._presigner = self._client
+        s = self.settings
+        self._wire = await self._stack.enter_async_context(S3Wire(
+            s.s3_endpoint or f"https://s3.{s.s3_region}.amazonaws.com",
+            Credentials(s.s3_access_key.get_secret_value(), s.s3_secret_key.get_secret_value(), s.s3_region),
+            connect_timeout_s=5, read_timeout_s=60, attempts=4, pool=32))
 
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
+        self._wire = None
+
+    @property
+    def wire(self) -> S3Wire:
+        if self._wire is None:
+            raise RuntimeError("Storage is not open")
+        return self._wire
 
     @property
     def client(self) -> Any:
@@ -129,15 +153,12 @@ class Storage:
                         verify_md5: bool = False) -> ObjectRef:
         """One PUT. ``verify_md5``: send ``Content-MD5`` so the server refuses a corrupted body."""
         b = bucket or self.bucket
-        extra = {"ContentMD5": base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()} \
-            if verify_md5 else {}
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode() if verify_md5 else None
         try:
-            resp = await self.client.put_object(
-                Bucket=b, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}, **extra
-            )
-        except (ClientError, BotoCoreError) as e:
+            etag = await self.wire.put(b, key, data, content_type=content_type, md5_b64=md5, metadata=metadata)
+        except S3Error as e:
             raise _wrap(e, f"put {b}/{key}") from e
-        return self.ref(key, etag=resp.get("ETag", ""), size=len(data), bucket=b)
+        return self.ref(key, etag=etag, size=len(data), bucket=b)
 
     async def put_atomic(self, key: str, data: bytes, content_type: str = "application/octet-stream",
                          metadata: dict[str, str] | None = None) -> ObjectRef:
@@ -153,13 +174,9 @@ class Storage:
                    size: int | None = None) -> ObjectRef:
         """Server-side copy (no download). ``size``: known source size, saves a HEAD."""
         try:
-            resp = await self.client.copy_object(
-                Bucket=self.bucket, Key=dst_key,
-                CopySource={"Bucket": src_bucket or self.bucket, "Key": src_key},
-            )
-        except (ClientError, BotoCoreError) as e:
+            etag = await self.wire.copy(src_bucket or self.bucket, src_key, self.bucket, dst_key)
+        except S3Error as e:
             raise _wrap(e, f"copy {src_key} -> {dst_key}") from e
-        etag = resp.get("CopyObjectResult", {}).get("ETag", "")
         if size is None:
             head = await self.head(dst_key)
             etag, size = etag or head.etag, head.size
@@ -168,10 +185,10 @@ class Storage:
     async def head(self, key: str, *, bucket: str | None = None) -> ObjectRef:
         b = bucket or self.bucket
         try:
-            resp = await self.client.head_object(Bucket=b, Key=key)
-        except (ClientError, BotoCoreError) as e:
+            etag, size = await self.wire.head(b, key)
+        except S3Error as e:
             raise _wrap(e, f"head {b}/{key}") from e
-        return self.ref(key, etag=resp.get("ETag", ""), size=int(resp.get("ContentLength", 0)), bucket=b)
+        return self.ref(key, etag=etag, size=size, bucket=b)
 
     async def exists(self, key: str, *, bucket: str | None = None) -> bool:
         try:
@@ -184,14 +201,10 @@ class Storage:
         """Read a whole object; refuse (ObjectTooLarge) past ``max_bytes`` without reading it all."""
         b = bucket or self.bucket
         try:
-            resp = await self.client.get_object(Bucket=b, Key=key)
-            size = int(resp.get("ContentLength", 0))
-            if max_bytes is not None and size > max_bytes:
-                resp["Body"].close()
-                raise ObjectTooLarge(f"s3://{b}/{key} is {size} bytes (limit {max_bytes})")
-            async with resp["Body"] as stream:
-                return await stream.read()
-        except (ClientError, BotoCoreError) as e:
+            return await self.wire.get(b, key, max_bytes=max_bytes)
+        except ObjectTooLargeError as e:
+            raise ObjectTooLarge(f"s3://{b}/{key} is {e.size} bytes (limit {max_bytes})") from e
+        except S3Error as e:
             raise _wrap(e, f"get {b}/{key}") from e
 
     async def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20, *,
@@ -215,9 +228,10 @@ class Storage:
 
     async def delete(self, key: str) -> None:
         try:
-            await self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as e:
-            raise _wrap(e, f"delete {key}") from e
+            await self.wire.delete(self.bucket, key)
+        except S3Error as e:
+            if not (e.status == 404 or e.code in _NOT_FOUND):  # S3 answers 204 for a missing key; some servers 404
+                raise _wrap(e, f"delete {key}") from e
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

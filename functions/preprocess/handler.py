@@ -64,13 +64,15 @@ async def refuse_duplicate(payload: bytes, delivery: Delivery, ports: Ports, job
 
 # claim(): the job is ours and only its hand-off to the planner may be missing
 HAND_OFF = "hand_off"
+# claim(): this delivery created the job's status just now
+CREATED = "created"
 
 
 async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -> bool | str:
     """Create the job's status (KV create: exactly one submission wins), or prove this is its own.
 
-    True: this submission owns the job (it created it now, or it is a redelivery of the message
-    that did and preprocessing has not finished). ``HAND_OFF``: a redelivery of the message after
+    ``CREATED``: this submission created the job now. True: a redelivery of the message that did,
+    and preprocessing has not finished. ``HAND_OFF``: a redelivery of the message after
     ``job.preprocessed`` was recorded but before a plan exists (the publish to the planner may have
     failed): only the hand-off is redone. False: nothing more to do (an already handled
     redelivery, or a different submission with the same job_id: dead-lettered ``duplicate_job``).
@@ -87,7 +89,7 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
 
     current = await ports.tracker.status.update(job_id, mutate)
     if created:
-        return True
+        return CREATED
     try:
         stored = await ports.storage.get_bytes(request_key(job_id), max_bytes=1 << 20)
     except ObjectNotFound:
@@ -117,15 +119,12 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
 
 async def admit_quota(tenant: str, job_id: str, ports: Ports) -> None:
     """The tenant's in-flight and rate limits (``runtime/quotas.py``): ``quota_exceeded`` when over."""
-    from runtime.quotas import Limits, QuotaGate
-
-    s = ports.settings
-    limits = Limits(s.max_queued_jobs_per_tenant, s.max_running_jobs_per_tenant, s.submit_rate_per_minute)
+    from runtime.quotas import QuotaGate, limits_of
 
     async def status_of(key: str) -> JobStatus | None:
         return (await ports.tracker.status.get(key))[0]
 
-    await QuotaGate(ports.bus, limits, status_of).admit(tenant, job_id)
+    await QuotaGate(ports.bus, limits_of(ports.settings), status_of).admit(tenant, job_id)
 
 
 def streaming_unfinished(st: JobStatus) -> bool:
@@ -166,7 +165,8 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
 
     accepted = AcceptedData(model=job.model, task=job.task, width=job.width, height=job.height,
                             num_frames=job.num_frames, fps=job.fps, steps=job.steps, seed=job.seed)
-    current, _ = await ports.tracker.status.get(job.job_id)
+    # (a status this delivery just created is the plain PREPROCESSING one: no need to read it back)
+    current = None if claimed == CREATED else (await ports.tracker.status.get(job.job_id))[0]
     if claimed != HAND_OFF and (current is None or not streaming_unfinished(current)):
         # stored before the first event is published: the webhook dispatcher reads the subscription from it
         # (a redelivery of a job already planned and rendering while it was preprocessed skips this: the

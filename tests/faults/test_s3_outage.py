@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from runtime.bus import Bus
 from schemas.messages import JobState
 from tests.faults.harness import fault_stack, figure, submit_jobs, wait_jobs
@@ -33,6 +35,7 @@ async def wait_any_running(bus: Bus, jobs: list[str], timeout_s: float = 60.0) -
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.timeout(int(OUTAGE_S * 1.5) + 600)  # the outage itself, the recovery, the stack
 async def test_s3_down_during_renders_fails_nothing_and_renders_once(tmp_path: Path) -> None:
     with fault_stack(tmp_path) as fs:
         fs.start_runner()

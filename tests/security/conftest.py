@@ -24,7 +24,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     from runtime.stack import provision, start_servers
 
     data = tmp_path_factory.mktemp("videogen")
-    for name in ("acme", "bob", "carol", "dave"):  # carol, dave: only tests/security/test_quotas.py
+    for name in ("acme", "bob", "carol", "dave", "erin"):  # carol, dave, erin: only tests/security/test_quotas.py
         accounts.add_tenant(data, name)
     base = load_settings(data_dir=data, embedded=True, webhook_allow_hosts=["127.0.0.1"], heartbeat_s=2.0)
     settings, nats, s3 = start_servers(base, fixed_ports=False)

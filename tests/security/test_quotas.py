@@ -114,3 +114,62 @@ async def test_submit_rate_per_tenant(clients) -> None:
     rejected = _rejected(states)
     assert len(rejected) == 2, states
     assert all("submit rate" in states[i]["error"]["message"] for i in rejected), states
+
+
+async def test_gateway_answers_429_at_the_door(stack: Settings, limited) -> None:  # noqa: F811
+    """The HTTP gateway checks the same quotas before publishing: a tenant over a limit gets 429 with
+    ``Retry-After`` (the OpenAI SDK's RateLimitError, retried after that long), no job is created; under
+    the limits the request is published as before and preprocess stays the authority."""
+    import httpx2 as httpx
+    import openai
+
+    from gateway.cli import create_key
+    from tests.gateway_server import running_gateway
+
+    limits = {"max_queued_jobs_per_tenant": 3, "max_running_jobs_per_tenant": 1, "submit_rate_per_minute": 4}
+    key = await create_key(stack, "erin")  # erin: a tenant no other test uses
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"prompt": "door", "num_frames": 9, "steps": 1}
+
+    async def wait_status(http: httpx.AsyncClient, vid: str, want: set[str]) -> dict:
+        for _ in range(200):
+            got = (await http.get(f"/v1/videos/{vid}", headers=auth)).json()
+            if got.get("state") in want:
+                return got
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{vid}: {got}")
+
+    with running_gateway(stack.model_copy(update=limits)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            ids = []
+            for _ in range(3):
+                resp = await http.post("/v1/videos", json=body, headers=auth)
+                assert resp.status_code == 200, resp.text
+                ids.append(resp.json()["id"])
+            for vid in ids:
+                assert (await wait_status(http, vid, {"queued", "failed"}))["state"] == "queued"
+            listed = {v["id"] for v in (await http.get("/v1/videos", headers=auth)).json()["data"]}
+            # 3 waiting = the limit: the 4th is refused at the door, nothing is created
+            refused = await http.post("/v1/videos", json=body, headers=auth)
+            assert refused.status_code == 429, refused.text
+            err = refused.json()["error"]
+            assert err["code"] == "quota_exceeded" and err["type"] == "rate_limit_error" and "waiting" in err["message"]
+            assert int(refused.headers["retry-after"]) >= 1
+            assert {v["id"] for v in (await http.get("/v1/videos", headers=auth)).json()["data"]} == listed
+            # the OpenAI SDK sees its RateLimitError
+            sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+            with pytest.raises(openai.RateLimitError):
+                await sdk.videos.create(prompt="door", model="tiny-wan")
+            await sdk.close()
+            # one finishes (cancelled): one more is accepted -- the 4th admission this minute ...
+            assert (await http.post(f"/v1/videos/{ids[0]}/cancel", headers=auth)).status_code == 200
+            await wait_status(http, ids[0], {"cancelled"})
+            resp = await http.post("/v1/videos", json=body, headers=auth)
+            assert resp.status_code == 200, resp.text
+            assert (await wait_status(http, resp.json()["id"], {"queued", "failed"}))["state"] == "queued"
+            # ... and after another finishes, the submit rate (4 a minute) is what refuses the next
+            assert (await http.post(f"/v1/videos/{ids[1]}/cancel", headers=auth)).status_code == 200
+            await wait_status(http, ids[1], {"cancelled"})
+            rate = await http.post("/v1/videos", json=body, headers=auth)
+            assert rate.status_code == 429 and "submit rate" in rate.json()["error"]["message"], rate.text
+            assert 1 <= int(rate.headers["retry-after"]) <= 61
