@@ -96,11 +96,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from runtime.logging import configure_logging
-    from tests.stack import running_pipeline
+    from tests.stack import BENCH_QUOTAS, running_pipeline
 
     configure_logging("WARNING")
     params = {"prompt": "overhead probe", "width": 64, "height": 64, "num_frames": 9, "steps": 2}
-    with running_pipeline(Path(tempfile.mkdtemp(prefix="videogen-bench-"))) as settings:
+    with running_pipeline(Path(tempfile.mkdtemp(prefix="videogen-bench-")), functions_env=BENCH_QUOTAS) as settings:
         marks: dict[str, list[float]] = {}
         e2e, compute = asyncio.run(run_pipeline(settings, args.jobs, params, marks))
     direct = run_direct(args.jobs, params)

@@ -485,12 +485,13 @@ def main() -> None:
 
     from bench.redis_peer.stack import running_peer
     from runtime.logging import configure_logging
-    from tests.stack import running_pipeline
+    from tests.stack import BENCH_QUOTAS, running_pipeline
 
     configure_logging("WARNING")
     data = Path(tempfile.mkdtemp(prefix="videogen-vs-redis-"))
     with running_peer(data / "peer", threads=args.threads) as base, \
-            running_pipeline(data / "ours", runner_env={"OMP_NUM_THREADS": str(args.threads)}) as settings:
+            running_pipeline(data / "ours", runner_env={"OMP_NUM_THREADS": str(args.threads)},
+                             functions_env=BENCH_QUOTAS) as settings:
         res = asyncio.run(measure(settings, base, args))
     logs = [data / "ours" / "functions.log", data / "ours" / "runner.log"]
     for key in ("burst", "big"):
