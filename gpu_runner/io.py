@@ -114,7 +114,9 @@ class Active:
     cancelled: bool = False
     step: int = 0  # last denoising step reported (every step, before the progress throttle)
     watcher: asyncio.Task[None] | None = None
-    last_progress: float = 0.0
+    # the first job.progress comes progress_interval_s after the segment was taken (a segment done
+    # sooner reports only its last step): fewer status writes on the I/O thread while the model runs
+    last_progress: float = field(default_factory=time.monotonic)
     counting: Future[Any] | None = None  # the render-count increment (begin_render)
 
 
