@@ -70,11 +70,12 @@ async def _assemble_multi(req: StitchRequest, ports: Ports, workdir: Path) -> tu
     return out.read_bytes(), report.frames
 
 
-async def store_previews(ports: Ports, job_id: str, mp4: bytes, tail_frames: int) -> tuple[ObjectRef, ObjectRef] | None:
+async def store_previews(ports: Ports, job_id: str, mp4: bytes, tail_frames: int,
+                         frames: int | None = None) -> tuple[ObjectRef, ObjectRef] | None:
     """Thumbnail + spritesheet JPEGs and the output's last frames next to output.mp4; None (and a
     warning) when the output cannot be decoded: the job still succeeds, the gateway makes them later."""
     try:
-        previews = await asyncio.to_thread(make_previews, mp4, tail_frames)
+        previews = await asyncio.to_thread(make_previews, mp4, tail_frames, frames=frames)
     except (ValueError, av.error.FFmpegError) as e:
         log.warning("previews_failed", job_id=job_id, error=str(e))
         return None
@@ -108,7 +109,7 @@ async def handle_stitch(payload: bytes, delivery: WorkItem, ports: Ports) -> Non
         # downloaded for the previews only, which are made while the copy runs
         async def previews() -> tuple[ObjectRef, ObjectRef] | None:
             data = await ports.storage.get_bytes(first.segment.key, bucket=first.segment.bucket)
-            return await store_previews(ports, job.job_id, data, tail_n)
+            return await store_previews(ports, job.job_id, data, tail_n, first.frames)
 
         ref, refs, (url, expires) = await asyncio.gather(
             ports.storage.copy(first.segment.key, key, src_bucket=first.segment.bucket, size=first.segment.size),
@@ -119,7 +120,7 @@ async def handle_stitch(payload: bytes, delivery: WorkItem, ports: Ports) -> Non
             data, frames = await _assemble_multi(req.model_copy(update={"segments": segs}), ports, Path(tmp))
         sha, size = hashlib.sha256(data).hexdigest(), len(data)
         _, refs, (url, expires) = await asyncio.gather(ports.storage.put_atomic(key, data, "video/mp4"),
-                                                       store_previews(ports, job.job_id, data, tail_n),
+                                                       store_previews(ports, job.job_id, data, tail_n, frames),
                                                        ports.storage.presign_get(key, job.presign_ttl_s))
     output = OutputInfo(
         bucket=ports.storage.bucket, key=key, size=size, sha256=sha, duration_s=round(frames / job.fps, 4),

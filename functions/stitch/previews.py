@@ -82,9 +82,10 @@ class Previews:
     tail: np.ndarray  # (min(tail_frames, F), H, W, 3) uint8: the video's last frames
 
 
-def make_previews(mp4: Mp4, tail_frames: int) -> Previews:
-    """Thumbnail, spritesheet and the last ``tail_frames`` frames, in one decode."""
-    total = probe_mp4(mp4).frames
+def make_previews(mp4: Mp4, tail_frames: int, *, frames: int | None = None) -> Previews:
+    """Thumbnail, spritesheet and the last ``tail_frames`` frames, in one decode. ``frames``: the
+    video's frame count when the caller knows it (the stitcher does), else it is probed first."""
+    total = frames if frames is not None else probe_mp4(mp4).frames
     if total <= 0:
         raise ValueError("no video frames")
     wanted = sprite_frames(total)
