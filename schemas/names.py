@@ -466,8 +466,13 @@ STREAMS: tuple[StreamSpec, ...] = (
 # must outlast a 10-minute S3 outage (5+10+20+40+80x8 s = 715 s) before a job fails for it.
 OUTAGE_MAX_DELIVER = 12
 
+# A client's input URL or webhook host that keeps failing (timeouts, 5xx, DNS) is rejected after
+# this many deliveries of its submission; a failure of our own storage or bus is retried for the
+# whole OUTAGE_MAX_DELIVER budget, so a submission made during a 10-minute S3 outage still lands.
+INPUT_ATTEMPTS = 5
 CONSUMER_PREPROCESS = ConsumerSpec(
-    STREAM_JOBS, "preprocess", SUBJECT_SUBMIT, ack_wait_s=60, max_deliver=5, extra_filters=(submit_subject("*"),),
+    STREAM_JOBS, "preprocess", SUBJECT_SUBMIT, ack_wait_s=60, max_deliver=OUTAGE_MAX_DELIVER,
+    extra_filters=(submit_subject("*"),),
     backoff_s=(60, 120, 300, 600), description="Validates and preprocesses submissions.",
 )
 CONSUMER_PREPROCESS_PART = ConsumerSpec(

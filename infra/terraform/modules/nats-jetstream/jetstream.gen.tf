@@ -114,7 +114,7 @@ resource "jetstream_consumer" "preprocess" {
   description     = "Validates and preprocesses submissions."
   filter_subjects = ["videogen.jobs.submit", "videogen.t.*.jobs.submit"]
   ack_wait        = 60
-  max_delivery    = 5
+  max_delivery    = 12
   max_ack_pending = 64
   backoff         = [60, 120, 300, 600]
   deliver_all     = true
