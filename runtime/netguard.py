@@ -32,6 +32,7 @@ from yarl import URL
 
 from runtime.logging import get_logger
 from schemas.errors import ErrorCode, Permanent, Retryable
+from schemas.names import INPUT_ATTEMPTS
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -53,9 +54,11 @@ class ForbiddenTarget(Permanent):
 
 
 class TargetUnresolvable(Retryable):
-    """The host did not resolve; DNS may recover, so this is retryable (same code as the caller's)."""
+    """The host did not resolve; DNS may recover, so this is retryable (same code as the caller's),
+    ``INPUT_ATTEMPTS`` deliveries at most: a client's host, not our outage."""
 
     code = ErrorCode.WEBHOOK_URL_FORBIDDEN
+    max_attempts = INPUT_ATTEMPTS
 
 
 @dataclass(frozen=True, slots=True)

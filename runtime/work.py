@@ -183,7 +183,8 @@ class WorkItem:
         if not err.retryable:
             await self._record(err, exhausted=False)
             return "term"
-        if self.final_attempt:
+        budget = getattr(err, "max_attempts", None)
+        if self.final_attempt or (budget is not None and self.num_delivered >= budget):
             await self._record(err, exhausted=True)
             return "dead_letter"
         await self.nak(self.retry_delay_s(err) if retry_delay_s is None else retry_delay_s)

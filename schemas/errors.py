@@ -74,6 +74,10 @@ class Retryable(VideogenError):
     """A transient failure: redeliver after ``delay_s``."""
 
     retryable = True
+    # deliveries after which this failure is given up even if the consumer allows more (None: the
+    # consumer's max_deliver): a client's input or webhook host that keeps failing does not get the
+    # budget a stage keeps for an outage of our own storage or bus (``runtime.work.WorkItem.fail``)
+    max_attempts: int | None = None
 
     def __init__(self, message: str, *, code: ErrorCode | None = None, delay_s: float = 5.0,
                  backoff: bool = True) -> None:

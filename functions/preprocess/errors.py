@@ -7,6 +7,7 @@ transient network/storage trouble is ``InputUnavailable`` (``Retryable``: redeli
 from __future__ import annotations
 
 from schemas.errors import ErrorCode, Rejected, Retryable
+from schemas.names import INPUT_ATTEMPTS
 
 
 class InputRejected(Rejected):
@@ -40,9 +41,11 @@ class InputForbidden(InputRejected):
 
 
 class InputUnavailable(Retryable):
-    """The input could not be fetched right now (timeout, 5xx, connection reset): retry later."""
+    """The input could not be fetched right now (timeout, 5xx, connection reset): retry later,
+    ``INPUT_ATTEMPTS`` deliveries at most (then ``job.rejected``, "gave up after N attempts")."""
 
     code = ErrorCode.INPUT_UNREADABLE
+    max_attempts = INPUT_ATTEMPTS
 
 
 class JobStopped(Exception):

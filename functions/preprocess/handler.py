@@ -7,7 +7,7 @@ out: ``job.accepted`` / ``job.rejected``, ``job.preprocessed``; ``videogen.work.
 from __future__ import annotations
 
 from functions.preprocess.admission import Limits, admit
-from functions.preprocess.errors import InputUnavailable, JobStopped
+from functions.preprocess.errors import JobStopped
 from functions.preprocess.extend import resolve_extend
 from functions.preprocess.validate import (
     RequestRejected,
@@ -21,7 +21,7 @@ from runtime.jobs import STOPPED
 from runtime.logging import get_logger
 from runtime.ports import Ports
 from runtime.storage import ObjectNotFound
-from schemas.errors import ErrorCode, Rejected
+from schemas.errors import ErrorCode
 from schemas.messages import (
     AcceptedData,
     EventType,
@@ -37,7 +37,7 @@ from schemas.messages import (
     Task,
     utcnow,
 )
-from schemas.names import INPUT_ATTEMPTS, SUBJECT_WORK_PLAN, job_key, request_key, tenant_of_subject
+from schemas.names import SUBJECT_WORK_PLAN, job_key, request_key, tenant_of_subject
 
 log = get_logger(stage="preprocess")
 
@@ -119,12 +119,9 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
 
 async def admit_quota(tenant: str, job_id: str, ports: Ports) -> None:
     """The tenant's in-flight and rate limits (``runtime/quotas.py``): ``quota_exceeded`` when over."""
-    from runtime.quotas import QuotaGate, limits_of
+    from runtime.quotas import quota_gate
 
-    async def status_of(key: str) -> JobStatus | None:
-        return (await ports.tracker.status.get(key))[0]
-
-    await QuotaGate(ports.bus, limits_of(ports.settings), status_of).admit(tenant, job_id)
+    await quota_gate(ports.bus, ports.settings, ports.tracker.status).admit(tenant, job_id)
 
 
 def streaming_unfinished(st: JobStatus) -> bool:
@@ -135,20 +132,6 @@ def streaming_unfinished(st: JobStatus) -> bool:
 
 
 async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> None:
-    """One submission. A client's input or webhook host that is still unavailable on delivery
-    ``INPUT_ATTEMPTS`` is rejected (its code, "gave up after N attempts"); our own storage and bus
-    errors keep the consumer's longer budget (``OUTAGE_MAX_DELIVER``)."""
-    from runtime.netguard import TargetUnresolvable
-
-    try:
-        await _handle_submit(payload, delivery, ports)
-    except (InputUnavailable, TargetUnresolvable) as e:
-        if delivery.num_delivered < INPUT_ATTEMPTS:
-            raise
-        raise Rejected(f"{e} (gave up after {delivery.num_delivered} attempts)", code=e.code) from e
-
-
-async def _handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> None:
     # the tenant is the subject's (the broker maps each tenant account's videogen.jobs.submit to
     # videogen.t.<tenant>.jobs.submit), never the payload's; from here on job_id is the internal key
     tenant = tenant_of_subject(delivery.subject)
