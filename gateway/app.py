@@ -280,17 +280,19 @@ class Gateway:
             except TargetUnresolvable:
                 pass
 
+    async def door(self, req: JobRequest, tenant: str) -> None:
+        """What a create (remix, extend) must pass before anything is uploaded or published."""
+        await self.check_targets(req)
+        await self.check_quota(tenant)
+
     async def check_quota(self, tenant: str) -> None:
         """The tenant's quotas at the door (``runtime/quotas.py``, read only): 429 with ``Retry-After``
         now instead of a job that preprocess rejects ``quota_exceeded`` a moment later. Preprocess
         stays the authority: two requests racing for the last slot may both pass here."""
-        from runtime.quotas import QuotaExceeded, QuotaGate, limits_of
-
-        async def status_of(key: str) -> JobStatus | None:
-            return (await self.status.get(key))[0]
+        from runtime.quotas import QuotaExceeded, quota_gate
 
         try:
-            await QuotaGate(self.bus, limits_of(self.settings), status_of).check(tenant)
+            await quota_gate(self.bus, self.settings, self.status).check(tenant)
         except QuotaExceeded as e:
             retry = next((d["retry_after_s"] for d in e.details if "retry_after_s" in d), None)
             self.metrics.quota_refused.labels(tenant=tenant).inc()
@@ -455,9 +457,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
         refs = {name: f"s3://{gw.storage.bucket}/{uploads_prefix(who, video_id)}{name}" for name in files}
         req = build_request(video_id, fields, image=refs.get("input_reference") or refs.get("image"),
                             video=refs.get("video"), form=form)
-        await gw.check_targets(req)  # before anything is uploaded
-        if files:
-            await gw.check_quota(who)
+        await gw.door(req, who)  # before anything is uploaded
         uploaded = {name: await gw.upload(video_id, who, name, f) for name, f in files.items()}
         if uploaded:  # the stored keys carry the file's extension
             req = req.model_copy(update={
@@ -471,7 +471,6 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
 
     async def _submit_and_answer(request: Request, req: JobRequest, who: str) -> JSONResponse:
         """Publish; with ``Prefer: wait=N`` the event subscription starts alongside the publish."""
-        await gw.check_quota(who)
         seconds = _wait_s(request)
         if seconds is None:  # just published: nothing has a status yet
             await gw.submit(req, who)
@@ -563,7 +562,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
             raise GatewayError(409, "not_ready", f"{video_id} has not been accepted yet; retry shortly")
         new_id = new_video_id(who)
         req = remix_request(original, new_id, body.prompt)
-        await gw.check_targets(req)  # the allow-lists may have changed since the original
+        await gw.door(req, who)  # the allow-lists and the quotas may have changed since the original
         return await _submit_and_answer(request, req, who)
 
     @app.post("/v1/videos/{video_id}/extend", tags=["videos"], response_model=Video)
@@ -578,7 +577,7 @@ def create_app(settings: Settings, *, poll_after_ms: int = 500) -> FastAPI:
                                "only a finished video can be extended", param="video_id")
         new_id = new_video_id(who)
         req = extend_request(original, new_id, body.model_dump(exclude_none=True), output=status.output)
-        await gw.check_targets(req)
+        await gw.door(req, who)
         return await _submit_and_answer(request, req, who)
 
     async def _finished(video_id: str, who: str) -> JobStatus:

@@ -82,10 +82,16 @@ class Record:
 StatusReader = Callable[[str], Awaitable[JobStatus | None]]
 
 
-def limits_of(settings: Any) -> Limits:
-    """The per-tenant limits a deployment configures (``Settings``)."""
-    return Limits(settings.max_queued_jobs_per_tenant, settings.max_running_jobs_per_tenant,
-                  settings.submit_rate_per_minute)
+def quota_gate(bus: Any, settings: Any, statuses: Any) -> QuotaGate:
+    """The gate of a deployment's per-tenant limits (``Settings``), reading job states from
+    ``statuses`` (a ``runtime.jobs.StatusStore``): preprocess admits through it, the gateway checks."""
+    limits = Limits(settings.max_queued_jobs_per_tenant, settings.max_running_jobs_per_tenant,
+                    settings.submit_rate_per_minute)
+
+    async def status_of(key: str) -> JobStatus | None:
+        return (await statuses.get(key))[0]
+
+    return QuotaGate(bus, limits, status_of)
 
 
 async def decide(rec: Record, job_key: str, limits: Limits, now: float, status_of: StatusReader) -> Record | None:

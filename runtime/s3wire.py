@@ -81,7 +81,7 @@ def sign(method: str, host: str, path: str, headers: dict[str, str], payload_sha
     for part in (creds.region, "s3", "aws4_request"):
         k = _hmac(k, part)
     signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-    out = {k: v for k, v in signed.items() if k != "host"}
+    out = {name: value for name, value in signed.items() if name != "host"}
     out["authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
                             f"SignedHeaders={';'.join(names)}, Signature={signature}")
     return out
