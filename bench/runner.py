@@ -5,7 +5,7 @@
 Starts its own servers, the CPU functions and one tiny-wan runner, submits all jobs at once,
 and measures duty cycle = sum of per-segment compute time (the runner's own measurement) /
 wall time from the first segment start to the last segment completion. Encode and upload of
-segment k run on rank 0's I/O thread while segment k+1 is denoised, so the goal is >= 95%.
+segment k run in rank 0's I/O process while segment k+1 is denoised, so the goal is >= 95%.
 GPU figures (s/step, caches): bench/runner_gpu.py.
 """
 

@@ -288,7 +288,8 @@ def hop_table(done: list[Done], hops: tuple[str, ...]) -> list[tuple[str, float,
 LOG_MARKS = {  # services' log lines (structlog JSON, UTC timestamps) that split the event hops
     "job_preprocessed": "log preprocess: handler done", "job_planned": "log planner: planned",
     "generation_done": "log runner: model call done", "segment_rendered": "log runner: compute thread free",
-    "segment_done": "log runner: encoded+stored+handed off+acked", "job_succeeded": "log stitch: done",
+    "segment_done": "log runner: encoded+stored+handed off+acked",
+    "job_succeeded": "log: job_succeeded (runner or stitch)",
 }
 
 
@@ -327,7 +328,7 @@ def timeline(done: list[Done]) -> list[tuple[str, float, float]]:
 
 def idle_between_calls(done: list[Done], side: str) -> list[float]:
     """Seconds between one model call's end and the next one's start in the model process (the
-    peer's worker encodes and stores in between; our runner's I/O thread does that during the next call)."""
+    peer's worker encodes and stores in between; our runner's I/O process does that during the next call)."""
     if side == "peer":
         spans = sorted((d.marks["dequeued (BLPOP)"], d.marks["generated"]) for d in done)
     else:
@@ -473,6 +474,8 @@ def main() -> None:
     ap.add_argument("--burst-poll-ms", type=float, default=50.0,
                     help="the same for the bursts: 20 clients polling every 10 ms cost the peer's 2 cores "
                          "~1 core (uvicorn + client), 50 ms costs ~0.2 core and <= 50 ms at the end")
+    ap.add_argument("--runner-io", choices=("process", "thread"), default=None,
+                    help="ours: VIDEOGEN_RUNNER_IO for the runner (default: the setting's default, process)")
     ap.add_argument("--quick", action="store_true", help="small counts: 6 singles, 1 warm-up, burst 6, big 2")
     ap.add_argument("--out", help="write every side's MP4s of the last round here")
     ap.add_argument("--json", help="write the summary rows here")
@@ -490,7 +493,9 @@ def main() -> None:
     configure_logging("WARNING")
     data = Path(tempfile.mkdtemp(prefix="videogen-vs-redis-"))
     with running_peer(data / "peer", threads=args.threads) as base, \
-            running_pipeline(data / "ours", runner_env={"OMP_NUM_THREADS": str(args.threads)},
+            running_pipeline(data / "ours", runner_env={"OMP_NUM_THREADS": str(args.threads),
+                                                        **({"VIDEOGEN_RUNNER_IO": args.runner_io}
+                                                           if args.runner_io else {})},
                              functions_env=BENCH_QUOTAS) as settings:
         res = asyncio.run(measure(settings, base, args))
     logs = [data / "ours" / "functions.log", data / "ours" / "runner.log"]

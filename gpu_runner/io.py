@@ -20,19 +20,22 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import numpy as np
 
+from functions.stitch.finish import complete, finishes_in_runner, output_info, store_previews, tail_frames_for
 from gpu_runner.inputs import SegmentInputs
 from runtime.bus import Bus
 from runtime.frames_store import load_index, read_frames
 from runtime.jobs import STOPPED, TERMINAL, JobGuard, JobTracker, window_progress
 from runtime.liveness import RenderAttempts, RunnerPresence
 from runtime.logging import get_logger
+from runtime.ports import Ports
 from runtime.settings import Settings
 from runtime.storage import Storage
 from runtime.video import encode_mp4, remux_keyframes
@@ -43,10 +46,12 @@ from schemas.messages import (
     FailedData,
     JobEvent,
     JobState,
+    JobStatus,
     ObjectRef,
     PlanRequest,
     ProgressData,
     ReplanHint,
+    SegmentCompletedData,
     SegmentJob,
     SegmentResult,
     StartedData,
@@ -56,6 +61,7 @@ from schemas.names import (
     RUNNER_PRESENCE_S,
     SUBJECT_WORK_PLAN,
     SUBJECT_WORK_SEGMENT_DONE,
+    output_key,
     replan_msg_id,
     revision_tag,
     runner_consumer,
@@ -118,6 +124,12 @@ class Active:
     # sooner reports only its last step): fewer status writes on the I/O thread while the model runs
     last_progress: float = field(default_factory=time.monotonic)
     counting: Future[Any] | None = None  # the render-count increment (begin_render)
+    handle: int = 0  # the I/O process's name for it (gpu_runner.io_process); 0 in-process
+
+    @property
+    def stored_at(self) -> datetime | None:
+        """When JetStream stored the segment message, for the queue-wait metric."""
+        return self.item.stored_at
 
 
 class RunnerIO:
@@ -133,6 +145,7 @@ class RunnerIO:
         self.storage = Storage(settings)
         self.tracker: JobTracker | None = None
         self.guard: JobGuard | None = None
+        self.ports: Ports | None = None
         self.puller: Puller | None = None
         self._uploads: set[Future[Any]] = set()
         self._finishing: set[Future[Any]] = set()  # rendered segments not yet stored (the spool)
@@ -143,6 +156,9 @@ class RunnerIO:
         self.presence: RunnerPresence | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self.busy_s = 0.0
+        # called on the I/O loop when a held segment's job stops (the I/O process mirrors the
+        # flag into memory the compute process reads: ``gpu_runner.io_process``)
+        self.on_cancelled: Callable[[Active], None] | None = None
 
     # ---- thread plumbing ---------------------------------------------------------------
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -162,7 +178,8 @@ class RunnerIO:
         await self.bus.connect()
         await self.storage.open()
         self.tracker = JobTracker(self.bus, self.storage)
-        self.guard = JobGuard(self.tracker, self.storage)
+        self.ports = Ports(self.settings, self.bus, self.storage, self.tracker)
+        self.guard = self.ports.guard
         spec = runner_consumer(self.model)
         self.puller = Puller(self.bus, spec, stage=STAGE, on_permanent=self._record_failure,
                              on_exhausted=self._record_failure)
@@ -191,6 +208,21 @@ class RunnerIO:
             await self.puller.close()
         await self.storage.close()
         await self.bus.close()
+
+    def connected(self) -> bool:
+        """The bus connection is up (the runner's health check)."""
+        return self.bus.nc is not None and self.bus.nc.is_connected
+
+    def fetch_lora(self, uri: str) -> bytes:
+        """A LoRA file from S3 (``s3://bucket/key``), refused over ``lora_max_bytes``."""
+        from gpu_runner.lora import storage_fetch  # imports torch: not in the I/O process until a LoRA is used
+
+        fetch = storage_fetch(self.storage, max_bytes=self.settings.lora_max_bytes)
+
+        async def get() -> bytes:
+            return await fetch(uri)
+
+        return self.call(get(), timeout=600)
 
     # ---- taking work -------------------------------------------------------------------
     def next_segment(self, timeout_s: float = 1.0) -> Active | None:
@@ -246,6 +278,8 @@ class RunnerIO:
         job_id = active.job.job.job_id
         state = await self.guard.wait_stopped(job_id, among=STOPPED)
         active.cancelled = True
+        if self.on_cancelled is not None:
+            self.on_cancelled(active)
         log.info("job_stop_observed", job_id=job_id, segment=active.job.index, state=state.value, step=active.step)
 
     async def _discard(self, active: Active, state: JobState, why: str) -> None:
@@ -370,6 +404,9 @@ class RunnerIO:
             log.info("segment_superseded", job_id=job_id, segment=j.index, revision=j.plan_revision,
                      plan_revision=status.plan.revision)
             return
+        if finishes_in_runner(j):
+            await self._complete_job(active, data, shape, elapsed_s)
+            return
         uploads = [self.storage.put_atomic(segment_key(job_id, j.index), data, "video/mp4")]
         if tail is not None:
             uploads.append(self.storage.put_atomic(segment_tail_key(job_id, j.index), tail))
@@ -399,6 +436,39 @@ class RunnerIO:
         await active.item.ack()
         log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=result.frames,
                  bytes=len(data), elapsed_s=result.elapsed_s)
+
+    async def _complete_job(self, active: Active, data: bytes, shape: tuple[int, int, int], elapsed_s: float) -> None:
+        """A plan of one window that is exactly the output: this segment *is* ``output.mp4``. Store
+        it there with its previews and complete the job here (``functions.stitch.finish``), as stitch
+        would after a server-side copy, without the chain and stitch hops. The same events, in the
+        same order: ``job.segment_completed`` (status ``stitching``), then ``job.succeeded``."""
+        j = active.job
+        job, job_id = j.job, j.job.job_id
+        assert self.ports is not None and self.tracker is not None
+        frames_n, height, width = shape
+        key = output_key(job_id)
+        tracker = self.tracker
+
+        async def store_and_announce() -> tuple[ObjectRef, JobStatus | None]:
+            ref = await self.storage.put_atomic(key, data, "video/mp4")
+            done = SegmentCompletedData(segment=0, segments_total=1, object=ref, frames=frames_n,
+                                        elapsed_s=round(elapsed_s, 3))
+            stored = await tracker.record(
+                JobEvent.build(job_id, EventType.SEGMENT_COMPLETED, done, j.index, *revision_tag(j.plan_revision)),
+                state=JobState.STITCHING, segments_done=1, segments_total=1, progress=segment_progress(j, 1, 1))
+            return ref, stored
+
+        (ref, stored), previews, (url, expires) = await asyncio.gather(
+            store_and_announce(), store_previews(self.ports, job_id, data, tail_frames_for(job.model), frames_n),
+            self.storage.presign_get(key, job.presign_ttl_s))
+        if (state := await self.ports.guard.stopped(job_id, among=TERMINAL, status=stored)) is not None:
+            await self._discard(active, state, "before completing")  # the guard cleaned up a cancelled job
+            return
+        output = output_info(job, ref, hashlib.sha256(data).hexdigest(), frames_n, width, height)
+        await complete(self.ports, job, output, url, expires, previews, 1, by=STAGE)
+        await active.item.ack()
+        log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=frames_n, bytes=len(data),
+                 elapsed_s=round(elapsed_s, 3), completed_job=True)
 
     # ---- spool and render budget ----------------------------------------------------------
     def spool_full(self) -> bool:

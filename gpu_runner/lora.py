@@ -140,7 +140,7 @@ class AdapterCache:
 
     ``dir`` holds fetched S3 objects (named by a digest of the URI, kept up to ``max_files``, oldest
     removed first). ``fetch`` gets the bytes of an ``s3://`` URI (sync, or async run with
-    ``run_coroutine``; default ``asyncio.run``; the runner passes ``RunnerIO.call``).
+    ``run_coroutine``; default ``asyncio.run``; the runner passes ``fetch_lora`` of its I/O, which is sync).
     """
 
     def __init__(self, max_entries: int = 4, dir: Path | str = Path(".videogen/lora"), *,

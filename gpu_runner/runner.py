@@ -24,7 +24,7 @@ from gpu_runner.budget import WindowBudget
 from gpu_runner.caches import CacheConfig, counted_cache
 from gpu_runner.caches import prepare as prepare_cache
 from gpu_runner.inputs import IDLE, STOP, CommandKind, RankCommand, SegmentInputs
-from gpu_runner.lora import AdapterCache, LoraSpec, PeerView, applied_lora, storage_fetch
+from gpu_runner.lora import AdapterCache, LoraSpec, PeerView, applied_lora
 from gpu_runner.metrics import HealthServer, ReadinessFile, RunnerMetrics
 from gpu_runner.pipelines.base import GenerateParams, LoadContext, VideoPipeline
 from gpu_runner.registry import load_model
@@ -90,6 +90,21 @@ class RunnerStats:
     def duty_cycle(self) -> float:
         wall = time.monotonic() - self.started
         return self.compute_s / wall if wall > 0 else 0.0
+
+
+def open_io(settings: Settings, model: str) -> Any:
+    """Rank 0's I/O, started: a ``RunnerIO`` in a process of its own (``runner_io=process``, the
+    default: no I/O holds the compute thread's GIL) or on a thread of this one (``thread``)."""
+    if settings.runner_io == "thread":
+        from gpu_runner.io import RunnerIO
+
+        io: Any = RunnerIO(settings, model)
+    else:
+        from gpu_runner.io_process import IOProcess
+
+        io = IOProcess(settings, model)
+    io.start()
+    return io
 
 
 def resolve_device(pref: str) -> str:
@@ -200,17 +215,13 @@ class Runner:
     def run(self) -> RunnerStats:
         self.load()
         if self.is_rank0:
-            from gpu_runner.io import RunnerIO
-
-            self.io = RunnerIO(self.settings, self.model)
-            self.io.start()
-            self.adapters.fetch = storage_fetch(self.io.storage, max_bytes=self.settings.lora_max_bytes)
-            self.adapters.run_coroutine = self.io.call
+            self.io = open_io(self.settings, self.model)
+            self.adapters.fetch = self.io.fetch_lora
             if self.settings.health_port is not None:
                 self.health = HealthServer(self.settings.health_port, self.metrics, {
                     "model_loaded": lambda: self.pipe is not None,
                     "warmed_up": lambda: self.warmed_up,
-                    "bus_connected": lambda: self.io.bus.nc is not None and self.io.bus.nc.is_connected,
+                    "bus_connected": lambda: self.io.connected(),
                 }).start()
         dist.barrier(self.ctx)
         self.stats.started = time.monotonic()
@@ -245,8 +256,8 @@ class Runner:
                     command: RankCommand | None = STOP
                 else:
                     active = self.io.next_segment(timeout_s=FETCH_TIMEOUT_S)
-                    if active is not None and active.item.stored_at is not None:
-                        self.metrics.observe_queue_wait_since(active.item.stored_at)
+                    if active is not None and active.stored_at is not None:
+                        self.metrics.observe_queue_wait_since(active.stored_at)
                     command = IDLE if active is None else self._job_command(active)
             else:
                 command = None

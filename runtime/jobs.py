@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -82,29 +83,67 @@ class StaleRevision(Exception):
 
 
 class StatusStore:
-    """CAS-guarded access to KV ``videogen-jobs``."""
+    """CAS-guarded access to KV ``videogen-jobs``.
 
-    def __init__(self, bus: Bus) -> None:
+    It remembers the last status (and revision) this process read or wrote for the most recent
+    jobs, so the next ``update`` of the same job can try its compare-and-set without reading first:
+    a stage that writes a job two or three times in a row (preprocess: claim, accepted,
+    preprocessed; the runner: progress, segment done, succeeded) saves a KV round trip per write.
+    Nothing is trusted that KV did not confirm: a write based on a remembered value that another
+    writer moved on fails its CAS and is re-read and re-applied, and a remembered value on which
+    ``mutate`` decides to change nothing, or a remembered terminal state, is read again before that
+    answer is returned.
+    """
+
+    def __init__(self, bus: Bus, *, remember: int = 1024) -> None:
         self.bus = bus
+        self._remember = remember
+        self._known: OrderedDict[str, tuple[JobStatus, int]] = OrderedDict()
+
+    def _note(self, job_id: str, status: JobStatus | None, rev: int) -> None:
+        if status is None or self._remember <= 0:
+            self._known.pop(job_id, None)
+            return
+        self._known[job_id] = (status, rev)
+        self._known.move_to_end(job_id)
+        while len(self._known) > self._remember:
+            self._known.popitem(last=False)
 
     async def get(self, job_id: str) -> tuple[JobStatus | None, int]:
         kv = await self.bus.kv()
         try:
             entry = await kv.get(job_id)
         except KeyNotFoundError:
+            self._known.pop(job_id, None)
             return None, 0
         if entry.value is None or entry.operation is not None and entry.operation != "PUT" and not entry.value:
+            self._known.pop(job_id, None)
             return None, entry.revision or 0
-        return JobStatus.model_validate_json(entry.value), entry.revision or 0
+        status = JobStatus.model_validate_json(entry.value)
+        self._note(job_id, status, entry.revision or 0)
+        return status, entry.revision or 0
 
-    async def update(self, job_id: str, mutate: Mutator, *, attempts: int = 20) -> JobStatus | None:
-        """Apply ``mutate`` with optimistic concurrency; returns the stored status (or None if unchanged)."""
+    async def update(self, job_id: str, mutate: Mutator, *, attempts: int = 20,
+                     assume_new: bool = False) -> JobStatus | None:
+        """Apply ``mutate`` with optimistic concurrency; returns the stored status (or None if unchanged).
+
+        ``assume_new``: the first try is a create, without a read (a submission's claim of its job id:
+        the job almost never exists); a status that does exist fails it and is read and re-applied."""
+        remembered: tuple[JobStatus | None, int] | None = (None, 0) if assume_new else self._known.get(job_id)
         for _ in range(attempts):
-            current, rev = await self.get(job_id)
+            current: JobStatus | None
+            if remembered is not None:  # first try only: a CAS on what this process last saw
+                (current, rev), remembered, confirmed = remembered, None, False
+            else:
+                (current, rev), confirmed = await self.get(job_id), True
             if current is not None and current.state.terminal:
+                if not confirmed:
+                    continue  # final, but only as KV says so now (a deleted job's id may be submitted again)
                 return current  # terminal states are final
             new = mutate(current)
             if new is None:
+                if not confirmed:
+                    continue  # "nothing to change" was decided on a remembered value: read it first
                 return current
             try:
                 await self.write(job_id, new, last=rev)
@@ -121,16 +160,18 @@ class StatusStore:
         data = status.model_dump_json().encode()
         try:
             if last == 0:
-                await kv.create(job_id, data)
+                rev = await kv.create(job_id, data)
             else:
-                await kv.update(job_id, data, last=last)
+                rev = await kv.update(job_id, data, last=last)
         except KeyWrongLastSequenceError as e:
+            self._known.pop(job_id, None)
             raise StaleRevision(job_id) from e
         except Exception as e:  # create() on an existing key raises a wrong-sequence API error too
+            self._known.pop(job_id, None)
             if "wrong last sequence" in str(e).lower() or "10071" in str(e):
                 raise StaleRevision(job_id) from e
             raise
-
+        self._note(job_id, status, int(rev))
 
     async def set_queue_position(self, job_id: str, position: int) -> JobStatus | None:
         """Record a queued job's place in its work queue (0 = next to start); returns the stored status.

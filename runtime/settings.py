@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     runner_memory_margin_bytes: int = Field(3 << 30, ge=0, description="kept free below the device's free memory "
                                                                        "when the runner checks a window fits")
     health_port: int | None = Field(None, description="port for /healthz /readyz /metrics; unset: off")
+    runner_io: Literal["process", "thread"] = Field(
+        "process", description="rank 0's bus/S3/encode work: in a process of its own (the compute thread keeps "
+                               "the GIL) or on a thread of the rank")
     runner_heartbeat_s: float = Field(3.0, gt=0, description="in_progress interval of a runner holding a segment "
                                                             "(rank 0's I/O thread; the runner ack wait is 10 s)")
     runner_spool_segments: int = Field(4, ge=1, description="rendered segments a runner keeps while their upload "

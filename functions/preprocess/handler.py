@@ -87,7 +87,7 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
         now = utcnow()
         return JobStatus(job_id=job_id, state=JobState.PREPROCESSING, created_at=now, updated_at=now)
 
-    current = await ports.tracker.status.update(job_id, mutate)
+    current = await ports.tracker.status.update(job_id, mutate, assume_new=True)  # a create, no read first
     if created:
         return CREATED
     try:

@@ -12,30 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import tempfile
 from pathlib import Path
 
-import av
-import numpy as np
-
-from functions.planner.plan import default_min_overlap
 from functions.stitch.blend import Method
-from functions.stitch.previews import make_previews
-from runtime.jobs import CANCELLED, TERMINAL
+from functions.stitch.finish import complete, output_info, store_previews, tail_frames_for
+from runtime.jobs import TERMINAL
 from runtime.logging import get_logger
 from runtime.ports import Ports
 from runtime.work import WorkItem
-from schemas.messages import (
-    EventType,
-    JobEvent,
-    ObjectRef,
-    OutputInfo,
-    StitchRequest,
-    SucceededData,
-)
-from schemas.names import output_key, output_tail_key, spritesheet_key, thumbnail_key
-from schemas.registry import MODELS
+from schemas.messages import ObjectRef, StitchRequest
+from schemas.names import output_key
 
 log = get_logger(stage="stitch")
 
@@ -70,30 +57,6 @@ async def _assemble_multi(req: StitchRequest, ports: Ports, workdir: Path) -> tu
     return out.read_bytes(), report.frames
 
 
-async def store_previews(ports: Ports, job_id: str, mp4: bytes, tail_frames: int,
-                         frames: int | None = None) -> tuple[ObjectRef, ObjectRef] | None:
-    """Thumbnail + spritesheet JPEGs and the output's last frames next to output.mp4; None (and a
-    warning) when the output cannot be decoded: the job still succeeds, the gateway makes them later."""
-    try:
-        previews = await asyncio.to_thread(make_previews, mp4, tail_frames, frames=frames)
-    except (ValueError, av.error.FFmpegError) as e:
-        log.warning("previews_failed", job_id=job_id, error=str(e))
-        return None
-    buf = io.BytesIO()
-    np.save(buf, previews.tail, allow_pickle=False)
-    thumb, sheet, _ = await asyncio.gather(
-        ports.storage.put_bytes(thumbnail_key(job_id), previews.thumbnail, "image/jpeg"),
-        ports.storage.put_bytes(spritesheet_key(job_id), previews.spritesheet, "image/jpeg"),
-        ports.storage.put_bytes(output_tail_key(job_id), buf.getvalue(), "application/octet-stream"))
-    return thumb, sheet
-
-
-def tail_frames_for(model: str) -> int:
-    """Output frames kept as ``output.tail.npy``: what an extension is conditioned on by default."""
-    spec = MODELS.get(model)
-    return default_min_overlap(spec) if spec is not None else 5
-
-
 async def handle_stitch(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     req = StitchRequest.model_validate_json(payload)
     job = req.job
@@ -122,19 +85,5 @@ async def handle_stitch(payload: bytes, delivery: WorkItem, ports: Ports) -> Non
         _, refs, (url, expires) = await asyncio.gather(ports.storage.put_atomic(key, data, "video/mp4"),
                                                        store_previews(ports, job.job_id, data, tail_n, frames),
                                                        ports.storage.presign_get(key, job.presign_ttl_s))
-    output = OutputInfo(
-        bucket=ports.storage.bucket, key=key, size=size, sha256=sha, duration_s=round(frames / job.fps, 4),
-        frames=frames, width=first.width, height=first.height, fps=float(job.fps),
-    )
-    data_s = SucceededData(output=output, url=url, url_expires_at=expires,
-                           thumbnail=refs[0] if refs else None, spritesheet=refs[1] if refs else None)
-    stored = await ports.tracker.record(
-        JobEvent.build(job.job_id, EventType.SUCCEEDED, data_s),
-        output=output, url=url, url_expires_at=expires, segments_done=len(segs),
-    )
-    if await ports.guard.stopped(job.job_id, among=CANCELLED, status=stored) is not None:
-        # cancelled while stitching: the cancel won the compare-and-set, so no job.succeeded was
-        # published; the canceller may have cleaned up before output.mp4 existed: the guard deleted it
-        log.info("output_discarded_job_cancelled", job_id=job.job_id)
-        return
-    log.info("job_succeeded", job_id=job.job_id, key=key, frames=frames, size=size)
+    output = output_info(job, ports.storage.ref(key, size=size), sha, frames, first.width, first.height)
+    await complete(ports, job, output, url, expires, refs, len(segs))

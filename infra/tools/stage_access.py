@@ -19,7 +19,8 @@ preprocess      inputs, frames, keypoints, client uploads,    inputs (request.js
 preprocess-part inputs (the stored video), frames, keypoints  frames, keypoints (chunks, parts/); cleans up
 planner         plan.json (idempotent re-plan)                plan.json
 chain           plan.json, segment results (<k>.json)         - ; cleans up a job cancelled meanwhile
-runner          inputs, frames, keypoints, segment tails      segments: <k>.mp4, <k>.tail.npy, <k>.json
+runner          inputs, frames, keypoints, segment tails      segments: <k>.mp4, <k>.tail.npy, <k>.json;
+                                                              a one-window job's output.mp4 + previews
 stitch          segment videos, output.mp4 (server copy),     output.mp4, thumbnail.jpg, spritesheet.jpg,
                 an extension's inputs/source.mp4              output.tail.npy
 gateway         request.json, output.mp4 (presigns it),       request.json, uploads/<id>/*, previews;
@@ -160,8 +161,11 @@ def stage_access() -> dict[str, StageAccess]:
         # check status, then delete: runtime.jobs.discard_partial_objects), never request.json
         StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs, **cleanup),
         StageAccess("chain", read=cat("plan", "segment_result"), list_prefixes=jobs, **cleanup),
+        # the runner also completes a job whose plan is one window that is exactly the output
+        # (functions.stitch.finish.finishes_in_runner): output.mp4, its previews and output.tail.npy
         StageAccess(RUNNER, read=cat("inputs", "frames", "keypoints", "segment_tail"),
-                    write=cat("segment_video", "segment_tail", "segment_result"), list_prefixes=jobs, **cleanup),
+                    write=cat("segment_video", "segment_tail", "segment_result", "output", "previews", "output_tail"),
+                    list_prefixes=jobs, **cleanup),
         StageAccess("stitch", read=cat("segment_video", "output", "extend_source"),
                     write=cat("output", "previews", "output_tail"), list_prefixes=jobs, **cleanup),
         # the HTTP gateway (gateway/app.py): request.json at create, uploads/<video id>/<file>, previews for

@@ -1,5 +1,5 @@
 """Failure detected in seconds (issue 16): a runner kill -9'd mid-segment loses its segment to the
-other runner within the 10 s ack wait (heartbeats every 3 s from rank 0's I/O thread stop with
+other runner within the 10 s ack wait (heartbeats every 3 s from rank 0's I/O process stop with
 it); a runner kill -9'd while idle costs the next job no render attempt and no failure.
 
 Figures: kill -> redelivered, kill -> job succeeded; idle kill -> next job's submit -> success."""

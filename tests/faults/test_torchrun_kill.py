@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.faults.harness import alive, children, fault_stack, figure
+from tests.faults.harness import alive, children, descendants, fault_stack, figure
 
 
 def _wait_gone(pids: list[int], timeout_s: float) -> float:
@@ -27,11 +27,16 @@ def test_torchrun_or_wrapper_killed_leaves_no_rank(tmp_path: Path) -> None:
         (torchrun,) = children(r.proc.pid)
         ranks = r.ranks()
         assert ranks, "no rank found under torchrun"
+        # rank 0's I/O process (gpu_runner/io_process.py) and multiprocessing's resource tracker
+        # are the ranks' children: they must go with them (PDEATHSIG in the I/O process)
+        below = [p for rank in ranks for p in descendants(rank)]
+        assert below, "rank 0 has no I/O process"
         os.kill(torchrun, signal.SIGKILL)
-        gone_s = _wait_gone(ranks, 10)
+        gone_s = _wait_gone(ranks + below, 10)
         r.proc.wait(timeout=15)  # the wrapper notices and exits too
-        figure("torchrun_kill9", ranks=len(ranks), surviving_ranks=sum(alive(p) for p in ranks),
-               ranks_gone_s=round(gone_s, 2), wrapper_exit=r.proc.returncode)
+        figure("torchrun_kill9", ranks=len(ranks), their_children=len(below),
+               surviving=sum(alive(p) for p in ranks + below), all_gone_s=round(gone_s, 2),
+               wrapper_exit=r.proc.returncode)
         assert r.proc.returncode != 0
 
         r2 = fs.start_runner()

@@ -15,8 +15,7 @@ from runtime.settings import Settings, load_settings
 from runtime.stack import provision, start_servers
 from runtime.storage import Storage
 from runtime.video import probe_mp4 as probe
-from schemas.messages import EventType, JobRequest, SegmentResult
-from schemas.names import segment_result_key
+from schemas.messages import EventType, JobRequest
 from tests.stack import start_functions, start_runner, stop, wait_for_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -57,8 +56,10 @@ async def test_two_rank_runner_renders_a_job(private_stack: Settings) -> None:
             out = events[-1].data.output
             info = probe(await storage.get_bytes(out.key))
             assert info.frames == 9 and (info.width, info.height) == (64, 64)
-            res = SegmentResult.model_validate_json(await storage.get_bytes(segment_result_key("par-1", 0)))
-            assert res.frames == 9
+            # one window that is the whole output: the runner stored output.mp4 and completed the job
+            (done,) = [e for e in events if e.type == EventType.SEGMENT_COMPLETED]
+            assert done.data.frames == 9 and done.data.object.key == out.key
+            assert '"by": "runner"' in log.read_text() and '"job_succeeded"' in log.read_text()
         # the group really ran sequence-parallel on two ranks
         assert '"world_size": 2' in log.read_text()
     finally:

@@ -220,12 +220,13 @@ def test_each_stage_writes_only_its_own_outputs() -> None:
     assert _writers(names.plan_key(j)) == {"planner"}
     assert _writers(names.segment_key(j, 3)) == {"runner"}
     assert _writers(names.segment_tail_key(j, 3)) == {"runner"}
-    assert _writers(names.output_key(j)) == {"stitch"}
-    assert _writers(names.output_tail_key(j)) == {"stitch"}
-    assert _writers(names.thumbnail_key(j)) == _writers(names.spritesheet_key(j)) == {"stitch", "gateway"}
+    # the runner completes a job whose plan is one window that is exactly the output (finishes_in_runner)
+    assert _writers(names.output_key(j)) == {"stitch", "runner"}
+    assert _writers(names.output_tail_key(j)) == {"stitch", "runner"}
+    assert _writers(names.thumbnail_key(j)) == _writers(names.spritesheet_key(j)) == {"stitch", "gateway", "runner"}
     assert _writers(names.extend_condition_key(j)) == _writers(names.extend_source_key(j)) == {"preprocess"}
     # atomic uploads go through a temporary key first
-    assert _writers(names.temp_key(names.output_key(j), "abc123")) == {"stitch"}
+    assert _writers(names.temp_key(names.output_key(j), "abc123")) == {"stitch", "runner"}
     assert _writers(names.temp_key(names.segment_key(j, 0), "abc123")) == {"runner"}
     assert _writers("unrelated/key") == set()
 
@@ -237,9 +238,9 @@ def test_readers_cover_the_pipeline() -> None:
     assert _readers(names.segment_key(j, 0)) == {"stitch", "runner"}
     assert _readers(names.plan_key(j)) == {"planner", "chain"}
     # stitch: server-side copy, presign; preprocess: an extension's copy of its source; gateway: presign
-    assert _readers(names.output_key(j)) == {"stitch", "preprocess", "gateway"}
+    assert _readers(names.output_key(j)) == {"stitch", "preprocess", "gateway", "runner"}
     # an extension's condition (stitch: its writer)
-    assert _readers(names.output_tail_key(j)) == {"preprocess", "stitch"}
+    assert _readers(names.output_tail_key(j)) == {"preprocess", "stitch", "runner"}
     assert _readers(names.extend_source_key(j)) == {"preprocess", "runner", "stitch"}
     assert _readers(names.extend_condition_key(j)) == {"preprocess", "runner"}  # conditions segment 0
     assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook", "webhook-replay", "gateway"}
@@ -287,8 +288,8 @@ def test_webhook_only_reads_requests_and_only_provision_administers() -> None:
             assert k in a.read, (a.stage, k)
     for key in (names.segment_key("j", 1), names.output_key("j")):
         tmp = names.temp_key(key, "0123abcd")
-        (writer,) = _writers(key)
-        assert writer in _readers(tmp) and writer in _readers(key) and writer in _writers(tmp)
+        for writer in _writers(key):
+            assert writer in _readers(tmp) and writer in _readers(key) and writer in _writers(tmp)
 
 
 def test_policy_documents_are_valid_iam() -> None:

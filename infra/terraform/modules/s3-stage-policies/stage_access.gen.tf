@@ -83,6 +83,11 @@ locals {
         "jobs/*/segments/*.mp4.tmp-*",
         "jobs/*/segments/*.json",
         "jobs/*/segments/*.json.tmp-*",
+        "jobs/*/output.mp4",
+        "jobs/*/output.mp4.tmp-*",
+        "jobs/*/thumbnail.jpg",
+        "jobs/*/spritesheet.jpg",
+        "jobs/*/output.tail.npy",
       ]
       write = [
         "jobs/*/segments/*.mp4",
@@ -91,6 +96,11 @@ locals {
         "jobs/*/segments/*.tail.npy.tmp-*",
         "jobs/*/segments/*.json",
         "jobs/*/segments/*.json.tmp-*",
+        "jobs/*/output.mp4",
+        "jobs/*/output.mp4.tmp-*",
+        "jobs/*/thumbnail.jpg",
+        "jobs/*/spritesheet.jpg",
+        "jobs/*/output.tail.npy",
       ]
       delete        = ["jobs/*/*"]
       keep          = ["jobs/*/inputs/request.json"]
