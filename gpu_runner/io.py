@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from functions.stitch.finish import complete, finishes_in_runner, output_info, store_previews, tail_frames_for
+from functions.stitch.previews import frame_jpegs
 from gpu_runner.inputs import SegmentInputs
 from runtime.bus import Bus
 from runtime.frames_store import load_index, read_frames
@@ -344,6 +345,12 @@ class RunnerIO:
         # the first try's status read overlaps the encode
         first_status: asyncio.Future[Any] | None = asyncio.ensure_future(self.tracker.status.get(job_id))
         first_status.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, if unused
+        # a one-window job's thumbnail and spritesheet come from the rendered frames, while they encode
+        jpegs_of: asyncio.Future[tuple[bytes, bytes]] | None = (
+            asyncio.ensure_future(asyncio.to_thread(frame_jpegs, frames)) if finishes_in_runner(j) else None)
+        if jpegs_of is not None:
+            jpegs_of.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, if unused
+        jpegs: tuple[bytes, bytes] | None = None
         try:
             try:
                 data = await asyncio.to_thread(encode_segment, frames, j)
@@ -360,6 +367,11 @@ class RunnerIO:
             self._spool_bytes += len(data) + len(tail or b"") - held
             held = len(data) + len(tail or b"")
             shape = (int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2]))
+            if jpegs_of is not None:
+                try:
+                    jpegs = await jpegs_of
+                except Exception as e:  # noqa: BLE001 - store_previews decodes the output for them instead
+                    log.warning("frame_previews_failed", job_id=job_id, error=str(e))
             del frames  # only the encoded bytes are kept while the upload is retried
             delay = 0.5
             attempt = 0
@@ -367,7 +379,7 @@ class RunnerIO:
                 attempt += 1
                 try:
                     pre, first_status = first_status, None
-                    await self._store(active, data, tail, shape, elapsed_s, pre)
+                    await self._store(active, data, tail, shape, elapsed_s, pre, jpegs)
                     if attempt > 1:
                         log.info("segment_upload_recovered", job_id=job_id, segment=j.index, attempts=attempt)
                     return
@@ -384,7 +396,8 @@ class RunnerIO:
             self._release(active)
 
     async def _store(self, active: Active, data: bytes, tail: bytes | None, shape: tuple[int, int, int],
-                     elapsed_s: float, status_read: asyncio.Future[Any] | None = None) -> None:
+                     elapsed_s: float, status_read: asyncio.Future[Any] | None = None,
+                     jpegs: tuple[bytes, bytes] | None = None) -> None:
         """One try at storing a rendered segment and handing it off; raises on any I/O failure."""
         j = active.job
         job_id = j.job.job_id
@@ -405,7 +418,7 @@ class RunnerIO:
                      plan_revision=status.plan.revision)
             return
         if finishes_in_runner(j):
-            await self._complete_job(active, data, shape, elapsed_s)
+            await self._complete_job(active, data, shape, elapsed_s, jpegs)
             return
         uploads = [self.storage.put_atomic(segment_key(job_id, j.index), data, "video/mp4")]
         if tail is not None:
@@ -437,7 +450,8 @@ class RunnerIO:
         log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=result.frames,
                  bytes=len(data), elapsed_s=result.elapsed_s)
 
-    async def _complete_job(self, active: Active, data: bytes, shape: tuple[int, int, int], elapsed_s: float) -> None:
+    async def _complete_job(self, active: Active, data: bytes, shape: tuple[int, int, int], elapsed_s: float,
+                            jpegs: tuple[bytes, bytes] | None) -> None:
         """A plan of one window that is exactly the output: this segment *is* ``output.mp4``. Store
         it there with its previews and complete the job here (``functions.stitch.finish``), as stitch
         would after a server-side copy, without the chain and stitch hops. The same events, in the
@@ -459,7 +473,8 @@ class RunnerIO:
             return ref, stored
 
         (ref, stored), previews, (url, expires) = await asyncio.gather(
-            store_and_announce(), store_previews(self.ports, job_id, data, tail_frames_for(job.model), frames_n),
+            store_and_announce(),
+            store_previews(self.ports, job_id, data, tail_frames_for(job.model), frames_n, jpegs=jpegs),
             self.storage.presign_get(key, job.presign_ttl_s))
         if (state := await self.ports.guard.stopped(job_id, among=TERMINAL, status=stored)) is not None:
             await self._discard(active, state, "before completing")  # the guard cleaned up a cancelled job

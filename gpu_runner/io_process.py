@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -77,7 +79,8 @@ class IOProcess:
                  progress_interval_s: float = 0.25) -> None:
         self.settings = settings
         self.model = model
-        self.runner_id = runner_id
+        # the runner is rank 0 (this process), not its I/O child: events and presence name this pid
+        self.runner_id = runner_id or f"{socket.gethostname()}-{os.getpid()}"
         self.progress_interval_s = progress_interval_s
         self._ctx = mp.get_context("spawn")  # no fork of a process that holds CUDA/torch threads
         self._flags: Any = self._ctx.RawArray("b", SLOTS + 1)
@@ -224,7 +227,7 @@ def _portable(err: BaseException) -> BaseException:
 
 
 # ---- the child ------------------------------------------------------------------------------
-def serve(conn: Connection, settings: Settings, model: str, runner_id: str | None, progress_interval_s: float,
+def serve(conn: Connection, settings: Settings, model: str, runner_id: str, progress_interval_s: float,
           flags: Any) -> None:
     """The I/O process: one ``RunnerIO`` and a loop answering the compute process's calls."""
     from gpu_runner.__main__ import die_with_parent

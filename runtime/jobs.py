@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -221,51 +221,67 @@ class JobTracker:
         await self.bus.publish(events_subject(event.job_id), public, msg_id=event.id)
 
     async def record(self, event: JobEvent, *, alongside: Awaitable[Any] | None = None,
-                     state: JobState | None = None, **fields: Any) -> JobStatus | None:
+                     state: JobState | None = None, then: Sequence[JobEvent] = (),
+                     **fields: Any) -> JobStatus | None:
         """Update status for ``event`` (CAS), then publish the event. Idempotent per event id.
 
         ``alongside``: a write that must be done before the event is published, run concurrently
         with the status update. ``state``: the status state, when not the event's usual one.
+        ``then``: events that follow ``event`` at once (a t2v job is accepted and preprocessed in
+        one go): one status write takes the job through all of them to the last one's state, then
+        every event is published, in order (pipelined on the one connection).
         """
-        state = state or _STATE_FOR_EVENT[event.type]
+        changes = [(event, state or _STATE_FOR_EVENT[event.type], fields),
+                   *((e, _STATE_FOR_EVENT[e.type], {}) for e in then)]
+        final = changes[-1][1]
 
         def mutate(cur: JobStatus | None) -> JobStatus | None:
-            now = utcnow()
-            base: dict[str, Any] = (
-                cur.model_dump() if cur is not None else {"job_id": event.job_id, "created_at": now}
-            )
-            if cur is not None and event.type == EventType.PROGRESS and cur.state not in (
-                JobState.RUNNING, JobState.QUEUED, JobState.PREPROCESSING):
-                return None
-            base.update(fields)
-            base["state"] = state
-            if state != JobState.QUEUED:
-                base["queue_position"] = None  # only queued jobs have a place in the queue
-            if state != (cur.state if cur is not None else None) and "waiting_reason" not in fields:
-                base["waiting_reason"] = None  # the job moved on
-            base["updated_at"] = now
-            if state == JobState.SUCCEEDED:
-                base["progress"] = 100.0
-            if isinstance(event.data, FailedData | RejectedData) and "error" not in fields:
-                base["error"] = ErrorInfo(code=event.data.code, message=event.data.message,
-                                          retryable=event.data.retryable)
-            return JobStatus.model_validate(base)
+            out, changed = cur, False
+            for ev, st, flds in changes:
+                new = _apply(ev, st, flds, out)
+                if new is not None:
+                    out, changed = new, True
+            return out if changed else None
 
         if alongside is None:
             stored = await self.status.update(event.job_id, mutate)
         else:
             stored, _ = await asyncio.gather(self.status.update(event.job_id, mutate), alongside)
-        if stored is not None and stored.state.terminal and stored.state != state:
+        if stored is not None and stored.state.terminal and stored.state != final:
             # a terminal state already won; do not publish a contradicting event
             log.info("event_suppressed_after_terminal", job_id=event.job_id, event_type=event.type.value,
                      state=stored.state.value)
             return stored
-        await self.publish_event(event)
+        if then:  # each PUB is queued on the connection before the next: stored in this order
+            await asyncio.gather(*(self.publish_event(e) for e in (event, *then)))
+        else:
+            await self.publish_event(event)
         if (self.storage is not None and stored is not None and stored.state == JobState.FAILED
                 and stored.playlist_url is not None):
             # a streaming job that failed: players see the stream end where the frames end
             await close_playlist(self.storage, event.job_id)
         return stored
+
+
+def _apply(event: JobEvent, state: JobState, fields: dict[str, Any], cur: JobStatus | None) -> JobStatus | None:
+    """The status after ``event`` (state ``state``, plus ``fields``); None: no change."""
+    now = utcnow()
+    base: dict[str, Any] = cur.model_dump() if cur is not None else {"job_id": event.job_id, "created_at": now}
+    if cur is not None and event.type == EventType.PROGRESS and cur.state not in (
+            JobState.RUNNING, JobState.QUEUED, JobState.PREPROCESSING):
+        return None
+    base.update(fields)
+    base["state"] = state
+    if state != JobState.QUEUED:
+        base["queue_position"] = None  # only queued jobs have a place in the queue
+    if state != (cur.state if cur is not None else None) and "waiting_reason" not in fields:
+        base["waiting_reason"] = None  # the job moved on
+    base["updated_at"] = now
+    if state == JobState.SUCCEEDED:
+        base["progress"] = 100.0
+    if isinstance(event.data, FailedData | RejectedData) and "error" not in fields:
+        base["error"] = ErrorInfo(code=event.data.code, message=event.data.message, retryable=event.data.retryable)
+    return JobStatus.model_validate(base)
 
 
 async def discard_partial_objects(storage: Storage, job_id: str) -> list[str]:

@@ -164,13 +164,17 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
                             num_frames=job.num_frames, fps=job.fps, steps=job.steps, seed=job.seed)
     # (a status this delivery just created is the plain PREPROCESSING one: no need to read it back)
     current = None if claimed == CREATED else (await ports.tracker.status.get(job.job_id))[0]
-    if claimed != HAND_OFF and (current is None or not streaming_unfinished(current)):
+    # t2v has nothing to preprocess: accepted and preprocessed in one status write, both events in order
+    at_once = job.task == Task.T2V
+    announced = claimed != HAND_OFF and (current is None or not streaming_unfinished(current))
+    if announced:
         # stored before the first event is published: the webhook dispatcher reads the subscription from it
         # (a redelivery of a job already planned and rendering while it was preprocessed skips this: the
         # job stays where it is, and request.json was stored before it was handed on)
         await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
                                    alongside=ports.storage.put_bytes(request_key(job.job_id), payload,
                                                                      "application/json"),
+                                   then=[_preprocessed(job)] if at_once else (),
                                    model=job.model, task=job.task.value)
 
     stream: ReadyAnnouncer | None = None
@@ -200,12 +204,14 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
         log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value,
                  frames=job.num_frames, streamed_from_frames=stream.first_frames)
         return
-    if claimed != HAND_OFF:  # a resumed hand-off: preprocessed already; states never go back
-        await ports.tracker.record(
-            JobEvent.build(job.job_id, EventType.PREPROCESSED, PreprocessedData(inputs=job.inputs.objects()))
-        )
+    if claimed != HAND_OFF and not (at_once and announced):  # a resumed hand-off: preprocessed already
+        await ports.tracker.record(_preprocessed(job))
     await ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job), msg_id=f"plan:{job.job_id}")
     log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value, frames=job.num_frames)
+
+
+def _preprocessed(job: ResolvedJob) -> JobEvent:
+    return JobEvent.build(job.job_id, EventType.PREPROCESSED, PreprocessedData(inputs=job.inputs.objects()))
 
 
 class ReadyAnnouncer:

@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from functions.planner.plan import default_min_overlap
-from functions.stitch.previews import make_previews
+from functions.stitch.previews import last_frames, make_previews
 from runtime.jobs import CANCELLED
 from runtime.logging import get_logger
 from runtime.ports import Ports
@@ -50,19 +50,30 @@ def tail_frames_for(model: str) -> int:
 
 
 async def store_previews(ports: Ports, job_id: str, mp4: bytes, tail_frames: int,
-                         frames: int | None = None) -> tuple[ObjectRef, ObjectRef] | None:
+                         frames: int | None = None, *,
+                         jpegs: tuple[bytes, bytes] | None = None) -> tuple[ObjectRef, ObjectRef] | None:
     """Thumbnail + spritesheet JPEGs and the output's last frames next to output.mp4; None (and a
-    warning) when the output cannot be decoded: the job still succeeds, the gateway makes them later."""
+    warning) when the output cannot be decoded: the job still succeeds, the gateway makes them later.
+
+    ``jpegs``: the two JPEGs made already from the frames as rendered (``previews.frame_jpegs``, the
+    runner); then only the tail is decoded (``frames``, the frame count, is needed for it). The tail is
+    always decoded from ``mp4``: it is exactly the output's last frames (what an extension is
+    conditioned on)."""
     try:
-        previews = await asyncio.to_thread(make_previews, mp4, tail_frames, frames=frames)
+        if jpegs is not None and frames is not None:
+            thumbnail, spritesheet = jpegs
+            tail = await asyncio.to_thread(last_frames, mp4, min(tail_frames, frames), frames)
+        else:
+            previews = await asyncio.to_thread(make_previews, mp4, tail_frames, frames=frames)
+            thumbnail, spritesheet, tail = previews.thumbnail, previews.spritesheet, previews.tail
     except (ValueError, av.error.FFmpegError) as e:
         log.warning("previews_failed", job_id=job_id, error=str(e))
         return None
     buf = io.BytesIO()
-    np.save(buf, previews.tail, allow_pickle=False)
+    np.save(buf, tail, allow_pickle=False)
     thumb, sheet, _ = await asyncio.gather(
-        ports.storage.put_bytes(thumbnail_key(job_id), previews.thumbnail, "image/jpeg"),
-        ports.storage.put_bytes(spritesheet_key(job_id), previews.spritesheet, "image/jpeg"),
+        ports.storage.put_bytes(thumbnail_key(job_id), thumbnail, "image/jpeg"),
+        ports.storage.put_bytes(spritesheet_key(job_id), spritesheet, "image/jpeg"),
         ports.storage.put_bytes(output_tail_key(job_id), buf.getvalue(), "application/octet-stream"))
     return thumb, sheet
 

@@ -55,7 +55,7 @@ def test_stitch_stores_previews_and_tail(sdk: openai.OpenAI, stack: Settings) ->
                                        extra_body={"num_frames": 9, "steps": 1, "seed": 3})
     assert video.status == "completed", video.error
     key = job_key("default", video.id)
-    thumb = _get(stack, thumbnail_key(key))  # stored by stitch, before anyone asked the gateway
+    thumb = _get(stack, thumbnail_key(key))  # stored by the pipeline (here the runner), before anyone asked
     sheet = _get(stack, spritesheet_key(key))
     assert thumb[:3] == b"\xff\xd8\xff" and sheet[:3] == b"\xff\xd8\xff"
     assert cv2.imdecode(np.frombuffer(sheet, np.uint8), cv2.IMREAD_COLOR).shape == (2 * 48, 5 * 64, 3)

@@ -151,3 +151,13 @@ def test_a_dead_io_process_ends_the_runner(stack: Settings) -> None:
         io.next_segment(timeout_s=5)
     assert time.monotonic() - t0 < 3  # noticed at once, not after the call's timeout
     io.close()
+
+
+def test_the_runner_is_named_after_rank_0_not_its_io_child(stack: Settings) -> None:
+    io = IOProcess(stack, MODEL)
+    assert io.runner_id.endswith(f"-{os.getpid()}")  # what job.started and presence carry
+    io.start()
+    try:
+        assert io.pid != os.getpid()
+    finally:
+        io.close()

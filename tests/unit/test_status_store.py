@@ -134,3 +134,29 @@ def test_a_remembered_terminal_state_is_read_again() -> None:
         assert again is not None and again.state == JobState.PREPROCESSING
 
     asyncio.run(go())
+
+
+def test_record_then_takes_one_write_and_publishes_in_order() -> None:
+    from runtime.jobs import JobTracker
+    from schemas.messages import AcceptedData, EventType, JobEvent, PreprocessedData
+    from schemas.names import events_subject
+
+    async def go() -> None:
+        bus, kv = _bus()
+        tracker = JobTracker(bus)  # type: ignore[arg-type]
+        accepted = JobEvent.build("j", EventType.ACCEPTED, AcceptedData(model="tiny-wan", task="t2v", width=64,
+                                                                        height=64, num_frames=9, fps=16, steps=2,
+                                                                        seed=1))
+        pre = JobEvent.build("j", EventType.PREPROCESSED, PreprocessedData())
+        writes = kv._rev
+        stored = await tracker.record(accepted, then=[pre], model="tiny-wan", task="t2v")
+        assert kv._rev == writes + 1  # one status write for both changes
+        assert stored is not None and stored.state == JobState.QUEUED and stored.model == "tiny-wan"
+        assert [e.type for e in bus.payloads(events_subject("j"), JobEvent)] == [EventType.ACCEPTED,
+                                                                               EventType.PREPROCESSED]
+        await tracker.record(JobEvent.build("j", EventType.CANCELLED, {}))
+        late = JobEvent.build("j", EventType.PREPROCESSED, PreprocessedData(), "again")
+        assert (await tracker.record(accepted, then=[late])).state == JobState.CANCELLED  # type: ignore[union-attr]
+        assert [e.type for e in bus.payloads(events_subject("j"), JobEvent)][-1] == EventType.CANCELLED  # none after
+
+    asyncio.run(go())
