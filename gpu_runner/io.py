@@ -47,7 +47,6 @@ from schemas.messages import (
     FailedData,
     JobEvent,
     JobState,
-    JobStatus,
     ObjectRef,
     PlanRequest,
     ProgressData,
@@ -455,32 +454,23 @@ class RunnerIO:
         """A plan of one window that is exactly the output: this segment *is* ``output.mp4``. Store
         it there with its previews and complete the job here (``functions.stitch.finish``), as stitch
         would after a server-side copy, without the chain and stitch hops. The same events, in the
-        same order: ``job.segment_completed`` (status ``stitching``), then ``job.succeeded``."""
+        same order (``job.segment_completed``, then ``job.succeeded``), from one status write."""
         j = active.job
         job, job_id = j.job, j.job.job_id
-        assert self.ports is not None and self.tracker is not None
+        assert self.ports is not None
         frames_n, height, width = shape
         key = output_key(job_id)
-        tracker = self.tracker
-
-        async def store_and_announce() -> tuple[ObjectRef, JobStatus | None]:
-            ref = await self.storage.put_atomic(key, data, "video/mp4")
-            done = SegmentCompletedData(segment=0, segments_total=1, object=ref, frames=frames_n,
-                                        elapsed_s=round(elapsed_s, 3))
-            stored = await tracker.record(
-                JobEvent.build(job_id, EventType.SEGMENT_COMPLETED, done, j.index, *revision_tag(j.plan_revision)),
-                state=JobState.STITCHING, segments_done=1, segments_total=1, progress=segment_progress(j, 1, 1))
-            return ref, stored
-
-        (ref, stored), previews, (url, expires) = await asyncio.gather(
-            store_and_announce(),
+        ref, previews, (url, expires) = await asyncio.gather(
+            self.storage.put_atomic(key, data, "video/mp4"),
             store_previews(self.ports, job_id, data, tail_frames_for(job.model), frames_n, jpegs=jpegs),
             self.storage.presign_get(key, job.presign_ttl_s))
-        if (state := await self.ports.guard.stopped(job_id, among=TERMINAL, status=stored)) is not None:
-            await self._discard(active, state, "before completing")  # the guard cleaned up a cancelled job
-            return
+        done = SegmentCompletedData(segment=j.index, segments_total=j.count, object=ref, frames=frames_n,
+                                    elapsed_s=round(elapsed_s, 3))
+        segment_done = JobEvent.build(job_id, EventType.SEGMENT_COMPLETED, done, j.index,
+                                      *revision_tag(j.plan_revision))
         output = output_info(job, ref, hashlib.sha256(data).hexdigest(), frames_n, width, height)
-        await complete(self.ports, job, output, url, expires, previews, 1, by=STAGE)
+        # a job cancelled meanwhile: no events, the guard in complete() deletes what was stored
+        await complete(self.ports, job, output, url, expires, previews, 1, by=STAGE, segment_done=segment_done)
         await active.item.ack()
         log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=frames_n, bytes=len(data),
                  elapsed_s=round(elapsed_s, 3), completed_job=True)

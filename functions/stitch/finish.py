@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 from datetime import datetime
+from typing import Any
 
 import av
 import numpy as np
@@ -24,6 +25,7 @@ from runtime.ports import Ports
 from schemas.messages import (
     EventType,
     JobEvent,
+    JobState,
     JobStatus,
     ObjectRef,
     OutputInfo,
@@ -80,15 +82,27 @@ async def store_previews(ports: Ports, job_id: str, mp4: bytes, tail_frames: int
 
 async def complete(ports: Ports, job: ResolvedJob, output: OutputInfo, url: str, expires: datetime,
                    previews: tuple[ObjectRef, ObjectRef] | None, segments_done: int, *,
-                   by: str = "stitch") -> JobStatus | None:
+                   by: str = "stitch", segment_done: JobEvent | None = None) -> JobStatus | None:
     """Record ``job.succeeded`` (status CAS, then the event); a cancel that won the CAS gets no
-    event, and its output is deleted (the canceller may have cleaned up before it existed)."""
+    event, and its output is deleted (the canceller may have cleaned up before it existed).
+
+    ``segment_done``: the job's last ``job.segment_completed``, not recorded yet (the runner completing
+    a one-window job): both changes go in one status write, both events are published in order."""
     data = SucceededData(output=output, url=url, url_expires_at=expires,
                          thumbnail=previews[0] if previews else None, spritesheet=previews[1] if previews else None)
-    stored = await ports.tracker.record(JobEvent.build(job.job_id, EventType.SUCCEEDED, data),
-                                        output=output, url=url, url_expires_at=expires, segments_done=segments_done)
+    succeeded = JobEvent.build(job.job_id, EventType.SUCCEEDED, data)
+    fields: dict[str, Any] = {"output": output, "url": url, "url_expires_at": expires,
+                              "segments_done": segments_done}
+    if segment_done is None:
+        stored = await ports.tracker.record(succeeded, **fields)
+    else:
+        stored = await ports.tracker.record(segment_done, state=JobState.STITCHING, then=[succeeded],
+                                            segments_total=segments_done, **fields)
     if await ports.guard.stopped(job.job_id, among=CANCELLED, status=stored) is not None:
         log.info("output_discarded_job_cancelled", job_id=job.job_id, by=by)
+        return stored
+    if stored is None or stored.state != JobState.SUCCEEDED:  # another ending (a failure) won
+        log.info("job_ended_before_success", job_id=job.job_id, state=stored.state.value if stored else None, by=by)
         return stored
     log.info("job_succeeded", job_id=job.job_id, key=output.key, frames=output.frames, size=output.size, by=by)
     return stored
