@@ -171,11 +171,17 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
         # stored before the first event is published: the webhook dispatcher reads the subscription from it
         # (a redelivery of a job already planned and rendering while it was preprocessed skips this: the
         # job stays where it is, and request.json was stored before it was handed on)
-        await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
-                                   alongside=ports.storage.put_bytes(request_key(job.job_id), payload,
-                                                                     "application/json"),
-                                   then=[_preprocessed(job)] if at_once else (),
-                                   model=job.model, task=job.task.value)
+        store_request = ports.storage.put_bytes(request_key(job.job_id), payload, "application/json")
+        if at_once:
+            # stored before the status says queued, not alongside: a write landing while the PUT fails
+            # (S3 down) would leave a queued job without its request, which a redelivery's claim takes
+            # for another submission's (only a preprocessing one may lack it)
+            await store_request
+            await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
+                                       then=[_preprocessed(job)], model=job.model, task=job.task.value)
+        else:
+            await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
+                                       alongside=store_request, model=job.model, task=job.task.value)
 
     stream: ReadyAnnouncer | None = None
     if job.task != Task.T2V:
@@ -204,7 +210,12 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
         log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value,
                  frames=job.num_frames, streamed_from_frames=stream.first_frames)
         return
-    if claimed != HAND_OFF and not (at_once and announced):  # a resumed hand-off: preprocessed already
+    if claimed == HAND_OFF:
+        # the status says preprocessed, but the delivery that wrote it may have died (or lost a
+        # publish) before its events went out: publish them again, de-duplicated by event id
+        for event in (JobEvent.build(job.job_id, EventType.ACCEPTED, accepted), _preprocessed(job)):
+            await ports.tracker.publish_event(event)
+    elif not (at_once and announced):
         await ports.tracker.record(_preprocessed(job))
     await ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job), msg_id=f"plan:{job.job_id}")
     log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value, frames=job.num_frames)
