@@ -42,9 +42,9 @@ async def test_s3_down_during_renders_fails_nothing_and_renders_once(tmp_path: P
         async with Bus(fs.settings, "fault-test") as bus:
             jobs = await submit_jobs(bus, "s3-down", 5, **JOB)
             jobs += await submit_jobs(bus, "s3-down-long", 1, **TWO_SEGMENTS)
-            # everything accepted and planned (preprocess writes to S3) before the outage
-            await wait_jobs(bus, jobs, lambda s: s.state in (JobState.QUEUED, JobState.RUNNING,
-                                                             JobState.SUCCEEDED), 120)
+            # everything accepted and planned (preprocess and the planner write to S3) before the outage:
+            # the plan in the status, not the state (a t2v job is queued before it is planned)
+            await wait_jobs(bus, jobs, lambda s: s.plan is not None or s.state == JobState.SUCCEEDED, 120)
             # the first render under way (a job RUNNING) and most work still ahead
             await wait_any_running(bus, jobs)
             t_down = time.time()
