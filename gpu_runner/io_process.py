@@ -9,7 +9,8 @@ core from the API server for the same reason. ``IOProcess`` is the same interfac
 with the ``RunnerIO`` living in a spawned child:
 
 - calls go over one ``multiprocessing`` pipe (request, and a reply for those that return
-  something); progress, ``begin_render`` and ``submit_result`` do not wait for one;
+  something); progress, ``begin_render`` and ``submit_result`` do not wait for one; a segment
+  comes with its inputs (fetched by the child before it answers: one round trip, not two);
 - a finished segment's frames go through POSIX shared memory (one copy, no pickling of the
   frames, no pipe transfer on the compute thread); the child encodes and stores them as before;
 - a cancel observed by the child's KV watch is a byte in shared memory that the step callback
@@ -52,6 +53,7 @@ SLOTS = 256  # cancel flags, indexed by handle id modulo SLOTS (one segment rend
 CONNECTED = SLOTS  # the flag after the cancel slots: the child's bus connection is up
 READY_TIMEOUT_S = 120.0
 CALL_MARGIN_S = 60.0  # a reply later than the child's own timeout plus this: the child is stuck
+INPUTS_TIMEOUT_S = 300.0  # RunnerIO.fetch_inputs' own limit
 
 
 class IOProcessGone(RuntimeError):
@@ -60,12 +62,15 @@ class IOProcessGone(RuntimeError):
 
 @dataclass
 class RemoteActive:
-    """The compute side's handle on a segment the I/O process holds (``gpu_runner.io.Active``)."""
+    """The compute side's handle on a segment the I/O process holds (``gpu_runner.io.Active``), with
+    its inputs, fetched by the I/O process before it handed the segment over (or why they could not be)."""
 
     id: int
     job: SegmentJob
     stored_at: datetime | None
     _flags: Any
+    inputs: SegmentInputs | None = None
+    inputs_error: BaseException | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -122,15 +127,21 @@ class IOProcess:
 
     # ---- the RunnerIO interface -------------------------------------------------------------
     def next_segment(self, timeout_s: float = 1.0) -> RemoteActive | None:
-        got = self._call("next_segment", timeout_s, timeout=timeout_s + CALL_MARGIN_S)
+        """The next segment and its inputs in one round trip (the child fetches them before it answers)."""
+        got = self._call("next_segment", timeout_s, timeout=timeout_s + INPUTS_TIMEOUT_S + CALL_MARGIN_S)
         if got is None:
             return None
-        handle, job, stored_at = got
-        return RemoteActive(handle, job, stored_at, self._flags)
+        handle, job, stored_at, inputs, error = got
+        return RemoteActive(handle, job, stored_at, self._flags, inputs, error)
 
     def fetch_inputs(self, active: RemoteActive) -> SegmentInputs:
-        inputs: SegmentInputs = self._call("fetch_inputs", active.id, timeout=300 + CALL_MARGIN_S)
-        return inputs
+        """The inputs that came with the segment; raises what fetching them raised."""
+        if active.inputs_error is not None:
+            raise active.inputs_error
+        if active.inputs is None:  # not fetched with it (never the case today): ask for them
+            fetched: SegmentInputs = self._call("fetch_inputs", active.id, timeout=INPUTS_TIMEOUT_S + CALL_MARGIN_S)
+            return fetched
+        return active.inputs
 
     def begin_render(self, active: RemoteActive) -> None:
         self._send("begin_render", active.id)
@@ -264,14 +275,20 @@ def serve(conn: Connection, settings: Settings, model: str, runner_id: str, prog
     def take(handle: int) -> Active:
         return held.pop(handle)
 
-    def next_segment(timeout_s: float) -> tuple[int, SegmentJob, datetime | None] | None:
+    def next_segment(timeout_s: float) -> tuple[int, SegmentJob, datetime | None, SegmentInputs | None,
+                                                BaseException | None] | None:
         active = io.next_segment(timeout_s)
         if active is None:
             return None
         handle = active.handle = next(ids)
         flags[handle % SLOTS] = 1 if active.cancelled else 0  # after the handle: a watch firing now is seen
         held[handle] = active
-        return handle, active.job, active.stored_at
+        # its inputs now, not in a second round trip (the compute side asks for them next, every time)
+        try:
+            inputs, error = io.fetch_inputs(active), None
+        except Exception as e:  # noqa: BLE001 - raised on the compute side by fetch_inputs
+            inputs, error = None, _portable(e)
+        return handle, active.job, active.stored_at, inputs, error
 
     def submit_result(handle: int, name: str, shape: tuple[int, ...], dtype: str, elapsed_s: float) -> None:
         shm = shared_memory.SharedMemory(name=name)

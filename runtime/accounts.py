@@ -72,13 +72,17 @@ def _stream_read(stream: str) -> list[str]:
             f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>", "$JS.FC.>"]
 
 
+# queue a segment (functions/planner/handler.py queue_segment): publish it, read the runners' backlog
+_QUEUE_SEGMENT = [names.segments_subject("*"), *_stream_read(names.STREAM_SEGMENTS),
+                  f"$JS.API.CONSUMER.INFO.{names.STREAM_SEGMENTS}.*"]
+
 # What each stage publishes besides its own consumer, its DLQ, events and status (from its README).
 _STAGE_EXTRA: dict[str, list[str]] = {
+    # admission quotas (runtime/quotas.py); a t2v job is planned and its segment 0 queued here, as the planner does
     "preprocess": [names.SUBJECT_WORK_PLAN, names.SUBJECT_WORK_PREPROCESS_PART,
-                   f"$KV.{names.KV_QUOTAS}.>", *_kv_read(names.KV_QUOTAS)],  # admission quotas (runtime/quotas.py)
+                   f"$KV.{names.KV_QUOTAS}.>", *_kv_read(names.KV_QUOTAS), *_QUEUE_SEGMENT],
     "preprocess-part": [],
-    "planner": [names.segments_subject("*"), names.SUBJECT_WORK_STITCH, *_stream_read(names.STREAM_SEGMENTS),
-                f"$JS.API.CONSUMER.INFO.{names.STREAM_SEGMENTS}.*"],  # the runners' backlog (handler.py)
+    "planner": [names.SUBJECT_WORK_STITCH, *_QUEUE_SEGMENT],
     "chain": [names.segments_subject("*"), names.SUBJECT_WORK_STITCH, names.SUBJECT_WORK_PLAN],
     "stitch": [],
     "webhook": [*names.all_tenants("webhooks.attempts.>"), *names.all_tenants("webhooks.disabled.>"),

@@ -20,10 +20,10 @@ from runtime.plans import read_plan, store_plan
 from runtime.ports import Ports
 from runtime.work import WorkItem
 from schemas.errors import Permanent
-from schemas.messages import JobPlan, JobStatus, PlanRequest, ReplanHint, SegmentResult
+from schemas.messages import JobPlan, JobStatus, ObjectRef, PlanRequest, ReplanHint, SegmentResult
 from schemas.names import STREAM_SEGMENTS, runner_consumer, segment_msg_id, segment_result_key, segments_subject
 
-__all__ = ["handle_plan", "handle_replan", "make_plan", "progress_after", "segment_job"]
+__all__ = ["handle_plan", "handle_replan", "make_plan", "plan_for", "progress_after", "queue_segment", "segment_job"]
 
 log = get_logger(stage="planner")
 
@@ -48,7 +48,7 @@ async def handle_plan(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     plan = await _stored_plan(ports, job_id) if status is None or status.plan is not None else None
     fresh = plan is None
     if plan is None:
-        plan = make_plan(req, ports.settings.runner_memory_budget_bytes, RunnerTarget.from_settings(ports.settings))
+        plan = plan_for(ports, req)
     info = plan.info
     before: list[int | None] = []
 
@@ -88,16 +88,32 @@ async def handle_plan(payload: bytes, delivery: WorkItem, ports: Ports) -> None:
     if k > 0:
         prev = SegmentResult.model_validate_json(await ports.storage.get_bytes(segment_result_key(job_id, k - 1)))
         condition = prev.tail
+    await queue_segment(ports, plan, k, condition, stored, planned_now=fresh)
+
+
+async def queue_segment(ports: Ports, plan: JobPlan, k: int, condition: ObjectRef | None, stored: JobStatus, *,
+                        planned_now: bool) -> None:
+    """Publish segment ``k`` of ``plan`` (``Nats-Msg-Id`` per job, segment and revision: a redelivery's
+    publish is de-duplicated) once the status names the plan; a cancel that landed meanwhile removes
+    it from the queue. ``planned_now``: the plan was just made (``job_planned``, the first
+    ``queue_position``). Also called by preprocess, which plans a t2v job itself (``plan_t2v``)."""
+    job_id, info = plan.job.job_id, plan.info
     seg = segment_job(plan, k, condition)
-    ack = await ports.bus.publish(segments_subject(req.job.model), seg, msg_id=segment_msg_id(job_id, k, info.revision))
+    msg_id = segment_msg_id(job_id, k, info.revision)
+    ack = await ports.bus.publish(segments_subject(plan.job.model), seg, msg_id=msg_id)
     if await ports.guard.stopped(job_id, queued_seq=ack.seq) is not None:
         return
-    if fresh:
-        await set_first_queue_position(ports, req.job.model, job_id)
+    if planned_now:
+        await set_first_queue_position(ports, plan.job.model, job_id)
         log.info("job_planned", job_id=job_id, segments=info.segments, window=info.window_frames,
                  overlap=info.overlap_frames, reason=info.reason, ready_frames=stored.preprocessed_frames)
     else:
         log.info("segment_released_inputs_ready", job_id=job_id, segment=k, ready_frames=stored.preprocessed_frames)
+
+
+def plan_for(ports: Ports, req: PlanRequest) -> JobPlan:
+    """A fresh plan of ``req.job`` for this deployment's runners (memory budget, sequence parallelism)."""
+    return make_plan(req, ports.settings.runner_memory_budget_bytes, RunnerTarget.from_settings(ports.settings))
 
 
 async def _stored_plan(ports: Ports, job_id: str) -> JobPlan | None:

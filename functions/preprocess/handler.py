@@ -1,11 +1,19 @@
 """preprocess: validate a submission, store its inputs, hand it to the planner.
 
 in:  ``videogen.jobs.submit`` (JobRequest JSON)
-out: ``job.accepted`` / ``job.rejected``, ``job.preprocessed``; ``videogen.work.plan`` (PlanRequest)
+out: ``job.accepted`` / ``job.rejected``, ``job.preprocessed``; ``videogen.work.plan`` (PlanRequest);
+     a t2v job (nothing to preprocess) is planned here: plan.json and segment 0 on
+     ``videogen.segments.<model>``, as the planner would (``functions.planner.handler.queue_segment``)
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any
+
+from functions.planner.handler import plan_for, queue_segment
 from functions.preprocess.admission import Limits, admit
 from functions.preprocess.errors import JobStopped
 from functions.preprocess.extend import resolve_extend
@@ -17,8 +25,9 @@ from functions.preprocess.validate import (
     resolve,
 )
 from runtime.consumer import Delivery
-from runtime.jobs import STOPPED
+from runtime.jobs import STOPPED, TERMINAL
 from runtime.logging import get_logger
+from runtime.plans import read_plan, store_plan
 from runtime.ports import Ports
 from runtime.storage import ObjectNotFound
 from schemas.errors import ErrorCode
@@ -98,12 +107,13 @@ async def claim(job_id: str, payload: bytes, delivery: Delivery, ports: Ports) -
     if stored == payload:
         if preprocessing:
             return True  # our own message again, interrupted mid-preprocess: carry on
-        if (current is not None and current.state == JobState.QUEUED and current.plan is None
-                and delivery.num_delivered > 1):
-            # our own message again, after job.preprocessed but with no plan yet: the hand-off to
-            # the planner may have failed (e.g. a NATS node died mid-publish). Carry on: every
-            # write again is idempotent (same event ids, same Nats-Msg-Id plan:<job_id>), and a
-            # plan request that did arrive is de-duplicated.
+        if (current is not None and current.state == JobState.QUEUED and delivery.num_delivered > 1
+                and (current.plan is None or current.task == Task.T2V.value and current.segments_done == 0)):
+            # our own message again, after job.preprocessed but with no plan yet (or a t2v job planned
+            # here, its segment 0 maybe not queued): the hand-off to the planner (or the runners) may
+            # have failed (e.g. a NATS node died mid-publish). Carry on: every write again is
+            # idempotent (same event ids, same Nats-Msg-Id plan:<job_id> or segment id), and a
+            # message that did arrive is de-duplicated.
             log.info("submission_resumed_for_hand_off", job_id=job_id, delivery=delivery.num_delivered)
             return HAND_OFF
         log.info("duplicate_submission_ignored", job_id=job_id, state=current.state.value if current else None)
@@ -149,6 +159,73 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     claimed = await claim(req.job_id, payload, delivery, ports)
     if not claimed:
         return
+    # the job is this submission's: its request.json is stored while it is admitted and checked (a
+    # rejected job keeps it too: the job's record; a redelivery of it is then recognised as its own)
+    early_put = (asyncio.ensure_future(ports.storage.put_bytes(request_key(req.job_id), payload, "application/json"))
+                 if claimed == CREATED else None)
+    try:
+        job = await _admitted(req, tenant, ports)
+    except BaseException:
+        if early_put is not None:
+            early_put.cancel()
+            with contextlib.suppress(BaseException):
+                await early_put
+        raise
+
+    accepted_event = JobEvent.build(job.job_id, EventType.ACCEPTED, AcceptedData(
+        model=job.model, task=job.task, width=job.width, height=job.height, num_frames=job.num_frames,
+        fps=job.fps, steps=job.steps, seed=job.seed))
+    # (a status this delivery just created is the plain PREPROCESSING one: no need to read it back)
+    current = None if claimed == CREATED else (await ports.tracker.status.get(job.job_id))[0]
+    announced = claimed != HAND_OFF and (current is None or not streaming_unfinished(current))
+    # stored before the first event is published: the webhook dispatcher reads the subscription from it
+    # (a redelivery of a job already planned and rendering while it was preprocessed skips this: the
+    # job stays where it is, and request.json was stored before it was handed on)
+    store_request = early_put if early_put is not None else (
+        ports.storage.put_bytes(request_key(job.job_id), payload, "application/json") if announced else None)
+    if job.task == Task.T2V:
+        await _plan_t2v(job, accepted_event, claimed, current, store_request, ports)
+        return
+    if announced:
+        await ports.tracker.record(accepted_event, alongside=store_request, model=job.model, task=job.task.value)
+
+    from functions.preprocess.pipeline import preprocess as run_preprocess
+
+    settings = ports.settings
+    stream: ReadyAnnouncer | None = None
+    split = None
+    if job.task == Task.ANIMATE:
+        if settings.preprocess_streaming:
+            stream = ReadyAnnouncer(job, ports)
+        if settings.preprocess_split:
+            from functions.preprocess.parts import BusSplitter
+
+            split = BusSplitter(job.job_id, ports)
+    try:
+        inputs = await run_preprocess(job, req, ports.storage, settings, on_ready=stream, split=split)
+    except JobStopped as e:
+        # cancelled (or failed) while preprocessing: stop; a cancelled job's objects are removed
+        await ports.guard.stopped(job.job_id, among=STOPPED)
+        log.info("preprocess_stopped", job_id=job.job_id, state=str(e))
+        return
+    job = job.model_copy(update={"inputs": JobInputs(**inputs)})
+
+    if stream is not None and stream.ready_frames:
+        # already planned and rendering: the last word is "every frame is stored"
+        await stream.publish(job, job.num_frames)
+        log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value,
+                 frames=job.num_frames, streamed_from_frames=stream.first_frames)
+        return
+    if claimed == HAND_OFF:
+        await _publish_again(job, accepted_event, ports)
+    else:
+        await ports.tracker.record(_preprocessed(job))
+    await ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job), msg_id=f"plan:{job.job_id}")
+    log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value, frames=job.num_frames)
+
+
+async def _admitted(req: JobRequest, tenant: str, ports: Ports) -> ResolvedJob:
+    """The job as it will run, once admitted: quotas, scopes, limits, the webhook URL (raises to reject)."""
     await admit_quota(tenant, req.job_id, ports)  # after the create: the job counts (raises QuotaExceeded)
     job, _spec = resolve(req)
     settings = ports.settings
@@ -159,66 +236,48 @@ async def handle_submit(payload: bytes, delivery: Delivery, ports: Ports) -> Non
     admit(job, Limits(max_frame_pixels=settings.max_job_frame_pixels, max_gpu_seconds=settings.max_job_gpu_seconds,
                       max_stitch_bytes=settings.max_stitch_bytes, budget_bytes=settings.runner_memory_budget_bytes))
     await check_webhook(req, ports)
+    return job
 
-    accepted = AcceptedData(model=job.model, task=job.task, width=job.width, height=job.height,
-                            num_frames=job.num_frames, fps=job.fps, steps=job.steps, seed=job.seed)
-    # (a status this delivery just created is the plain PREPROCESSING one: no need to read it back)
-    current = None if claimed == CREATED else (await ports.tracker.status.get(job.job_id))[0]
-    # t2v has nothing to preprocess: accepted and preprocessed in one status write, both events in order
-    at_once = job.task == Task.T2V
-    announced = claimed != HAND_OFF and (current is None or not streaming_unfinished(current))
-    if announced:
-        # stored before the first event is published: the webhook dispatcher reads the subscription from it
-        # (a redelivery of a job already planned and rendering while it was preprocessed skips this: the
-        # job stays where it is, and request.json was stored before it was handed on)
-        store_request = ports.storage.put_bytes(request_key(job.job_id), payload, "application/json")
-        if at_once:
-            # stored before the status says queued, not alongside: a write landing while the PUT fails
-            # (S3 down) would leave a queued job without its request, which a redelivery's claim takes
-            # for another submission's (only a preprocessing one may lack it)
-            await store_request
-            await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
-                                       then=[_preprocessed(job)], model=job.model, task=job.task.value)
-        else:
-            await ports.tracker.record(JobEvent.build(job.job_id, EventType.ACCEPTED, accepted),
-                                       alongside=store_request, model=job.model, task=job.task.value)
 
-    stream: ReadyAnnouncer | None = None
-    if job.task != Task.T2V:
-        from functions.preprocess.pipeline import preprocess as run_preprocess
-
-        split = None
-        if job.task == Task.ANIMATE:
-            if settings.preprocess_streaming:
-                stream = ReadyAnnouncer(job, ports)
-            if settings.preprocess_split:
-                from functions.preprocess.parts import BusSplitter
-
-                split = BusSplitter(job.job_id, ports)
-        try:
-            inputs = await run_preprocess(job, req, ports.storage, ports.settings, on_ready=stream, split=split)
-        except JobStopped as e:
-            # cancelled (or failed) while preprocessing: stop; a cancelled job's objects are removed
-            await ports.guard.stopped(job.job_id, among=STOPPED)
-            log.info("preprocess_stopped", job_id=job.job_id, state=str(e))
-            return
-        job = job.model_copy(update={"inputs": JobInputs(**inputs)})
-
-    if stream is not None and stream.ready_frames:
-        # already planned and rendering: the last word is "every frame is stored"
-        await stream.publish(job, job.num_frames)
-        log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value,
-                 frames=job.num_frames, streamed_from_frames=stream.first_frames)
-        return
+async def _plan_t2v(job: ResolvedJob, accepted: JobEvent, claimed: bool | str, current: JobStatus | None,
+                    store_request: Awaitable[Any] | None, ports: Ports) -> None:
+    """A t2v job has nothing to preprocess: it is planned here (``functions.planner``'s plan, as the
+    planner would make it) and its segment 0 queued, without the planner hop (a PlanRequest, a
+    delivery, a status read and a status write). Accepted, preprocessed and planned in one status
+    write, after request.json and plan.json are stored (a redelivery finds both); then both events,
+    then segment 0. A redelivery of a job planned here whose segment 0 may not have been queued
+    (``HAND_OFF``) publishes its events and segment 0 again, de-duplicated by their ids."""
+    job_id = job.job_id
     if claimed == HAND_OFF:
-        # the status says preprocessed, but the delivery that wrote it may have died (or lost a
-        # publish) before its events went out: publish them again, de-duplicated by event id
-        for event in (JobEvent.build(job.job_id, EventType.ACCEPTED, accepted), _preprocessed(job)):
-            await ports.tracker.publish_event(event)
-    elif not (at_once and announced):
-        await ports.tracker.record(_preprocessed(job))
-    await ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job), msg_id=f"plan:{job.job_id}")
-    log.info("job_preprocessed", job_id=job.job_id, model=job.model, task=job.task.value, frames=job.num_frames)
+        await _publish_again(job, accepted, ports)
+        if current is None or current.plan is None:  # queued by an earlier version, via the planner
+            await ports.bus.publish(SUBJECT_WORK_PLAN, PlanRequest(job=job), msg_id=f"plan:{job_id}")
+            return
+        plan = await read_plan(ports.storage, job_id)
+        stored: JobStatus | None = current
+        planned_now = False
+    else:
+        plan = plan_for(ports, PlanRequest(job=job))
+        # stored before the status says queued, not alongside: a write landing while a PUT fails (S3
+        # down) would leave a queued job without its request (which a redelivery's claim takes for
+        # another submission's: only a preprocessing one may lack it) or without its plan
+        await asyncio.gather(*(w for w in (store_request, store_plan(ports.storage, plan)) if w is not None))
+        stored = await ports.tracker.record(accepted, then=[_preprocessed(job)], model=job.model,
+                                            task=job.task.value, segments_total=plan.info.segments, plan=plan.info)
+        planned_now = True
+    if stored is None or await ports.guard.stopped(job_id, among=TERMINAL, status=stored) is not None:
+        log.info("job_stopped_before_queued", job_id=job_id, state=stored.state.value if stored else None)
+        return
+    await queue_segment(ports, plan, 0, None, stored, planned_now=planned_now)
+    log.info("job_preprocessed", job_id=job_id, model=job.model, task=job.task.value, frames=job.num_frames,
+             planned=True)
+
+
+async def _publish_again(job: ResolvedJob, accepted: JobEvent, ports: Ports) -> None:
+    """The status says preprocessed, but the delivery that wrote it may have died (or lost a publish)
+    before its events went out: publish them again, de-duplicated by event id."""
+    for event in (accepted, _preprocessed(job)):
+        await ports.tracker.publish_event(event)
 
 
 def _preprocessed(job: ResolvedJob) -> JobEvent:

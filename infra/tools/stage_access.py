@@ -148,10 +148,12 @@ def stage_access() -> dict[str, StageAccess]:
     jobs = (jobs_prefix(),)
     cleanup: dict[str, Any] = {"delete": (names.job_prefix(ANY) + ANY,), "keep": cat("request")}
     entries = (
-        # preprocess also reads an extension's source (output.mp4 copied server-side, output.tail.npy)
+        # preprocess also reads an extension's source (output.mp4 copied server-side, output.tail.npy), plans a
+        # t2v job itself (plan.json) and, like the planner, cleans up a job cancelled while it wrote
         StageAccess("preprocess", read=cat("inputs", "frames", "keypoints", "uploads", "output", "output_tail"),
-                    write=cat("inputs", "frames", "keypoints"),
-                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX, names.uploads_prefix(ANY)), internet=True),
+                    write=cat("inputs", "frames", "keypoints", "plan"),
+                    list_prefixes=jobs + (CLIENT_UPLOADS_PREFIX, names.uploads_prefix(ANY)), internet=True,
+                    **cleanup),
         # a part of a long animate job: reads the stored driving video, writes its chunks and part record; it
         # also cleans up a job cancelled while it wrote
         StageAccess("preprocess-part", read=(names.input_key(ANY, "video.*"), *cat("frames", "keypoints")),

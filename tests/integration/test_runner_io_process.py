@@ -161,3 +161,39 @@ def test_the_runner_is_named_after_rank_0_not_its_io_child(stack: Settings) -> N
         assert io.pid != os.getpid()
     finally:
         io.close()
+
+
+def test_a_segment_comes_with_its_inputs_or_why_not(stack: Settings) -> None:
+    """The child fetches a segment's inputs before it hands the segment over (one round trip): the
+    arrays come with it, and a fetch that failed is raised by ``fetch_inputs`` (the runner fails the
+    segment there, as with the thread I/O)."""
+    io = IOProcess(stack, MODEL, runner_id="test-ioproc-inputs")
+    io.start()
+    try:
+        tail = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+
+        async def queue(bus: Bus, storage: Storage, _t: JobTracker) -> None:
+            import io as iomod
+
+            buf = iomod.BytesIO()
+            np.save(buf, tail, allow_pickle=False)
+            ref = await storage.put_bytes("jobs/ioproc-in/segments/0.tail.npy", buf.getvalue())
+            missing = storage.ref("jobs/ioproc-in/segments/9.tail.npy")
+            for k, cond in ((1, ref), (2, missing)):
+                seg = SegmentJob(job=_job("ioproc-in", 25), index=k, count=3, start_frame=8 * k, frames=9, seed=1,
+                                 overlap_frames=2, condition=cond)
+                await bus.publish(segments_subject(MODEL), seg, msg_id=segment_msg_id("ioproc-in", k))
+
+        _with(stack, queue)
+        got = io.next_segment(timeout_s=10)
+        assert got is not None and got.job.index == 1
+        assert got.inputs is not None and got.inputs.condition is not None  # no second call needed
+        assert np.array_equal(io.fetch_inputs(got).condition, tail)
+        io.abandon(got)
+        bad = io.next_segment(timeout_s=10)
+        assert bad is not None and bad.job.index == 2 and bad.inputs is None
+        with pytest.raises(Exception, match="9.tail.npy"):
+            io.fetch_inputs(bad)
+        io.abandon(bad)
+    finally:
+        io.close()

@@ -217,7 +217,7 @@ def test_each_stage_writes_only_its_own_outputs() -> None:
     assert _writers(names.keypoints_key(j, "pose.npz")) == {"preprocess", "preprocess-part"}
     assert _writers(names.preprocess_part_key(j, 1)) == {"preprocess", "preprocess-part"}
     assert "preprocess-part" in _readers(names.input_key(j, "video.mp4"))
-    assert _writers(names.plan_key(j)) == {"planner"}
+    assert _writers(names.plan_key(j)) == {"planner", "preprocess"}  # preprocess plans a t2v job itself
     assert _writers(names.segment_key(j, 3)) == {"runner"}
     assert _writers(names.segment_tail_key(j, 3)) == {"runner"}
     # the runner completes a job whose plan is one window that is exactly the output (finishes_in_runner)
@@ -236,7 +236,7 @@ def test_readers_cover_the_pipeline() -> None:
     assert _readers(names.segment_tail_key(j, 0)) == {"runner"}  # conditions segment k+1
     assert _readers(names.segment_result_key(j, 0)) == {"chain", "runner"}
     assert _readers(names.segment_key(j, 0)) == {"stitch", "runner"}
-    assert _readers(names.plan_key(j)) == {"planner", "chain"}
+    assert _readers(names.plan_key(j)) == {"planner", "chain", "preprocess"}
     # stitch: server-side copy, presign; preprocess: an extension's copy of its source; gateway: presign
     assert _readers(names.output_key(j)) == {"stitch", "preprocess", "gateway", "runner"}
     # an extension's condition (stitch: its writer)

@@ -28,10 +28,18 @@ locals {
         "jobs/*/output.mp4",
         "jobs/*/output.mp4.tmp-*",
         "jobs/*/output.tail.npy",
+        "jobs/*/plan.json",
+        "jobs/*/plan.json.tmp-*",
       ]
-      write         = ["jobs/*/inputs/*", "jobs/*/frames/*", "jobs/*/keypoints/*"]
-      delete        = []
-      keep          = []
+      write = [
+        "jobs/*/inputs/*",
+        "jobs/*/frames/*",
+        "jobs/*/keypoints/*",
+        "jobs/*/plan.json",
+        "jobs/*/plan.json.tmp-*",
+      ]
+      delete        = ["jobs/*/*"]
+      keep          = ["jobs/*/inputs/request.json"]
       list_prefixes = ["jobs/", "uploads/", "tenants/*/uploads/"]
       bucket_admin  = false
       internet      = true
