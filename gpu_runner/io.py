@@ -34,7 +34,6 @@ from functions.stitch.finish import (
     output_info,
     store_jpegs,
     store_previews,
-    store_tail,
     tail_frames_for,
 )
 from functions.stitch.previews import frame_jpegs
@@ -464,18 +463,17 @@ class RunnerIO:
         would after a server-side copy, without the chain and stitch hops. The same events, in the
         same order (``job.segment_completed``, then ``job.succeeded``), from one status write.
 
-        ``output.tail.npy`` (a decode of the output's last frames, a cache for extensions) is stored
-        after ``job.succeeded`` and the ack, off the job's latency; the thumbnail and spritesheet are
-        stored before (``job.succeeded`` names them), from the rendered frames (``jpegs``), or from a
-        decode of the output if those could not be made."""
+        The thumbnail and spritesheet come from the rendered frames (``jpegs``; from a decode of the
+        output if those could not be made). No ``output.tail.npy`` (contract v1.7): an extension of a
+        one-window output decodes its last frames from it (a decode of one window, ~4 ms of CPU per
+        job saved here, where it would compete with the next render)."""
         j = active.job
         job, job_id = j.job, j.job.job_id
         assert self.ports is not None
         frames_n, height, width = shape
         key = output_key(job_id)
-        tail_n = tail_frames_for(job.model)
         previews_of = (store_jpegs(self.ports, job_id, *jpegs) if jpegs is not None
-                       else store_previews(self.ports, job_id, data, tail_n, frames_n))
+                       else store_previews(self.ports, job_id, data, tail_frames_for(job.model), frames_n, tail=False))
         ref, previews, (url, expires) = await asyncio.gather(
             self.storage.put_atomic(key, data, "video/mp4"), previews_of,
             self.storage.presign_get(key, job.presign_ttl_s))
@@ -485,13 +483,10 @@ class RunnerIO:
                                       *revision_tag(j.plan_revision))
         output = output_info(job, ref, hashlib.sha256(data).hexdigest(), frames_n, width, height)
         # a job cancelled meanwhile: no events, the guard in complete() deletes what was stored
-        stored = await complete(self.ports, job, output, url, expires, previews, 1, by=STAGE,
-                                segment_done=segment_done)
+        await complete(self.ports, job, output, url, expires, previews, 1, by=STAGE, segment_done=segment_done)
         await active.item.ack()
         log.info("segment_done", job_id=job_id, segment=j.index, of=j.count, frames=frames_n, bytes=len(data),
                  elapsed_s=round(elapsed_s, 3), completed_job=True)
-        if jpegs is not None and stored is not None and stored.state == JobState.SUCCEEDED:
-            await store_tail(self.ports, job_id, data, tail_n, frames_n)
 
     # ---- spool and render budget ----------------------------------------------------------
     def spool_full(self) -> bool:

@@ -18,7 +18,7 @@ import av
 import numpy as np
 
 from functions.planner.plan import default_min_overlap
-from functions.stitch.previews import last_frames, make_previews
+from functions.stitch.previews import make_previews
 from runtime.jobs import CANCELLED
 from runtime.logging import get_logger
 from runtime.ports import Ports
@@ -52,18 +52,19 @@ def tail_frames_for(model: str) -> int:
 
 
 async def store_previews(ports: Ports, job_id: str, mp4: bytes, tail_frames: int,
-                         frames: int | None = None) -> tuple[ObjectRef, ObjectRef] | None:
-    """Thumbnail + spritesheet JPEGs and the output's last frames next to output.mp4, from one decode
-    of ``mp4`` (``frames``: its frame count, if known); None (and a warning) when the output cannot be
-    decoded: the job still succeeds, the gateway makes them later."""
+                         frames: int | None = None, *, tail: bool = True) -> tuple[ObjectRef, ObjectRef] | None:
+    """Thumbnail + spritesheet JPEGs and (``tail``) the output's last frames next to output.mp4, from one
+    decode of ``mp4`` (``frames``: its frame count, if known); None (and a warning) when the output
+    cannot be decoded: the job still succeeds, the gateway makes them later."""
     try:
         previews = await asyncio.to_thread(make_previews, mp4, tail_frames, frames=frames)
     except (ValueError, av.error.FFmpegError) as e:
         log.warning("previews_failed", job_id=job_id, error=str(e))
         return None
-    (thumb, sheet), _ = await asyncio.gather(
-        store_jpegs(ports, job_id, previews.thumbnail, previews.spritesheet),
-        _put_tail(ports, job_id, previews.tail))
+    jpegs = store_jpegs(ports, job_id, previews.thumbnail, previews.spritesheet)
+    if not tail:
+        return await jpegs
+    (thumb, sheet), _ = await asyncio.gather(jpegs, _put_tail(ports, job_id, previews.tail))
     return thumb, sheet
 
 
@@ -74,26 +75,6 @@ async def store_jpegs(ports: Ports, job_id: str, thumbnail: bytes, spritesheet: 
         ports.storage.put_bytes(thumbnail_key(job_id), thumbnail, "image/jpeg"),
         ports.storage.put_bytes(spritesheet_key(job_id), spritesheet, "image/jpeg"))
     return thumb, sheet
-
-
-async def store_tail(ports: Ports, job_id: str, mp4: bytes, tail_frames: int, frames: int) -> bool:
-    """``output.tail.npy``: the output's last frames as decoded from ``mp4`` (exactly what an extension
-    is conditioned on). A cache: an extension of a job without one decodes its output instead
-    (``functions.preprocess.extend``), so the runner stores it after ``job.succeeded``, off the
-    job's latency. False (and a warning) when it could not be made or stored."""
-    try:
-        tail = await asyncio.to_thread(last_frames, mp4, min(tail_frames, frames), frames)
-        await _put_tail(ports, job_id, tail)
-        if (await ports.tracker.status.get(job_id))[0] is None:
-            # the job was deleted (``DELETE /v1/videos/{id}``) after it succeeded, maybe before this PUT:
-            # the last writer deletes, nothing of a deleted video is left behind
-            await ports.storage.delete(output_tail_key(job_id))
-            log.info("output_tail_discarded_job_deleted", job_id=job_id)
-            return False
-    except Exception as e:  # noqa: BLE001 - a cache: the job has succeeded either way
-        log.warning("output_tail_not_stored", job_id=job_id, error=str(e)[:300])
-        return False
-    return True
 
 
 async def _put_tail(ports: Ports, job_id: str, tail: np.ndarray) -> ObjectRef:

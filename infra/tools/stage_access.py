@@ -164,9 +164,9 @@ def stage_access() -> dict[str, StageAccess]:
         StageAccess("planner", read=cat("plan"), write=cat("plan"), list_prefixes=jobs, **cleanup),
         StageAccess("chain", read=cat("plan", "segment_result"), list_prefixes=jobs, **cleanup),
         # the runner also completes a job whose plan is one window that is exactly the output
-        # (functions.stitch.finish.finishes_in_runner): output.mp4, its previews and output.tail.npy
+        # (functions.stitch.finish.finishes_in_runner): output.mp4 and its previews (no output.tail.npy, v1.7)
         StageAccess(RUNNER, read=cat("inputs", "frames", "keypoints", "segment_tail"),
-                    write=cat("segment_video", "segment_tail", "segment_result", "output", "previews", "output_tail"),
+                    write=cat("segment_video", "segment_tail", "segment_result", "output", "previews"),
                     list_prefixes=jobs, **cleanup),
         StageAccess("stitch", read=cat("segment_video", "output", "extend_source"),
                     write=cat("output", "previews", "output_tail"), list_prefixes=jobs, **cleanup),

@@ -222,7 +222,7 @@ def test_each_stage_writes_only_its_own_outputs() -> None:
     assert _writers(names.segment_tail_key(j, 3)) == {"runner"}
     # the runner completes a job whose plan is one window that is exactly the output (finishes_in_runner)
     assert _writers(names.output_key(j)) == {"stitch", "runner"}
-    assert _writers(names.output_tail_key(j)) == {"stitch", "runner"}
+    assert _writers(names.output_tail_key(j)) == {"stitch"}  # not the runner (contract v1.7)
     assert _writers(names.thumbnail_key(j)) == _writers(names.spritesheet_key(j)) == {"stitch", "gateway", "runner"}
     assert _writers(names.extend_condition_key(j)) == _writers(names.extend_source_key(j)) == {"preprocess"}
     # atomic uploads go through a temporary key first
@@ -240,7 +240,7 @@ def test_readers_cover_the_pipeline() -> None:
     # stitch: server-side copy, presign; preprocess: an extension's copy of its source; gateway: presign
     assert _readers(names.output_key(j)) == {"stitch", "preprocess", "gateway", "runner"}
     # an extension's condition (stitch: its writer)
-    assert _readers(names.output_tail_key(j)) == {"preprocess", "stitch", "runner"}
+    assert _readers(names.output_tail_key(j)) == {"preprocess", "stitch"}
     assert _readers(names.extend_source_key(j)) == {"preprocess", "runner", "stitch"}
     assert _readers(names.extend_condition_key(j)) == {"preprocess", "runner"}  # conditions segment 0
     assert _readers(names.request_key(j)) == {"preprocess", "runner", "webhook", "webhook-replay", "gateway"}

@@ -48,24 +48,3 @@ def test_last_frames_of_a_short_video_and_none() -> None:
     with pytest.raises(ValueError):
         frame_jpegs(frames[:0])
 
-
-async def test_the_output_tail_is_stored_after_success_and_not_for_a_deleted_job() -> None:
-    """``store_tail`` (the runner, after ``job.succeeded``): exactly the decoded output's last frames; a job
-    deleted before the PUT landed (``DELETE /v1/videos/{id}`` forgets its status) keeps no tail."""
-    from functions.stitch.finish import store_tail
-    from runtime.testing.fakes import fake_ports
-    from schemas.names import output_tail_key
-    from tests.unit.handler_fakes import start
-
-    frames = np.random.default_rng(3).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
-    mp4 = _mp4(frames)
-    ports = fake_ports()
-    await start(ports, "j-1")  # a status exists
-    assert await store_tail(ports, "j-1", mp4, 5, 9)
-    tail = np.load(io.BytesIO(await ports.storage.get_bytes(output_tail_key("j-1"))), allow_pickle=False)
-    assert np.array_equal(tail, decode_mp4(mp4)[-5:])
-    # no status: deleted meanwhile
-    assert not await store_tail(ports, "j-2", mp4, 5, 9)
-    assert not await ports.storage.exists(output_tail_key("j-2"))
-    # an output that cannot be decoded: a warning, no tail, no exception (the job has succeeded)
-    assert not await store_tail(ports, "j-1b", b"not an mp4", 5, 9)

@@ -95,7 +95,6 @@ locals {
         "jobs/*/output.mp4.tmp-*",
         "jobs/*/thumbnail.jpg",
         "jobs/*/spritesheet.jpg",
-        "jobs/*/output.tail.npy",
       ]
       write = [
         "jobs/*/segments/*.mp4",
@@ -108,7 +107,6 @@ locals {
         "jobs/*/output.mp4.tmp-*",
         "jobs/*/thumbnail.jpg",
         "jobs/*/spritesheet.jpg",
-        "jobs/*/output.tail.npy",
       ]
       delete        = ["jobs/*/*"]
       keep          = ["jobs/*/inputs/request.json"]
