@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,27 +142,57 @@ class QuotaGate:
         await decide(Record.parse(raw), "\x00door-check", self.limits, time.time(), self.status_of)
 
     async def admit(self, tenant: str, job_key: str, *, attempts: int = 50) -> None:
-        """Count ``job_key`` against ``tenant``'s limits, or raise :class:`QuotaExceeded`."""
+        """Count ``job_key`` against ``tenant``'s limits, or raise :class:`QuotaExceeded`.
+
+        The admissions of one tenant in this process take turns (a burst of its submissions would
+        otherwise all read the same revision and retry each other's CAS, n² round trips), and each
+        starts from the record and revision this process wrote last: one round trip, the CAS itself,
+        when no other replica wrote in between (when one did, the CAS fails and the record is read)."""
         kv = await self.bus.kv_bucket(KV_QUOTAS)
-        for _ in range(attempts):
-            try:
-                entry = await kv.get(tenant)
-                raw, rev = entry.value, entry.revision or 0
-            except KeyNotFoundError:
-                raw, rev = None, 0
-            new = await decide(Record.parse(raw), job_key, self.limits, time.time(), self.status_of)
-            if new is None:
-                return
-            try:
-                if rev == 0:
-                    await kv.create(tenant, new.dump())
+        local = _local_state(self.bus)
+        turn = local.locks.setdefault(tenant, asyncio.Lock())
+        async with turn:
+            known = local.known.pop(tenant, None)
+            for _ in range(attempts):
+                if known is not None:
+                    (raw, rev), known = known, None
                 else:
-                    await kv.update(tenant, new.dump(), last=rev)
-                return
-            except KeyWrongLastSequenceError:
-                continue
-            except Exception as e:  # create() on an existing key: a wrong-sequence API error
-                if "wrong last sequence" in str(e).lower() or "10071" in str(e):
+                    try:
+                        entry = await kv.get(tenant)
+                        raw, rev = entry.value, entry.revision or 0
+                    except KeyNotFoundError:
+                        raw, rev = None, 0
+                new = await decide(Record.parse(raw), job_key, self.limits, time.time(), self.status_of)
+                if new is None:
+                    return
+                body = new.dump()
+                try:
+                    written = await kv.create(tenant, body) if rev == 0 else await kv.update(tenant, body, last=rev)
+                except KeyWrongLastSequenceError:
                     continue
-                raise
+                except Exception as e:  # create() on an existing key: a wrong-sequence API error
+                    if "wrong last sequence" in str(e).lower() or "10071" in str(e):
+                        continue
+                    raise
+                if isinstance(written, int) and written > 0:
+                    local.known[tenant] = (body, written)
+                return
         raise RuntimeError(f"quota record of {tenant} kept changing ({attempts} attempts)")
+
+
+@dataclass
+class _Local:
+    """This process's turns and last written quota records, per tenant (per bus connection)."""
+
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    known: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+
+
+_LOCAL: weakref.WeakKeyDictionary[Any, _Local] = weakref.WeakKeyDictionary()
+
+
+def _local_state(bus: Any) -> _Local:
+    state = _LOCAL.get(bus)
+    if state is None:
+        state = _LOCAL[bus] = _Local()
+    return state

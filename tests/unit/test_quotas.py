@@ -83,3 +83,37 @@ async def test_concurrent_admissions_on_one_record_take_exactly_the_free_slots()
     kv = await bus.kv_bucket(KV_QUOTAS)
     assert len(Record.parse((await kv.get("acme")).value).active) == 4
     assert Record.parse((await kv.get("bob")).value).active == ["bob.j0"]
+
+
+async def test_a_burst_of_one_tenant_takes_turns_one_write_each_and_another_writer_is_seen() -> None:
+    """A burst of one tenant's submissions in one preprocess: each admission starts from the record this
+    process wrote last (no read, no CAS retries among themselves); a write by another replica in between
+    makes the next CAS fail, and that admission reads the record and counts both."""
+    bus = FakeBus()
+    gate = QuotaGate(bus, Limits(max_queued=100, max_running=1, rate_per_minute=1000), _reader({}))
+    kv = await bus.kv_bucket(KV_QUOTAS)
+    calls = {"get": 0, "update": 0}
+    real_get, real_update = kv.get, kv.update
+
+    async def get(key: str):  # type: ignore[no-untyped-def]
+        calls["get"] += 1
+        await asyncio.sleep(0)  # a round trip: the other admissions run meanwhile
+        return await real_get(key)
+
+    async def update(key: str, value: bytes, last: int | None = None) -> int:
+        calls["update"] += 1
+        await asyncio.sleep(0)
+        return await real_update(key, value, last=last)
+
+    kv.get, kv.update = get, update  # type: ignore[method-assign]
+    await gate.admit("acme", "acme.first")  # creates the record (one read: there is none)
+    await asyncio.gather(*(gate.admit("acme", f"acme.j{i}") for i in range(10)))
+    assert calls == {"get": 1, "update": 10}  # no read, no failed CAS
+    rec = Record.parse((await real_get("acme")).value)
+    assert len(rec.active) == 11
+    # another replica admits a job: our remembered revision is stale, the CAS fails, the record is read
+    entry = await real_get("acme")
+    await real_update("acme", Record([*rec.active, "acme.other"], rec.recent).dump(), last=entry.revision)
+    await gate.admit("acme", "acme.after")
+    assert calls == {"get": 2, "update": 12}
+    assert Record.parse((await real_get("acme")).value).active[-2:] == ["acme.other", "acme.after"]
