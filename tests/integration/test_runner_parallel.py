@@ -59,7 +59,9 @@ async def test_two_rank_runner_renders_a_job(private_stack: Settings) -> None:
             # one window that is the whole output: the runner stored output.mp4 and completed the job
             (done,) = [e for e in events if e.type == EventType.SEGMENT_COMPLETED]
             assert done.data.frames == 9 and done.data.object.key == out.key
-            assert '"by": "runner"' in log.read_text() and '"job_succeeded"' in log.read_text()
+            # the I/O process logs job_succeeded just after it published the event the test saw
+            await asyncio.to_thread(wait_for_log, log, '"job_succeeded"', 30, runner)
+            assert '"by": "runner"' in log.read_text()
         # the group really ran sequence-parallel on two ranks
         assert '"world_size": 2' in log.read_text()
     finally:

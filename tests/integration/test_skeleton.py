@@ -102,7 +102,8 @@ async def test_job_to_mp4_with_webhook_and_presigned_url(stack: Settings, worker
     # one window that is the whole output: the runner stored output.mp4 itself (no segment objects)
     keys = sorted(k.removeprefix("jobs/skeleton-1/") for k in await storage.list_keys("jobs/skeleton-1/"))
     assert not [k for k in keys if k.startswith("segments/")], keys
-    assert {"output.mp4", "plan.json", "thumbnail.jpg", "spritesheet.jpg", "output.tail.npy"} <= set(keys), keys
+    assert {"output.mp4", "plan.json", "thumbnail.jpg", "spritesheet.jpg"} <= set(keys), keys
+    assert "output.tail.npy" not in keys  # contract v1.7: an extension decodes the one-window output
 
 
 async def _drain(bus: Bus, job_id: str):
