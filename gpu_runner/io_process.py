@@ -138,9 +138,7 @@ class IOProcess:
         """The inputs that came with the segment; raises what fetching them raised."""
         if active.inputs_error is not None:
             raise active.inputs_error
-        if active.inputs is None:  # not fetched with it (never the case today): ask for them
-            fetched: SegmentInputs = self._call("fetch_inputs", active.id, timeout=INPUTS_TIMEOUT_S + CALL_MARGIN_S)
-            return fetched
+        assert active.inputs is not None  # the child sends one or the other
         return active.inputs
 
     def begin_render(self, active: RemoteActive) -> None:
@@ -301,7 +299,6 @@ def serve(conn: Connection, settings: Settings, model: str, runner_id: str, prog
 
     ops: dict[str, Any] = {
         "next_segment": next_segment,
-        "fetch_inputs": lambda h: io.fetch_inputs(held[h]),
         "begin_render": lambda h: io.begin_render(held[h]),
         "progress": lambda h, step, steps: io.progress(held[h], step, steps),
         "submit_result": submit_result,

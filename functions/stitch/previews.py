@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.video import iter_decode, open_source, probe_mp4
+from runtime.video import iter_decode, probe_mp4
 
 SPRITE_COLUMNS = 5
 SPRITE_MAX_TILES = 25
@@ -101,23 +101,6 @@ def make_previews(mp4: Mp4, tail_frames: int, *, frames: int | None = None) -> P
     if thumb is None:
         raise ValueError("no video frames decoded")
     return Previews(thumbnail=thumb, spritesheet=_sheet(tiles), tail=np.stack(tail))
-
-
-def last_frames(mp4: Mp4, n: int, total: int) -> np.ndarray:
-    """The last ``n`` of ``total`` frames as decoded from ``mp4`` (RGB uint8): every frame is decoded
-    (one GOP), only these are converted to RGB (the conversion is most of a small decode's cost)."""
-    out: deque[np.ndarray] = deque(maxlen=max(1, n))
-    container = open_source(mp4)
-    try:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i >= total - n:
-                out.append(frame.to_ndarray(format="rgb24"))
-    finally:
-        container.close()
-    if not out:
-        raise ValueError("no video frames decoded")
-    return np.stack(out)
-
 
 
 def frame_jpegs(frames: np.ndarray) -> tuple[bytes, bytes]:

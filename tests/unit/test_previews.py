@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from functions.stitch.previews import frame_jpegs, last_frames, make_previews
+from functions.stitch.previews import frame_jpegs, make_previews
 from runtime.video import decode_mp4, encode_mp4
 
 
@@ -37,14 +37,13 @@ def test_frame_previews_match_the_decoded_ones(n_frames: int) -> None:
     assert _img(sheet).shape == _img(decoded.spritesheet).shape
     # the images show the same pictures (the rendered frames, before the encode's loss)
     assert np.abs(_img(thumb).astype(int) - _img(decoded.thumbnail).astype(int)).mean() < 12
-    tail = last_frames(mp4, 5, n_frames)
-    assert tail.shape == (5, 48, 64, 3)
-    assert np.array_equal(tail, decode_mp4(mp4)[-5:]) and np.array_equal(tail, decoded.tail)
+    assert decoded.tail.shape == (5, 48, 64, 3)
+    assert np.array_equal(decoded.tail, decode_mp4(mp4)[-5:])  # exactly the decoded output's last frames
 
 
-def test_last_frames_of_a_short_video_and_none() -> None:
+def test_the_tail_of_a_short_video_and_none() -> None:
     frames = np.zeros((3, 16, 16, 3), np.uint8)
-    assert last_frames(_mp4(frames), 5, 3).shape == (3, 16, 16, 3)
+    assert make_previews(_mp4(frames), 5, frames=3).tail.shape == (3, 16, 16, 3)
     with pytest.raises(ValueError):
         frame_jpegs(frames[:0])
 
